@@ -1,0 +1,392 @@
+"""The ``mailshot`` command (Typer + Rich).
+
+Every error a user can cause ends as one line ``error: <what and where>`` on stderr
+and exit code 1, with nothing changed in the database (each command runs in one
+transaction).  Prefect is imported only by the commands that run flows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from mailshot_core import mailshots, subscribers
+from mailshot_core.config import ConfigError, Settings, get_settings
+from mailshot_core.db import get_engine, session_scope
+from mailshot_core.errors import InvalidInput, MailshotError
+
+app = typer.Typer(
+    name="mailshot",
+    help="Send newsletters in bulk, one personalised message per subscriber, with a per-recipient record.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+lists_app = typer.Typer(help="Mailing lists.", no_args_is_help=True)
+subs_app = typer.Typer(help="Subscribers and subscriptions.", no_args_is_help=True)
+app.add_typer(lists_app, name="lists")
+app.add_typer(subs_app, name="subscribers")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _engine() -> Engine:
+    settings = _settings()
+    try:
+        return get_engine(settings.database_url)
+    except OperationalError as exc:
+        raise MailshotError(f"cannot open the database {settings.database_url}: {exc.orig}") from None
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    with session_scope(_engine()) as session:
+        yield session
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{what} file {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} file {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InvalidInput(f"{what} file {path}: {exc.strerror}") from None
+
+
+# --- lists ------------------------------------------------------------------------------------------
+
+
+@lists_app.command("create")
+def lists_create(
+    name: str, title: Annotated[str, typer.Option(help="Human title (List-Id description).")] = ""
+) -> None:
+    """Create a mailing list NAME."""
+    with _session() as session:
+        mlist = subscribers.create_list(session, name, title)
+        out.print(f"list {mlist.identifier} created")
+
+
+@lists_app.command("list")
+def lists_list() -> None:
+    """Show the lists and their number of valid subscriptions."""
+    with _session() as session:
+        table = Table("list", "title", "subscribers")
+        for mlist, n in subscribers.list_lists(session):
+            table.add_row(mlist.identifier, mlist.title, str(n))
+        out.print(table)
+
+
+# --- subscribers ------------------------------------------------------------------------------------
+
+
+@subs_app.command("import")
+def subs_import(
+    file: Path,
+    list_: Annotated[str, typer.Option("--list", help="List to subscribe the addresses to.")],
+    strict: Annotated[bool, typer.Option(help="Refuse the whole file if any row is invalid.")] = False,
+) -> None:
+    """Import FILE.csv (columns: email, optional nom, lang); invalid rows are reported by line and skipped."""
+    with _session() as session:
+        report = subscribers.import_csv(session, file, list_, strict=strict)
+    for line, reason in report.errors:
+        err.print(f"{file}, line {line}: {reason} (skipped)")
+    out.print(
+        f"{report.rows} rows: {report.new_subscriptions} subscribed to {list_} "
+        f"({report.new_subscribers} new addresses), {report.already_subscribed} already subscribed, "
+        f"{report.kept_unsubscribed} left unsubscribed, {len(report.errors)} invalid"
+    )
+
+
+@subs_app.command("add")
+def subs_add(
+    email: str,
+    list_: Annotated[str, typer.Option("--list", help="List to subscribe to.")],
+    nom: Annotated[str, typer.Option(help="Name (the `nom` variable).")] = "",
+    lang: Annotated[str, typer.Option(help="Language code.")] = "",
+) -> None:
+    """Subscribe EMAIL to a list."""
+    with _session() as session:
+        sub, created = subscribers.add_subscriber(session, email, list_, nom, lang)
+        out.print(f"{sub.email} {'subscribed to' if created else 'already subscribed to'} {list_}")
+
+
+@subs_app.command("unsubscribe")
+def subs_unsubscribe(
+    email: str,
+    list_: Annotated[str | None, typer.Option("--list", help="Only this list (default: all lists).")] = None,
+) -> None:
+    """Unsubscribe EMAIL from one list or from all."""
+    with _session() as session:
+        n = subscribers.unsubscribe(session, email, list_, reason="unsubscribed by the operator (CLI)")
+        out.print(f"{email}: {n} subscription(s) ended")
+
+
+@subs_app.command("show")
+def subs_show(email: str) -> None:
+    """Everything about EMAIL: lists, every sending and its outcome, feedback events, unsubscription."""
+    with _session() as session:
+        h = subscribers.history(session, email)
+    s = h.subscriber
+    out.print(f"[bold]{s.email}[/bold]  nom={s.nom!r} lang={s.lang!r} status={s.status} since {s.created_at:%Y-%m-%d}")
+    if s.unsubscribed_at:
+        out.print(f"unsubscribed {s.unsubscribed_at:%Y-%m-%d %H:%M} UTC: {s.unsubscribe_reason}")
+    table = Table("list", "subscription", "since", title="Lists")
+    for identifier, status, when in h.subscriptions:
+        table.add_row(identifier, status, f"{when:%Y-%m-%d}")
+    out.print(table)
+    table = Table("sending", "subject", "status", "tries", "last attempt", "last error", title="Sendings")
+    for mid, subject, status, tries, last, error in h.sendings:
+        table.add_row(str(mid), subject[:40], status, str(tries), f"{last:%Y-%m-%d %H:%M}" if last else "", error or "")
+    out.print(table)
+    table = Table("when", "source", "sending", "event", "detail", title="Feedback events")
+    for e in h.events:
+        table.add_row(f"{e.received_at:%Y-%m-%d %H:%M}", e.source, str(e.mailshot_id or ""), e.kind, e.detail or "")
+    out.print(table)
+
+
+# --- sendings ---------------------------------------------------------------------------------------
+
+
+def _parse_when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"--start-at: not an ISO 8601 date-time: {value!r} (e.g. 2026-12-01T08:00+01:00)") from None
+
+
+@app.command("create")
+def create(
+    subject: Annotated[str, typer.Option(help="Subject (a template: {{ nom }} ...).")],
+    html: Annotated[Path, typer.Option(help="HTML body file (Jinja2 template).")],
+    list_: Annotated[list[str], typer.Option("--list", help="Recipient list; repeat for several.")],
+    text: Annotated[Path | None, typer.Option(help="Text body file (default: generated from the HTML).")] = None,
+    from_name: Annotated[str | None, typer.Option(help="Sender name (default MAILSHOT_FROM_NAME).")] = None,
+    from_email: Annotated[str | None, typer.Option(help="Sender address (default MAILSHOT_FROM_EMAIL).")] = None,
+    start_at: Annotated[
+        str | None, typer.Option(help="Schedule: ISO 8601 date-time; without an offset it is UTC.")
+    ] = None,
+    transport: Annotated[str | None, typer.Option(help="Transport (default MAILSHOT_TRANSPORT).")] = None,
+) -> None:
+    """Create a sending; prints its id alone on the last line."""
+    settings = _settings()
+    spec = mailshots.NewMailshot(
+        subject=subject,
+        html=_read(html, "HTML"),
+        text=_read(text, "text") if text else None,
+        lists=tuple(list_),
+        from_name=from_name,
+        from_email=from_email,
+        start_at=_parse_when(start_at),
+        transport=transport,
+    )
+    with _session() as session:
+        m = mailshots.create(session, settings, spec)
+        err.print(f"sending {m.id} created ({m.status}) for lists {m.lists}")
+        out.print(str(m.id))
+
+
+@app.command("test")
+def test(mailshot_id: int, email: str) -> None:
+    """Send one test message of sending ID to EMAIL (subject prefixed [TEST])."""
+    from mailshot_core.sending import send_test
+
+    msg = send_test(_engine(), _settings(), mailshot_id, email)
+    out.print(f"test message sent to {msg.envelope_to} ({msg.message_id})")
+
+
+def _status_dict(m: Any) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "status": m.status,
+        **mailshots.stored_counters(m),
+        "subject": m.subject,
+        "reason": m.status_reason,
+    }
+
+
+@app.command("status")
+def status(
+    mailshot_id: Annotated[int | None, typer.Argument(help="Sending id (default: all sendings).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Status and counters of one sending (with its in-doubt recipients) or of all."""
+    rows = mailshots.status_rows(_engine(), mailshot_id)
+    unknown: list[str] = []
+    if mailshot_id is not None:
+        with _session() as session:
+            unknown = mailshots.unknown_recipients(session, mailshot_id)
+    if as_json:
+        data = [_status_dict(m) | ({"unknown_recipients": unknown} if mailshot_id is not None else {}) for m in rows]
+        out.print_json(json.dumps(data[0] if mailshot_id is not None else data, default=str))
+        return
+    table = Table("id", "status", "total", "current", "sent", "failed", "in doubt", "subject")
+    for m in rows:
+        table.add_row(
+            str(m.id),
+            m.status,
+            str(m.total),
+            str(m.current),
+            str(m.sent),
+            str(m.failed),
+            str(m.nb_unknown),
+            m.subject[:50],
+        )
+    out.print(table)
+    if mailshot_id is not None and rows[0].status_reason:
+        out.print(f"reason: {rows[0].status_reason}")
+    if unknown:
+        out.print(f"{len(unknown)} recipient(s) in doubt (in flight when a worker died; maybe delivered, not resent):")
+        for email in unknown:
+            out.print(f"  {email}")
+        out.print(f"resend them with: mailshot resend-unknown {mailshot_id}")
+
+
+def _transition(fn: Callable[[Session, int], Any], mailshot_id: int, verb: str) -> None:
+    with _session() as session:
+        m = fn(session, mailshot_id)
+        out.print(f"sending {mailshot_id} {verb} (status {m.status})")
+
+
+@app.command("pause")
+def pause(mailshot_id: int) -> None:
+    """Pause a sending: takes effect before its next batch."""
+    _transition(mailshots.pause, mailshot_id, "paused")
+
+
+@app.command("resume")
+def resume(mailshot_id: int) -> None:
+    """Resume a paused sending (then run `mailshot send ID`, or let the dispatcher do it)."""
+    _transition(mailshots.resume, mailshot_id, "resumed")
+
+
+@app.command("cancel")
+def cancel(mailshot_id: int) -> None:
+    """Cancel a sending: recipients not yet sent to become `kill`."""
+    _transition(mailshots.cancel, mailshot_id, "cancelled")
+
+
+@app.command("resend-unknown")
+def resend_unknown(mailshot_id: int) -> None:
+    """Queue again the recipients in doubt after a crash (they may receive the message twice)."""
+    with _session() as session:
+        n = mailshots.resend_unknown(session, mailshot_id)
+    out.print(f"{n} recipient(s) queued again; run: mailshot send {mailshot_id}")
+
+
+@app.command("send")
+def send(
+    mailshot_id: int,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run the send-mailshot flow for sending ID now, in this process, with a progress bar."""
+    engine = _engine()
+    with _session() as session:  # fail fast, before starting Prefect, on an unknown id
+        mailshots.get(session, mailshot_id)
+    from flows.send_mailshot import send_mailshot
+
+    result: dict[str, Any] = {}
+    done = threading.Event()
+    if progress:
+        watcher = threading.Thread(target=_watch, args=(engine, mailshot_id, done), daemon=True)
+        watcher.start()
+    else:
+        watcher = None
+    try:
+        result = send_mailshot(mailshot_id)
+    finally:
+        done.set()
+        if watcher is not None:
+            watcher.join(timeout=5)
+    out.print(
+        f"sending {mailshot_id}: {result['status']} — {result['sent']} sent, {result['failed']} failed, "
+        f"{result['nb_unknown']} in doubt, of {result['total']}"
+    )
+
+
+def _watch(engine: Engine, mailshot_id: int, done: threading.Event) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(f"sending {mailshot_id}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("send", total=None)
+        while True:
+            with Session(engine) as session:
+                m = mailshots.get(session, mailshot_id)
+                bar.update(task, total=m.total or None, completed=m.current)
+            if done.wait(0.5):
+                with Session(engine) as session:
+                    m = mailshots.get(session, mailshot_id)
+                    bar.update(task, total=m.total or None, completed=m.current)
+                return
+
+
+@app.command("serve")
+def serve() -> None:
+    """Serve every deployment (send-mailshot, send-test ...) in this process, for small sites."""
+    from deployments.serve import serve_all
+
+    serve_all()
+
+
+@app.command("relay")
+def relay(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 1025,
+    out_dir: Annotated[Path, typer.Option(help="Where each received message is written.")] = Path("demo-out"),
+) -> None:
+    """A local test relay that accepts every message and writes it to disk (not for production)."""
+    from mailshot_core.devrelay import main as relay_main
+
+    raise typer.Exit(relay_main(["--port", str(port), "--out-dir", str(out_dir)]))
+
+
+def main() -> None:
+    """Entry point: one clear line for every error a user can cause."""
+    try:
+        app(standalone_mode=False)
+    except (ConfigError, MailshotError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Settings: every ``MAILSHOT_*`` variable, read once at the edge (CLI, flow, web).
+
+The domain never reads ``os.environ``; it receives a :class:`Settings` (or a small
+piece of it).  Defaults give a working local setup: an SQLite file in the working
+directory and a relay on localhost:1025 (what ``make demo`` starts).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SmtpTls(StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    TLS = "tls"
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the variable and the problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MAILSHOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    database_url: str = Field("sqlite:///mailshot.db", description="SQLAlchemy URL of the mailshot database.")
+
+    smtp_host: str = Field("localhost", description="SMTP relay host.")
+    smtp_port: int = Field(1025, ge=1, le=65535, description="SMTP relay port.")
+    smtp_user: str | None = Field(None, description="SMTP AUTH user (no AUTH when empty).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
+    smtp_tls: SmtpTls = Field(SmtpTls.NONE, description="none, starttls or tls (implicit TLS, port 465).")
+    smtp_timeout: float = Field(30.0, gt=0, description="Seconds before an SMTP command times out.")
+    smtp_connections: int = Field(4, ge=1, le=64, description="Parallel SMTP connections per sending process.")
+    smtp_validate_certs: bool = Field(True, description="Verify the relay's TLS certificate.")
+    transport: str = Field("smtp", description="Default transport for new sendings.")
+
+    from_email: str = Field("newsletter@example.org", description="Default sender address.")
+    from_name: str = Field("Newsletter", description="Default sender display name.")
+    reply_to: str | None = Field(None, description="Optional Reply-To address.")
+    base_url: str = Field("http://localhost:8000", description="Public URL of `mailshot web` (unsubscribe links).")
+    secret_key: SecretStr = Field(
+        SecretStr("change-me-mailshot-secret"),
+        description="Key signing unsubscribe tokens and VERP addresses. Set your own in production.",
+    )
+    unsubscribe_mailto: str | None = Field(None, description="Address added as a mailto: List-Unsubscribe target.")
+    bounce_address: str | None = Field(
+        None,
+        description="Envelope sender base for VERP (bounces+m1.r2.sig@domain); envelope = From when empty.",
+    )
+    list_id_domain: str | None = Field(
+        None, description="Domain of List-Id headers (defaults to the From address's domain)."
+    )
+
+    max_try: int = Field(5, ge=1, le=100, description="Attempts before a recipient becomes `fail`.")
+    max_fail: int = Field(3, ge=1, le=100, description="Failed sendings in a row before auto-unsubscribe.")
+    retry_delay: float = Field(
+        60.0, ge=0, description="Seconds before a temporarily failed recipient is retried (doubles per try)."
+    )
+    batch_size: int = Field(500, ge=1, le=100_000, description="Recipients per batch (one Prefect task run).")
+    claim_lease: float = Field(
+        300.0, gt=0, description="Seconds without a heartbeat after which a worker's claims are recovered."
+    )
+
+    @field_validator("from_email", "reply_to", "unsubscribe_mailto", "bounce_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if "@" not in value or any(c in value for c in "\r\n <>"):
+            raise ValueError(f"not an email address: {value!r}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not an SQLAlchemy URL: {value!r}") from exc
+        return value
+
+    @property
+    def list_domain(self) -> str:
+        return self.list_id_domain or self.from_email.rsplit("@", 1)[1]
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad variable, naming it as the user wrote it (MAILSHOT_X)."""
+    lines = []
+    for err in exc.errors():
+        name = "MAILSHOT_" + "_".join(str(p) for p in err["loc"]).upper()
+        given = err.get("input")
+        reason = err["msg"].removeprefix("Value error, ")
+        secret = any(word in name for word in ("PASSWORD", "SECRET", "KEY", "TOKEN"))
+        shown = "" if secret or isinstance(given, dict) or given is None else f" (got {given!r})"
+        lines.append(f"{name}: {reason}{shown}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise :class:`ConfigError` with one clear line if any is invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (entry points only)."""
+    return load_settings()

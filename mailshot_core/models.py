@@ -1,0 +1,192 @@
+"""Tables of the mailshot database: the business truth (DESIGN §2).
+
+Prefect keeps orchestration history; every guarantee (no duplicate, nothing lost,
+counters equal to a recount) is enforced here.  Schema changes go through Alembic
+(``mailshot_core/migrations``); these classes and the latest migration must agree,
+which ``tests/test_migrations.py`` checks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Aware UTC; stored as timestamptz on PostgreSQL and as UTC text on SQLite."""
+    return datetime.now(UTC)
+
+
+class SubscriberStatus(StrEnum):
+    VALID = "valid"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class SubscriptionStatus(StrEnum):
+    PENDING = "pending"
+    VALID = "valid"
+    REFUSED = "refused"
+
+
+class MailshotStatus(StrEnum):
+    INIT = "init"  # scheduled, waiting for start_at
+    PROCESSING = "processing"
+    PAUSE = "pause"
+    END = "end"
+    CANCEL = "cancel"
+    ARCHIVE = "archive"
+
+
+class RecipientStatus(StrEnum):
+    TODO = "todo"
+    CLAIMED = "claimed"  # reserved for a batch by a worker; not attempted yet, safe to release
+    SENDING = "sending"  # handed to the transport: its fate is unknown until the reply is recorded
+    SENT = "sent"
+    FAIL = "fail"
+    UNKNOWN = "unknown"  # was `sending` when its worker died: maybe delivered, never resent by default
+    READ = "read"
+    CLIC = "clic"
+    SPAM = "spam"
+    BOUNCE = "bounce"
+    UNSUB = "unsub"
+    KILL = "kill"
+
+
+class MailingList(SQLModel, table=True):
+    __tablename__ = "mailing_list"
+
+    id: int | None = Field(default=None, primary_key=True)
+    identifier: str = Field(max_length=100, unique=True, index=True)
+    title: str = Field(default="", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscriber"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True, index=True)  # normalised: see subscribers.normalise_email
+    nom: str = Field(default="", max_length=255)
+    lang: str = Field(default="", max_length=16)
+    status: str = Field(default=SubscriberStatus.VALID, max_length=20)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    unsubscribed_at: datetime | None = None
+    unsubscribe_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscription"
+
+    subscriber_id: int = Field(foreign_key="subscriber.id", primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", primary_key=True, index=True)
+    status: str = Field(default=SubscriptionStatus.VALID, max_length=20)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Mailshot(SQLModel, table=True):
+    __tablename__ = "mailshot"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str = Field(sa_column=Column(Text, nullable=False))
+    html: str = Field(default="", sa_column=Column(Text, nullable=False))
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    lists: str = Field(default="", sa_column=Column(Text, nullable=False))  # comma-separated identifiers
+    graceful: bool = False
+    from_name: str = Field(default="", max_length=255)
+    from_email: str = Field(default="", max_length=320)
+    transport: str = Field(default="smtp", max_length=40)
+    rate_per_day: int | None = None
+    fast: bool = False
+    status: str = Field(default=MailshotStatus.PROCESSING, max_length=20, index=True)
+    status_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    materialised: bool = False
+
+    # Counters: always equal to mailshots.recount() until archive (tests/test_counters.py).
+    total: int = 0
+    current: int = 0
+    sent: int = 0
+    failed: int = 0
+    nb_read: int = 0
+    nb_clic: int = 0
+    nb_spam: int = 0
+    nb_bounce: int = 0
+    nb_unsub: int = 0
+    nb_unknown: int = 0
+
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    start_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    flow_run_id: str | None = Field(default=None, max_length=64)
+
+
+class Recipient(SQLModel, table=True):
+    __tablename__ = "recipient"
+    __table_args__ = (
+        UniqueConstraint("mailshot_id", "email", name="uq_recipient_mailshot_email"),
+        # The claim query's index: next rows to send, fewest tries first (retry-at-end rule).
+        Index("ix_recipient_claim", "mailshot_id", "status", "tries", "id"),
+        Index("ix_recipient_claim_token", "claim_token"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailshot_id: int = Field(foreign_key="mailshot.id")
+    email: str = Field(max_length=320, index=True)
+    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id")
+    status: str = Field(default=RecipientStatus.TODO, max_length=10)
+    tries: int = 0
+    claim_token: str | None = Field(default=None, max_length=80)
+    claimed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    sent_at: datetime | None = None
+    last_error_code: int | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    message_id: str | None = Field(default=None, max_length=255)
+
+
+class SendWorker(SQLModel, table=True):
+    """One row per live sending process: lets a new run tell dead claims from live ones."""
+
+    __tablename__ = "send_worker"
+
+    token: str = Field(primary_key=True, max_length=80)
+    mailshot_id: int = Field(foreign_key="mailshot.id", index=True)
+    hostname: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+
+
+class FeedbackEvent(SQLModel, table=True):
+    """Inbox of delivery feedback: written first, applied after, idempotent (DESIGN §2)."""
+
+    __tablename__ = "feedback_event"
+    __table_args__ = (UniqueConstraint("source", "provider_event_id", name="uq_feedback_provider_event"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=40)  # smtp, mailjet, sparkpost, imap, web ...
+    provider_event_id: str | None = Field(default=None, max_length=255)
+    mailshot_id: int | None = Field(default=None, foreign_key="mailshot.id", index=True)
+    recipient_id: int | None = None
+    email: str = Field(max_length=320, index=True)
+    kind: str = Field(max_length=20)  # hard_bounce, soft_bounce, reject, spam, unsub, read, clic
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    raw: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    received_at: datetime = Field(default_factory=utcnow)
+    applied_at: datetime | None = Field(default=None, index=True)
+
+
+class TrackedLink(SQLModel, table=True):
+    __tablename__ = "tracked_link"
+    __table_args__ = (UniqueConstraint("mailshot_id", "url", name="uq_tracked_link"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailshot_id: int = Field(foreign_key="mailshot.id")
+    url: str = Field(sa_column=Column(Text, nullable=False))

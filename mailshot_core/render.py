@@ -1,0 +1,147 @@
+"""Personalisation: subject, HTML and text compiled once per sending, rendered per recipient.
+
+Templates run in Jinja2's sandbox (newsletter authors are not all trusted), the HTML
+with autoescaping so a subscriber called ``<script>`` stays text.  Every error an
+author can make is found when the sending is created (syntax errors, unknown
+variables), never in the middle of a send.  The original's ``@nom@`` shorthand
+(original-mailshot.md §4.4) is accepted for the known variables, so templates
+moved from SPIP keep working.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, meta
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
+VARIABLES = ("email", "nom", "listes", "lang", "status", "url_unsubscribe")
+
+_SHORTHAND = re.compile(r"@(" + "|".join(VARIABLES) + r")@")
+
+
+class TemplateError(ValueError):
+    """A template cannot be compiled or rendered; the message says which part and where."""
+
+
+class Listes(list[str]):
+    """The recipient's lists: prints as ``a, b`` and still supports ``'a' in listes`` and loops."""
+
+    def __str__(self) -> str:
+        return ", ".join(self)
+
+
+@dataclass(frozen=True)
+class Personalisation:
+    email: str
+    nom: str = ""
+    listes: tuple[str, ...] = ()
+    lang: str = ""
+    status: str = "valid"
+    url_unsubscribe: str = ""
+
+    def as_context(self) -> dict[str, Any]:
+        return {
+            "email": self.email,
+            "nom": self.nom,
+            "listes": Listes(self.listes),
+            "lang": self.lang,
+            "status": self.status,
+            "url_unsubscribe": self.url_unsubscribe,
+        }
+
+
+@dataclass(frozen=True)
+class RenderedContent:
+    subject: str
+    html: str
+    text: str
+
+
+_html_env = SandboxedEnvironment(autoescape=True, keep_trailing_newline=True)
+_text_env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+
+
+def expand_shorthand(source: str) -> str:
+    """``@nom@`` -> ``{{ nom }}`` for the known variables only (a plain ``a@b`` stays as it is)."""
+    return _SHORTHAND.sub(r"{{ \1 }}", source)
+
+
+def _compile(env: SandboxedEnvironment, source: str, part: str) -> Any:
+    source = expand_shorthand(source)
+    try:
+        ast = env.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"{part} template, line {exc.lineno}: {exc.message}") from None
+    unknown = sorted(meta.find_undeclared_variables(ast) - set(VARIABLES))
+    if unknown:
+        raise TemplateError(
+            f"{part} template: unknown variable {', '.join(unknown)} (available: {', '.join(VARIABLES)})"
+        )
+    return env.from_string(source)
+
+
+class CompiledMailshot:
+    """The three templates of one sending, compiled once."""
+
+    def __init__(self, subject: str, html: str, text: str) -> None:
+        self._subject = _compile(_text_env, subject, "subject")
+        self._html = _compile(_html_env, html, "HTML")
+        self._text = _compile(_text_env, text, "text")
+
+    def render(self, who: Personalisation) -> RenderedContent:
+        context = who.as_context()
+        try:
+            subject = self._subject.render(context)
+            html = self._html.render(context)
+            text = self._text.render(context)
+        except (UndefinedError, SecurityError, TypeError, ValueError) as exc:
+            raise TemplateError(f"cannot personalise the message for {who.email}: {exc}") from None
+        # A subject is one line: a newline that reached it through a variable must not become a header
+        # break; message.py refuses CR/LF anyway, this keeps an honest multi-line template usable.
+        return RenderedContent(" ".join(subject.split()), html, text)
+
+    def check(self) -> None:
+        """Render once with sample values: catches runtime errors (bad filters, ...) before sending."""
+        self.render(
+            Personalisation(
+                email="sample@example.org",
+                nom="Sample Name",
+                listes=("sample",),
+                lang="en",
+                url_unsubscribe="https://example.org/u/sample",
+            )
+        )
+
+
+def html_to_text(html: str) -> str:
+    """Text part from the HTML (inscriptis keeps the layout; links are shown as ``[text](url)``)."""
+    from inscriptis import get_text
+    from inscriptis.model.config import ParserConfig
+
+    text: str = get_text(html, ParserConfig(display_links=True))
+    lines = [line.rstrip() for line in text.splitlines()]
+    # Collapse runs of blank lines that block-level HTML leaves behind.
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
+def inline_css(html: str) -> str:
+    """Inline <style> rules into style attributes, once per sending, keeping @media queries.
+
+    Skipped when the template has block statements (``{% ... %}``): the HTML parser would move
+    text found inside tables ("foster parenting") and break the template.
+    """
+    if "<style" not in html.lower() or "{%" in html:
+        return html
+    import css_inline
+
+    inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+    result: str = inliner.inline(html)
+    return result

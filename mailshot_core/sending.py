@@ -1,0 +1,619 @@
+"""The send pipeline for one batch: claim -> render -> hand over -> record.
+
+Exactly-once bookkeeping (DESIGN §4.1–4.2).  A recipient moves
+``claimed -> sending -> sent|todo|fail``; the move to ``sending`` is committed
+*before* its message is handed to the transport, and the result is committed
+before the same connection starts its next message.  So when a worker is killed,
+its rows in ``sending`` are the only ones whose fate is unknown: at most one per
+open connection.  Everything ``claimed`` was never attempted and goes back to
+the queue.
+
+Those commits are grouped (:class:`Ledger`): all connections' transitions that
+are waiting at the same moment share one transaction, written in a thread while
+the other connections keep talking to the relay.  One commit per message per
+connection would cap throughput at the database's commit rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from mailshot_core import mailshots
+from mailshot_core.config import Settings
+from mailshot_core.db import session_scope
+from mailshot_core.message import Envelope, HeaderError, build_message
+from mailshot_core.models import FeedbackEvent, Mailshot, MailshotStatus, Recipient, RecipientStatus, utcnow
+from mailshot_core.render import CompiledMailshot, Personalisation, TemplateError
+from mailshot_core.tokens import RecipientRef, make_token
+from mailshot_core.transports import get_transport
+from mailshot_core.transports.base import (
+    ConfigurationError,
+    Connection,
+    OutgoingMessage,
+    PermanentError,
+    TemporaryError,
+    Transport,
+    TransportUnavailable,
+)
+
+log = logging.getLogger("mailshot.sending")
+
+S = RecipientStatus
+Clock = Callable[[], datetime]
+MAX_RETRY_DELAY = timedelta(hours=6)
+
+
+# --- per-sending context ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendContext:
+    """What every message of one sending shares: compiled templates, envelope, links."""
+
+    mailshot_id: int
+    compiled: CompiledMailshot
+    envelope: Envelope
+    base_url: str
+    secret_key: bytes
+
+    @classmethod
+    def build(cls, mailshot: Mailshot, settings: Settings, list_title: str) -> SendContext:
+        assert mailshot.id is not None
+        key = settings.secret_key.get_secret_value().encode()
+        first_list = mailshots.list_identifiers(mailshot)[0]
+        domain = settings.list_domain
+        title = list_title.replace("\\", "").replace('"', "")
+        return cls(
+            mailshot_id=mailshot.id,
+            compiled=CompiledMailshot(mailshot.subject, mailshot.html, mailshot.text),
+            envelope=Envelope(
+                mailshot_id=mailshot.id,
+                from_name=mailshot.from_name,
+                from_email=mailshot.from_email or settings.from_email,
+                list_id=f'"{title}" <{first_list}.{domain}>',
+                domain=domain,
+                secret_key=key,
+                reply_to=settings.reply_to,
+                bounce_address=settings.bounce_address,
+                unsubscribe_mailto=settings.unsubscribe_mailto,
+            ),
+            base_url=settings.base_url,
+            secret_key=key,
+        )
+
+    def unsubscribe_url(self, recipient_id: int) -> str:
+        return f"{self.base_url}/u/{make_token(self.secret_key, RecipientRef(self.mailshot_id, recipient_id))}"
+
+    def message_for(
+        self, recipient_id: int, email: str, who: Personalisation, *, test: bool = False
+    ) -> OutgoingMessage:
+        content = self.compiled.render(who)
+        if test:
+            content = type(content)(f"[TEST] {content.subject}", content.html, content.text)
+        return build_message(self.envelope, recipient_id, email, who.nom, content, who.url_unsubscribe, test=test)
+
+
+_contexts: dict[int, SendContext] = {}
+
+
+def context_for(engine: Engine, settings: Settings, mailshot_id: int) -> SendContext:
+    """The sending's context, built once per process (its content is frozen at creation)."""
+    ctx = _contexts.get(mailshot_id)
+    if ctx is None:
+        from mailshot_core.subscribers import get_list
+
+        with session_scope(engine) as session:
+            mailshot = mailshots.get(session, mailshot_id)
+            title = get_list(session, mailshots.list_identifiers(mailshot)[0]).title
+            ctx = SendContext.build(mailshot, settings, title)
+        if len(_contexts) > 16:
+            _contexts.clear()
+        _contexts[mailshot_id] = ctx
+    return ctx
+
+
+# --- outcomes and the ledger ------------------------------------------------------------------------
+
+
+class Result(StrEnum):
+    SENT = "sent"
+    TEMPORARY = "temporary"  # try consumed, retried later (or fail at max_try)
+    PERMANENT = "permanent"  # fail now, recorded as a bounce event
+    DEFERRED = "deferred"  # not handed over (relay down, configuration): back to todo, no try consumed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    recipient_id: int
+    email: str
+    tries: int  # tries before this attempt
+    result: Result
+    from_status: str = S.SENDING
+    code: int | None = None
+    text: str | None = None
+    message_id: str | None = None
+    policy_block: bool = False
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    killed: int = 0
+    skipped: int = 0  # cancelled between claim and send
+    stopped: str | None = None  # why the sending stopped (pause, cancel, configuration error)
+
+    def add(self, other: BatchReport) -> None:
+        for name in ("claimed", "sent", "retried", "failed", "killed", "skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.stopped = other.stopped or self.stopped
+
+
+@dataclass
+class Ledger:
+    """Group commit of recipient transitions for all the connections of one batch."""
+
+    engine: Engine
+    mailshot_id: int
+    token: str
+    max_try: int
+    retry_delay: float
+    clock: Clock
+    report: BatchReport = field(default_factory=BatchReport)
+    _starts: list[tuple[int, asyncio.Future[bool]]] = field(default_factory=list)
+    _outcomes: list[Outcome] = field(default_factory=list)
+    _flushing: asyncio.Task[None] | None = None
+    _error: BaseException | None = None
+
+    async def start(self, recipient_id: int) -> bool:
+        """Durably mark the recipient as handed over; False if it was cancelled meanwhile."""
+        if self._error is not None:
+            raise self._error
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._starts.append((recipient_id, fut))
+        self._kick()
+        return await fut
+
+    def record(self, outcome: Outcome) -> None:
+        """Queue a result: it is committed before (or with) the next start of any connection."""
+        self._outcomes.append(outcome)
+
+    async def close(self) -> None:
+        """Commit what is still queued; raises the database error that stopped the ledger, if any."""
+        while self._flushing is not None:
+            await self._flushing
+        if (self._outcomes or self._starts) and self._error is None:
+            self._kick()
+            while self._flushing is not None:
+                await self._flushing
+        if self._error is not None:
+            raise self._error
+
+    def _kick(self) -> None:
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._starts or self._outcomes:
+                starts, self._starts = self._starts, []
+                outcomes, self._outcomes = self._outcomes, []
+                try:
+                    granted = await asyncio.to_thread(self._write, [rid for rid, _ in starts], outcomes)
+                except Exception as exc:
+                    # The database is failing: stop every connection.  Rows left in `sending` are
+                    # reported as in doubt by the next run's recovery, never resent blindly.
+                    self._error = exc
+                    for _, fut in starts + self._starts:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    self._starts, self._outcomes = [], []
+                    return
+                for rid, fut in starts:
+                    if not fut.done():
+                        fut.set_result(rid in granted)
+        finally:
+            self._flushing = None
+
+    def _write(self, starts: list[int], outcomes: list[Outcome]) -> set[int]:
+        now = self.clock()
+        granted: set[int] = set()
+        with session_scope(self.engine) as session:
+            if outcomes:
+                self._write_outcomes(session, outcomes, now)
+            for rid in starts:
+                # Guarded: a cancel may have turned the row into `kill` since the claim.
+                result = session.execute(
+                    update(Recipient)
+                    .where(
+                        col(Recipient.id) == rid,
+                        Recipient.status == S.CLAIMED,
+                        col(Recipient.claim_token) == self.token,
+                    )
+                    .values(status=S.SENDING, last_attempt_at=now)
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    granted.add(rid)
+                else:
+                    self.report.skipped += 1
+            mailshots.heartbeat(session, self.token, now)
+        return granted
+
+    def _write_outcomes(self, session: object, outcomes: list[Outcome], now: datetime) -> None:
+        from sqlmodel import Session
+
+        assert isinstance(session, Session)
+        rows: list[dict[str, object]] = []
+        moves: list[tuple[str, str]] = []
+        events: list[FeedbackEvent] = []
+        for o in outcomes:
+            tries = o.tries + 1
+            next_at = None
+            if o.result is Result.SENT:
+                status = S.SENT
+                self.report.sent += 1
+            elif o.result is Result.TEMPORARY:
+                if tries >= self.max_try:
+                    status = S.FAIL
+                    self.report.failed += 1
+                else:
+                    status = S.TODO
+                    delay = timedelta(seconds=self.retry_delay * 2 ** (tries - 1))
+                    next_at = now + min(delay, MAX_RETRY_DELAY)
+                    self.report.retried += 1
+            elif o.result is Result.PERMANENT:
+                status = S.FAIL
+                self.report.failed += 1
+                events.append(
+                    FeedbackEvent(
+                        source="smtp",
+                        mailshot_id=self.mailshot_id,
+                        recipient_id=o.recipient_id,
+                        email=o.email,
+                        kind="reject" if o.policy_block else "hard_bounce",
+                        detail=f"{o.code or ''} {o.text or ''}".strip(),
+                        received_at=now,
+                        applied_at=now,
+                    )
+                )
+            else:  # DEFERRED: not handed over, no try consumed
+                status, tries = S.TODO, o.tries
+            moves.append((o.from_status, status))
+            rows.append(
+                {
+                    "b_id": o.recipient_id,
+                    "b_status": status,
+                    "b_tries": tries,
+                    "b_next": next_at,
+                    "b_sent_at": now if status == S.SENT else None,
+                    "b_message_id": o.message_id if status == S.SENT else None,
+                    "b_code": o.code if status != S.SENT else None,
+                    "b_error": (o.text or None) if status != S.SENT else None,
+                }
+            )
+        session.connection().execute(_RECORD_OUTCOME, rows)
+        for event in events:
+            session.add(event)
+        mailshots.apply_counter_deltas(session, self.mailshot_id, mailshots.counter_deltas(moves))
+
+
+_recipients = Recipient.__table__  # type: ignore[attr-defined]
+# One executemany per flush for all results (Core, not ORM: no identity-map work on the hot path).
+_RECORD_OUTCOME = (
+    update(_recipients)
+    .where(_recipients.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        tries=bindparam("b_tries"),
+        next_attempt_at=bindparam("b_next"),
+        sent_at=bindparam("b_sent_at"),
+        message_id=bindparam("b_message_id"),
+        last_error_code=bindparam("b_code"),
+        last_error=bindparam("b_error"),
+        claim_token=None,
+    )
+)
+
+
+# --- one batch --------------------------------------------------------------------------------------
+
+
+async def _connection_loop(
+    transport: Transport,
+    queue: asyncio.Queue[mailshots.ClaimedRecipient],
+    ledger: Ledger,
+    ctx: SendContext,
+    stop: asyncio.Event,
+) -> None:
+    conn: Connection | None = None
+    try:
+        while not stop.is_set():
+            try:
+                rcpt = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            who = Personalisation(
+                email=rcpt.email,
+                nom=rcpt.nom,
+                listes=rcpt.listes,
+                lang=rcpt.lang,
+                status=rcpt.status,
+                url_unsubscribe=ctx.unsubscribe_url(rcpt.id),
+            )
+            try:
+                msg = ctx.message_for(rcpt.id, rcpt.email, who)
+            except (TemplateError, HeaderError) as exc:
+                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.PERMANENT, S.CLAIMED, None, str(exc)))
+                continue
+            if conn is None:
+                try:
+                    conn = await transport.connect()
+                except BaseException:
+                    queue.put_nowait(rcpt)  # not attempted: released with the rest
+                    raise
+            if not await ledger.start(rcpt.id):
+                continue
+            try:
+                reply = await conn.send(msg)
+            except TransportUnavailable as exc:
+                # Reconnecting failed: this message never left, so no try is consumed.
+                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, code=exc.code, text=exc.text))
+                raise
+            except TemporaryError as exc:
+                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.TEMPORARY, code=exc.code, text=exc.text))
+            except PermanentError as exc:
+                ledger.record(
+                    Outcome(
+                        rcpt.id,
+                        rcpt.email,
+                        rcpt.tries,
+                        Result.PERMANENT,
+                        code=exc.code,
+                        text=exc.text,
+                        policy_block=exc.is_policy_block,
+                    )
+                )
+            except ConfigurationError as exc:
+                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, code=exc.code, text=exc.text))
+                raise
+            else:
+                ledger.record(
+                    Outcome(
+                        rcpt.id,
+                        rcpt.email,
+                        rcpt.tries,
+                        Result.SENT,
+                        code=reply.code,
+                        text=reply.text,
+                        message_id=msg.message_id,
+                    )
+                )
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if conn is not None:
+            await conn.close()
+
+
+async def _send_claimed(
+    transport: Transport,
+    claimed: list[mailshots.ClaimedRecipient],
+    ledger: Ledger,
+    ctx: SendContext,
+) -> None:
+    queue: asyncio.Queue[mailshots.ClaimedRecipient] = asyncio.Queue()
+    for rcpt in claimed:
+        queue.put_nowait(rcpt)
+    stop = asyncio.Event()
+    width = max(1, min(transport.parallelism, len(claimed)))
+    results = await asyncio.gather(
+        *(_connection_loop(transport, queue, ledger, ctx, stop) for _ in range(width)), return_exceptions=True
+    )
+    await ledger.close()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    # A configuration error explains more than the disconnects it caused in sibling connections.
+    errors.sort(key=lambda e: 0 if isinstance(e, ConfigurationError) else 1)
+    if errors:
+        raise errors[0]
+
+
+def send_batch(
+    engine: Engine,
+    settings: Settings,
+    mailshot_id: int,
+    token: str,
+    *,
+    transport: Transport | None = None,
+    clock: Clock = utcnow,
+) -> BatchReport:
+    """Claim one batch of due recipients and send it; the sending's state is in the database.
+
+    Raises :class:`TransportUnavailable` when the relay cannot be reached (the batch's claims are
+    released first, no try consumed): the caller retries the batch later.  A configuration error
+    pauses the sending and is reported in ``BatchReport.stopped``.
+    """
+    with session_scope(engine) as session:
+        mailshot = mailshots.get(session, mailshot_id)
+        if mailshot.status != MailshotStatus.PROCESSING:
+            return BatchReport(stopped=f"sending is {mailshot.status}")
+        claimed, killed = mailshots.claim(session, mailshot, token, settings.batch_size, clock())
+        mailshots.heartbeat(session, token, clock())
+    report = BatchReport(claimed=len(claimed) + killed, killed=killed)
+    if not claimed:
+        return report
+    ctx = context_for(engine, settings, mailshot_id)
+    transport = transport or get_transport(mailshot.transport, settings)
+    ledger = Ledger(engine, mailshot_id, token, settings.max_try, settings.retry_delay, clock, report)
+    try:
+        asyncio.run(_send_claimed(transport, claimed, ledger, ctx))
+    except ConfigurationError as exc:
+        with session_scope(engine) as session:
+            m = mailshots.get(session, mailshot_id)
+            if m.status == MailshotStatus.PROCESSING:
+                mailshots.set_status(session, m, MailshotStatus.PAUSE, f"paused: {exc}")
+        log.error("sending %s paused: %s", mailshot_id, exc)
+        report.stopped = f"paused: {exc}"
+    finally:
+        with session_scope(engine) as session:
+            mailshots.release(session, mailshot_id, token)
+    return report
+
+
+# --- test send --------------------------------------------------------------------------------------
+
+
+def send_test(
+    engine: Engine, settings: Settings, mailshot_id: int, email: str, *, transport: Transport | None = None
+) -> OutgoingMessage:
+    """One personalised message to any address, subject prefixed ``[TEST] ``; no recipient row changes.
+
+    Variables come from the subscriber when the address is one (its lists among the sending's),
+    otherwise from the address alone.
+    """
+    from sqlmodel import select
+
+    from mailshot_core.errors import MailshotError
+    from mailshot_core.models import MailingList, Subscriber, Subscription, SubscriptionStatus
+    from mailshot_core.subscribers import normalise_email
+
+    address = normalise_email(email)
+    ctx = context_for(engine, settings, mailshot_id)
+    with session_scope(engine) as session:
+        mailshot = mailshots.get(session, mailshot_id)
+        names = mailshots.list_identifiers(mailshot)
+        sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        listes: tuple[str, ...] = tuple(names)
+        nom = lang = ""
+        status = "valid"
+        if sub is not None:
+            nom, lang, status = sub.nom, sub.lang, sub.status
+            mine = set(
+                session.exec(
+                    select(MailingList.identifier)
+                    .join(Subscription, col(Subscription.list_id) == MailingList.id)
+                    .where(Subscription.subscriber_id == sub.id, Subscription.status == SubscriptionStatus.VALID)
+                ).all()
+            )
+            listes = tuple(n for n in names if n in mine) or listes
+        row = session.exec(
+            select(Recipient.id).where(Recipient.mailshot_id == mailshot_id, Recipient.email == address)
+        ).first()
+        transport = transport or get_transport(mailshot.transport, settings)
+    rid = row or 0  # recipient 0: a link that unsubscribes nobody (test message to a non-recipient)
+    who = Personalisation(address, nom, listes, lang, status, ctx.unsubscribe_url(rid))
+    try:
+        msg = ctx.message_for(rid, address, who, test=True)
+    except (TemplateError, HeaderError) as exc:
+        raise MailshotError(str(exc)) from None
+
+    async def _go() -> None:
+        conn = await transport.connect()
+        try:
+            await conn.send(msg)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(_go())
+    except (TemporaryError, PermanentError, ConfigurationError) as exc:
+        raise MailshotError(f"test message to {address} not sent: {exc}") from None
+    return msg
+
+
+# --- a whole sending --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    token: str
+    total: int
+    released: int  # claims of dead workers put back in the queue
+    in_doubt: int  # messages of dead workers whose fate is unknown
+
+
+def start_sending(
+    engine: Engine, settings: Settings, mailshot_id: int, *, run_id: str | None = None, clock: Clock = utcnow
+) -> Started:
+    """Open a sending for this worker: validate, start, recover dead claims, materialise once.
+
+    Raises InvalidState when the sending cannot be sent now (paused, ended, cancelled, scheduled).
+    """
+    from mailshot_core.errors import InvalidState
+
+    now = clock()
+    token = mailshots.new_worker_token()
+    with session_scope(engine) as session:
+        mailshot = mailshots.get(session, mailshot_id)
+        if mailshot.status == MailshotStatus.INIT:
+            if mailshot.start_at is not None and mailshot.start_at > now:
+                raise InvalidState(
+                    f"sending {mailshot_id} is scheduled for {mailshot.start_at:%Y-%m-%d %H:%M} UTC; "
+                    "it starts then (or resume it to start now)"
+                )
+            mailshots.set_status(session, mailshot, MailshotStatus.PROCESSING)
+        if mailshot.status != MailshotStatus.PROCESSING:
+            reason = f" ({mailshot.status_reason})" if mailshot.status_reason else ""
+            hint = " (mailshot resume ID first)" if mailshot.status == MailshotStatus.PAUSE else ""
+            raise InvalidState(f"sending {mailshot_id} is '{mailshot.status}'{reason}: nothing to send{hint}")
+        if mailshot.started_at is None:
+            mailshot.started_at = now
+        if run_id:
+            mailshot.flow_run_id = run_id
+        mailshot.status_reason = None
+        session.add(mailshot)
+        released, in_doubt = mailshots.recover_dead_workers(
+            session, mailshot_id, now, timedelta(seconds=settings.claim_lease)
+        )
+        if not mailshot.materialised:
+            mailshots.materialise(session, mailshot)
+        mailshots.register_worker(session, mailshot_id, token, now)
+        total = mailshot.total
+    # Validate the templates and settings before the first batch (errors surface here, not mid-way).
+    context_for(engine, settings, mailshot_id)
+    return Started(token, total, released, in_doubt)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the sending loop does next: send a batch, wait (seconds), or stop (with why)."""
+
+    action: str  # "send", "wait", "done", "stopped"
+    seconds: float = 0.0
+    reason: str = ""
+
+
+def next_step(engine: Engine, settings: Settings, mailshot_id: int, *, clock: Clock = utcnow) -> Step:
+    now = clock()
+    with session_scope(engine) as session:
+        mailshots.recover_dead_workers(session, mailshot_id, now, timedelta(seconds=settings.claim_lease))
+        p = mailshots.progress(session, mailshot_id, now)
+    if p.status != MailshotStatus.PROCESSING:
+        return Step("stopped", reason=f"sending is {p.status}")
+    if p.due:
+        return Step("send")
+    if p.next_due is not None:
+        return Step("wait", seconds=max(0.05, (p.next_due - now).total_seconds()), reason="waiting for retries")
+    if p.in_flight:
+        return Step("wait", seconds=1.0, reason="other workers are finishing their batches")
+    return Step("done")
+
+
+def end_sending(engine: Engine, mailshot_id: int, token: str, *, finished: bool) -> Mailshot:
+    """Unregister the worker; when nothing is left to send, end the sending (recount checked)."""
+    with session_scope(engine) as session:
+        mailshots.unregister_worker(session, mailshot_id, token)
+        if finished:
+            return mailshots.finish(session, mailshot_id)
+        return mailshots.get(session, mailshot_id)

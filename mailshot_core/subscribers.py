@@ -1,0 +1,415 @@
+"""Lists, subscribers, subscriptions: creation, CSV import, unsubscription, history.
+
+Addresses are validated and normalised with email-validator (no DNS look-up: an
+import of a million rows must not depend on the network) and lower-cased, so one
+person is one row whatever the case they typed.  Imports are set-based (chunks of
+1,000 rows, ``INSERT .. ON CONFLICT DO NOTHING``) and idempotent: re-importing the
+same file changes nothing, and an import never re-subscribes someone who left.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import and_, func, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from mailshot_core.errors import InvalidInput, NotFound
+from mailshot_core.message import HeaderError, check_header_value
+from mailshot_core.models import (
+    FeedbackEvent,
+    MailingList,
+    Mailshot,
+    Recipient,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
+
+IMPORT_CHUNK = 1000
+
+
+def normalise_email(raw: str) -> str:
+    """The canonical form of an address, or InvalidInput saying why it is not one."""
+    value = raw.strip()
+    if not value:
+        raise InvalidInput("empty address")
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput(f"invalid address {value!r}: {exc}") from None
+    return result.normalized.lower()
+
+
+def check_name(nom: str) -> str:
+    try:
+        return check_header_value("name", nom.strip())
+    except HeaderError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def insert_ignore(session: Session, table: Any) -> Any:
+    """``INSERT .. ON CONFLICT DO NOTHING`` for the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
+
+
+# --- lists ------------------------------------------------------------------------------------------
+
+
+def create_list(session: Session, identifier: str, title: str = "") -> MailingList:
+    identifier = identifier.strip()
+    if not identifier or not all(c.isalnum() or c in "-_." for c in identifier):
+        raise InvalidInput(
+            f"invalid list name {identifier!r}: use letters, digits, '-', '_' or '.' (it becomes part of List-Id)"
+        )
+    if session.exec(select(MailingList).where(MailingList.identifier == identifier)).first():
+        raise InvalidInput(f"list {identifier!r} already exists")
+    try:
+        title = check_header_value("list title", title.strip() or identifier)
+    except HeaderError as exc:
+        raise InvalidInput(str(exc)) from None
+    mlist = MailingList(identifier=identifier, title=title)
+    session.add(mlist)
+    session.flush()
+    return mlist
+
+
+def get_list(session: Session, identifier: str) -> MailingList:
+    mlist = session.exec(select(MailingList).where(MailingList.identifier == identifier)).first()
+    if mlist is None:
+        known = session.exec(select(MailingList.identifier).order_by(MailingList.identifier)).all()
+        hint = (
+            f" (existing lists: {', '.join(known)})" if known else " (no list exists yet: mailshot lists create NAME)"
+        )
+        raise NotFound(f"unknown list {identifier!r}{hint}")
+    return mlist
+
+
+def list_lists(session: Session) -> list[tuple[MailingList, int]]:
+    """Every list with its number of valid subscriptions."""
+    counts = (
+        select(Subscription.list_id, func.count().label("n"))  # type: ignore[call-overload]
+        .where(Subscription.status == SubscriptionStatus.VALID)
+        .group_by(Subscription.list_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(MailingList, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.list_id == MailingList.id)
+        .order_by(MailingList.identifier)
+    ).all()
+    return [(r[0], int(r[1])) for r in rows]
+
+
+# --- subscribers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    new_subscribers: int = 0
+    new_subscriptions: int = 0
+    already_subscribed: int = 0
+    kept_unsubscribed: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    email: str
+    nom: str
+    lang: str
+
+
+def _read_csv(text: str, source: str) -> Iterator[_Row | tuple[int, str]]:
+    sample = text[:4096]
+    try:
+        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InvalidInput(f"{source}: the file is empty") from None
+    except csv.Error as exc:
+        raise InvalidInput(f"{source}, line 1: malformed CSV: {exc}") from None
+    columns = [h.strip().lower().lstrip("\ufeff") for h in header]
+    if "email" not in columns:
+        raise InvalidInput(
+            f"{source}, line 1: no 'email' column in the header (found: {', '.join(columns) or 'nothing'}); "
+            "expected columns: email, and optionally nom, lang"
+        )
+    i_email = columns.index("email")
+    i_nom = columns.index("nom") if "nom" in columns else (columns.index("name") if "name" in columns else None)
+    i_lang = columns.index("lang") if "lang" in columns else None
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InvalidInput(f"{source}, line {reader.line_num}: malformed CSV: {exc}") from None
+        line = reader.line_num
+        if not values or all(not v.strip() for v in values):
+            continue
+        if len(values) != len(columns):
+            yield (line, f"expected {len(columns)} fields, found {len(values)}")
+            continue
+        try:
+            email = normalise_email(values[i_email])
+            nom = check_name(values[i_nom]) if i_nom is not None else ""
+        except InvalidInput as exc:
+            yield (line, str(exc))
+            continue
+        lang = values[i_lang].strip()[:16] if i_lang is not None else ""
+        yield _Row(line, email, nom, lang)
+
+
+def import_csv(session: Session, path: Path, list_identifier: str, *, strict: bool = False) -> ImportReport:
+    """Import a CSV (columns email[, nom][, lang]) into a list.
+
+    Invalid rows are reported by line and skipped (``strict``: refused, nothing imported).
+    The whole file is read and checked before the first write, so a malformed file changes nothing.
+    """
+    mlist = get_list(session, list_identifier)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    report = ImportReport()
+    rows: dict[str, _Row] = {}
+    for item in _read_csv(text, str(path)):
+        report.rows += 1
+        if isinstance(item, tuple):
+            report.errors.append(item)
+        elif item.email not in rows:  # the first occurrence of an address wins
+            rows[item.email] = item
+    if strict and report.errors:
+        line, reason = report.errors[0]
+        raise InvalidInput(f"{path}, line {line}: {reason} ({len(report.errors)} invalid rows; nothing imported)")
+    _upsert(session, mlist, list(rows.values()), report)
+    return report
+
+
+def _upsert(session: Session, mlist: MailingList, rows: Sequence[_Row], report: ImportReport) -> None:
+    assert mlist.id is not None
+    now = utcnow()
+    for start in range(0, len(rows), IMPORT_CHUNK):
+        chunk = rows[start : start + IMPORT_CHUNK]
+        emails = [r.email for r in chunk]
+        before = session.exec(
+            select(func.count()).select_from(Subscriber).where(col(Subscriber.email).in_(emails))
+        ).one()
+        session.execute(
+            insert_ignore(session, Subscriber.__table__),
+            [
+                {
+                    "email": r.email,
+                    "nom": r.nom,
+                    "lang": r.lang,
+                    "status": SubscriberStatus.VALID,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in chunk
+            ],
+        )
+        report.new_subscribers += len(chunk) - int(before)
+        ids = {
+            email: (sub_id, status)
+            for email, sub_id, status in session.exec(
+                select(Subscriber.email, Subscriber.id, Subscriber.status).where(col(Subscriber.email).in_(emails))
+            ).all()
+        }
+        existing = dict(
+            session.exec(
+                select(Subscription.subscriber_id, Subscription.status).where(
+                    Subscription.list_id == mlist.id,
+                    col(Subscription.subscriber_id).in_([i for i, _ in ids.values()]),
+                )
+            ).all()
+        )
+        new = []
+        for email in emails:
+            sub_id, sub_status = ids[email]
+            if sub_id in existing:
+                if existing[sub_id] == SubscriptionStatus.VALID:
+                    report.already_subscribed += 1
+                else:
+                    report.kept_unsubscribed += 1
+                continue
+            if sub_status != SubscriberStatus.VALID:
+                report.kept_unsubscribed += 1
+                continue
+            new.append(
+                {
+                    "subscriber_id": sub_id,
+                    "list_id": mlist.id,
+                    "status": SubscriptionStatus.VALID,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        if new:
+            session.execute(insert_ignore(session, Subscription.__table__), new)
+        report.new_subscriptions += len(new)
+
+
+def add_subscriber(
+    session: Session, email: str, list_identifier: str, nom: str = "", lang: str = ""
+) -> tuple[Subscriber, bool]:
+    """Subscribe one address to a list; returns (subscriber, whether a subscription was created).
+
+    An explicit add re-subscribes someone who had left (unlike a bulk import): it is the operator's
+    decision for one person.
+    """
+    mlist = get_list(session, list_identifier)
+    address = normalise_email(email)
+    nom = check_name(nom)
+    sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+    now = utcnow()
+    if sub is None:
+        sub = Subscriber(email=address, nom=nom, lang=lang.strip()[:16])
+        session.add(sub)
+        session.flush()
+    else:
+        if nom:
+            sub.nom = nom
+        if lang:
+            sub.lang = lang.strip()[:16]
+        if sub.status != SubscriberStatus.VALID:
+            sub.status = SubscriberStatus.VALID
+            sub.unsubscribed_at = None
+            sub.unsubscribe_reason = None
+        sub.updated_at = now
+    link = session.get(Subscription, (sub.id, mlist.id))
+    created = False
+    if link is None:
+        session.add(Subscription(subscriber_id=sub.id, list_id=mlist.id, status=SubscriptionStatus.VALID))  # type: ignore[arg-type]
+        created = True
+    elif link.status != SubscriptionStatus.VALID:
+        link.status = SubscriptionStatus.VALID
+        link.updated_at = now
+        created = True
+    session.flush()
+    return sub, created
+
+
+def get_subscriber(session: Session, email: str) -> Subscriber:
+    try:
+        address = normalise_email(email)
+    except InvalidInput:
+        address = email.strip().lower()
+    sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+    if sub is None:
+        raise NotFound(f"no subscriber with address {email!r}")
+    return sub
+
+
+def unsubscribe(
+    session: Session,
+    email: str,
+    list_identifier: str | None = None,
+    *,
+    reason: str,
+    source: str = "cli",
+    mailshot_id: int | None = None,
+    recipient_id: int | None = None,
+) -> int:
+    """Refuse the subscriber's subscriptions (one list, or all); returns how many changed.
+
+    Leaving every list also marks the subscriber unsubscribed, with the reason.  Each call is
+    recorded as a feedback event (already applied), so the address history shows who did it.
+    """
+    sub = get_subscriber(session, email)
+    now = utcnow()
+    query = update(Subscription).where(
+        and_(Subscription.subscriber_id == sub.id, Subscription.status != SubscriptionStatus.REFUSED)
+    )
+    if list_identifier is not None:
+        mlist = get_list(session, list_identifier)
+        query = query.where(Subscription.list_id == mlist.id)
+    changed = session.execute(query.values(status=SubscriptionStatus.REFUSED, updated_at=now)).rowcount  # type: ignore[attr-defined]
+    remaining = session.exec(
+        select(func.count())
+        .select_from(Subscription)
+        .where(Subscription.subscriber_id == sub.id, Subscription.status == SubscriptionStatus.VALID)
+    ).one()
+    if (list_identifier is None or remaining == 0) and sub.status != SubscriberStatus.UNSUBSCRIBED:
+        sub.status = SubscriberStatus.UNSUBSCRIBED
+        sub.unsubscribed_at = now
+        sub.unsubscribe_reason = reason
+        sub.updated_at = now
+    session.add(
+        FeedbackEvent(
+            source=source,
+            mailshot_id=mailshot_id,
+            recipient_id=recipient_id,
+            email=sub.email,
+            kind="unsub",
+            detail=f"{reason} ({'list ' + list_identifier if list_identifier else 'all lists'})",
+            applied_at=now,
+        )
+    )
+    session.flush()
+    return int(changed)
+
+
+@dataclass
+class AddressHistory:
+    subscriber: Subscriber
+    subscriptions: list[tuple[str, str, datetime]]
+    sendings: list[tuple[int, str, str, int, datetime | None, str | None]]
+    events: list[FeedbackEvent]
+
+
+def history(session: Session, email: str) -> AddressHistory:
+    """Everything known about one address: lists, every sending with its outcome, every event."""
+    sub = get_subscriber(session, email)
+    subs = session.exec(
+        select(MailingList.identifier, Subscription.status, Subscription.updated_at)
+        .join(MailingList, col(MailingList.id) == Subscription.list_id)
+        .where(Subscription.subscriber_id == sub.id)
+        .order_by(col(MailingList.identifier))
+    ).all()
+    sends = session.exec(
+        select(
+            Recipient.mailshot_id,
+            Mailshot.subject,
+            Recipient.status,
+            Recipient.tries,
+            Recipient.last_attempt_at,
+            Recipient.last_error,
+        )
+        .join(Mailshot, col(Mailshot.id) == Recipient.mailshot_id)
+        .where(Recipient.email == sub.email)
+        .order_by(col(Recipient.mailshot_id))
+    ).all()
+    events = session.exec(
+        select(FeedbackEvent).where(FeedbackEvent.email == sub.email).order_by(col(FeedbackEvent.id))
+    ).all()
+    return AddressHistory(
+        subscriber=sub,
+        subscriptions=[(a, b, c) for a, b, c in subs],
+        sendings=[(a, b, c, d, e, f) for a, b, c, d, e, f in sends],
+        events=list(events),
+    )

@@ -1,0 +1,84 @@
+"""The transport interface and its error hierarchy.
+
+Every way of handing a message over (SMTP relay, ESP API) implements
+:class:`Transport`.  Failures are classified where they are understood, in the
+transport, into the three outcomes the send pipeline acts on (DESIGN §4.3):
+
+- :class:`TemporaryError`: 4xx reply, dropped connection, timeout.  The recipient is
+  retried after the rest of the sending; its try counter grows.
+- :class:`PermanentError`: 5xx for this recipient.  Recorded as a bounce, not retried.
+- :class:`ConfigurationError`: authentication or configuration.  The sending is
+  paused with the message; no recipient's try is consumed.
+- :class:`TransportUnavailable`: the relay cannot be reached at all.  The whole batch
+  is retried later (Prefect task retries); no try is consumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One personalised message, ready for the wire."""
+
+    recipient_id: int
+    envelope_from: str
+    envelope_to: str
+    data: bytes
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the transport answered when it accepted a message."""
+
+    code: int
+    text: str
+    transport_id: str | None = None
+
+
+class TransportError(Exception):
+    def __init__(self, text: str, code: int | None = None) -> None:
+        super().__init__(f"{code} {text}" if code else text)
+        self.code = code
+        self.text = text
+
+
+class TemporaryError(TransportError):
+    """Try this recipient again later."""
+
+
+class PermanentError(TransportError):
+    """This recipient cannot receive this message (5xx)."""
+
+    @property
+    def is_policy_block(self) -> bool:
+        """5.7.x: a sender-side block (reputation, policy), not the subscriber's fault."""
+        return " 5.7." in f" {self.text}"
+
+
+class ConfigurationError(TransportError):
+    """Credentials or settings are wrong: stop and tell the operator."""
+
+
+class TransportUnavailable(TemporaryError):
+    """Cannot reach the transport at all: the batch is retried as a whole."""
+
+
+class Connection(Protocol):
+    """One channel to the transport (an SMTP session, an HTTP client), used by one sender at a time."""
+
+    async def send(self, message: OutgoingMessage) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """A factory of connections; the pipeline opens ``parallelism`` of them per batch."""
+
+    name: str
+    parallelism: int
+
+    async def connect(self) -> Connection: ...
