@@ -102,12 +102,18 @@ class SendContext:
         return build_message(self.envelope, recipient_id, email, who.nom, content, who.url_unsubscribe, test=test)
 
 
-_contexts: dict[int, SendContext] = {}
+_contexts: dict[tuple[str, int, str], SendContext] = {}
 
 
 def context_for(engine: Engine, settings: Settings, mailshot_id: int) -> SendContext:
-    """The sending's context, built once per process (its content is frozen at creation)."""
-    ctx = _contexts.get(mailshot_id)
+    """The sending's context, built once per process and settings (its content is frozen at creation)."""
+    # SecretStr dumps as '****': the key's own bytes stand for it, so a changed key is seen.
+    key = (
+        engine.url.render_as_string(),
+        mailshot_id,
+        settings.model_dump_json() + settings.secret_key.get_secret_value(),
+    )
+    ctx = _contexts.get(key)
     if ctx is None:
         from mailshot_core.subscribers import get_list
 
@@ -117,7 +123,7 @@ def context_for(engine: Engine, settings: Settings, mailshot_id: int) -> SendCon
             ctx = SendContext.build(mailshot, settings, title)
         if len(_contexts) > 16:
             _contexts.clear()
-        _contexts[mailshot_id] = ctx
+        _contexts[key] = ctx
     return ctx
 
 

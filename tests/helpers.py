@@ -1,0 +1,70 @@
+"""Test helpers: seed a database, create a sending, drive it to the end without Prefect."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from mailshot_core import mailshots, sending, subscribers
+from mailshot_core.config import Settings
+from mailshot_core.db import session_scope
+from mailshot_core.models import Mailshot
+
+HTML = (
+    "<html><body><p>Hello {{ nom }} ({{ email }}, {{ lang }}, lists: {{ listes }})</p>"
+    '<p><a href="{{ url_unsubscribe }}">Unsubscribe</a></p></body></html>'
+)
+
+
+def seed(engine: Engine, tmp: Path, n: int, list_name: str = "news", domain: str = "example.com") -> list[str]:
+    """A list with n subscribers u0..u(n-1)@domain named 'User i'."""
+    path = tmp / f"{list_name}.csv"
+    emails = [f"u{i}@{domain}" for i in range(n)]
+    path.write_text("email,nom,lang\n" + "".join(f"{e},User {i},fr\n" for i, e in enumerate(emails)))
+    with session_scope(engine) as session:
+        if list_name not in [m.identifier for m, _ in subscribers.list_lists(session)]:
+            subscribers.create_list(session, list_name, list_name.title())
+        subscribers.import_csv(session, path, list_name)
+    return emails
+
+
+def create(engine: Engine, settings: Settings, lists: tuple[str, ...] = ("news",), **kw: object) -> int:
+    spec = mailshots.NewMailshot(
+        subject=str(kw.pop("subject", "Hello {{ nom }}")), html=str(kw.pop("html", HTML)), lists=lists, **kw  # type: ignore[arg-type]
+    )
+    with session_scope(engine) as session:
+        m = mailshots.create(session, settings, spec)
+        assert m.id is not None
+        return m.id
+
+
+def drive(engine: Engine, settings: Settings, mailshot_id: int, max_batches: int = 10_000) -> Mailshot:
+    """What the send-mailshot flow does, without Prefect: start, batches, waits, end."""
+    started = sending.start_sending(engine, settings, mailshot_id)
+    finished = False
+    for _ in range(max_batches):
+        step = sending.next_step(engine, settings, mailshot_id)
+        if step.action == "send":
+            if sending.send_batch(engine, settings, mailshot_id, started.token).stopped:
+                break
+        elif step.action == "wait":
+            time.sleep(min(step.seconds, 1.0))
+        else:
+            finished = step.action == "done"
+            break
+    return sending.end_sending(engine, mailshot_id, started.token, finished=finished)
+
+
+def recipients(engine: Engine, mailshot_id: int) -> dict[str, tuple[str, int]]:
+    """email -> (status, tries)."""
+    from sqlmodel import select
+
+    from mailshot_core.models import Recipient
+
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Recipient.email, Recipient.status, Recipient.tries).where(Recipient.mailshot_id == mailshot_id)
+        ).all()
+    return {e: (s, t) for e, s, t in rows}

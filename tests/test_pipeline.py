@@ -1,0 +1,212 @@
+"""The send pipeline against a real SMTP relay with injected faults, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from conftest import engine_for, make_settings
+from helpers import create, drive, recipients, seed
+from mailshot_core import mailshots, sending, subscribers
+from mailshot_core.db import session_scope
+from mailshot_core.devrelay import DevRelay, FaultPlan
+from mailshot_core.models import FeedbackEvent, MailshotStatus
+from mailshot_core.transports.base import TransportUnavailable
+
+
+def _counters_match(engine: object, mailshot_id: int) -> None:
+    with session_scope(engine) as session:  # type: ignore[arg-type]
+        m = mailshots.get(session, mailshot_id)
+        assert mailshots.stored_counters(m) == mailshots.recount(session, mailshot_id)
+
+
+def test_relay_faults_end_in_the_stated_status_and_tries(db_url: str, tmp_path: Path) -> None:
+    """4xx and dropped connections are retried (tries grow, fail at MAX_TRY); 5xx fails at once as a bounce."""
+    plan = FaultPlan(
+        {
+            "u1@example.com": ["451 4.3.0 Try later", "451 4.3.0 Try later", "ok"],
+            "u2@example.com": ["452 4.2.2 Mailbox full"],  # forever temporary
+            "u3@example.com": ["550 5.1.1 No such user"],
+            "u4@example.com": ["drop-data", "ok"],
+            "u5@example.com": ["421 4.7.0 Too busy", "ok"],
+            "u6@example.com": ["data:554 5.7.1 Rejected by policy"],
+            "u7@example.com": ["data:451 4.3.0 Queue full", "ok"],
+        }
+    )
+    with DevRelay(faults=plan) as relay:
+        settings = make_settings(db_url, relay, batch_size=7, smtp_connections=3)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 30)
+        mid = create(engine, settings)
+        m = drive(engine, settings, mid)
+        received = [msg.rcpt_tos[0] for msg in relay.messages]
+
+    rows = recipients(engine, mid)
+    assert rows["u1@example.com"] == ("sent", 3)
+    assert rows["u2@example.com"] == ("fail", 5)
+    assert rows["u3@example.com"] == ("fail", 1)
+    assert rows["u4@example.com"] == ("sent", 2)
+    assert rows["u5@example.com"] == ("sent", 2)
+    assert rows["u6@example.com"] == ("fail", 1)
+    assert rows["u7@example.com"] == ("sent", 2)
+    assert plan.attempts("u2@example.com") == 5
+    others = {e: st for e, st in rows.items() if e not in {f"u{i}@example.com" for i in range(1, 8)}}
+    assert set(others.values()) == {("sent", 1)}
+    assert sorted(received) == sorted(e for e, (s, _) in rows.items() if s == "sent")
+    assert len(received) == len(set(received)) == 27
+    assert m.status == MailshotStatus.END
+    assert (m.total, m.current, m.sent, m.failed) == (30, 30, 27, 3)
+    _counters_match(engine, mid)
+    with session_scope(engine) as session:
+        events = {e.email: e for e in session.exec(select(FeedbackEvent).where(FeedbackEvent.mailshot_id == mid))}
+    assert events["u3@example.com"].kind == "hard_bounce" and "5.1.1" in (events["u3@example.com"].detail or "")
+    assert events["u6@example.com"].kind == "reject"  # 5.7.x: a policy block, not the subscriber's fault
+    assert "u2@example.com" not in events  # temporary failures are not bounces
+
+
+def test_messages_are_personalised_with_bulk_headers(sqlite_url: str, tmp_path: Path, relay: DevRelay) -> None:
+    """Each recipient gets its own variables, List-Unsubscribe (+Post), List-Id, ids and a VERP envelope."""
+    settings = make_settings(sqlite_url, relay, bounce_address="bounces@bounce.example.org")
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 5)
+    seed(engine, tmp_path, 3, list_name="offers")  # u0..u2 are on both lists
+    mid = create(engine, settings, lists=("news", "offers"))
+    drive(engine, settings, mid)
+    assert len(relay.messages) == 5  # deduplicated across lists
+    from mailshot_core.tokens import parse_verp, read_token
+
+    for received in relay.messages:
+        msg = email.message_from_bytes(received.data, policy=email.policy.default)
+        to = received.rcpt_tos[0]
+        i = int(to.split("@")[0][1:])
+        assert msg["Subject"] == f"Hello User {i}"
+        assert msg["To"] == f"User {i} <{to}>"
+        html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        expected_lists = "news, offers" if i < 3 else "news"
+        assert f"Hello User {i} ({to}, fr, lists: {expected_lists})" in html
+        unsub = msg["List-Unsubscribe"].strip("<>")
+        assert unsub.startswith("https://news.example.org/u/") and unsub in html
+        ref = read_token(b"test-secret", unsub.rsplit("/", 1)[1])
+        assert ref is not None and ref.mailshot_id == mid
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert msg["List-Id"] == '"News" <news.example.org>'
+        assert msg["X-Mailshot-Id"] == str(mid) and msg["X-Mailshot-Recipient"] == str(ref.recipient_id)
+        assert msg["Message-ID"] == f"<mailshot.{mid}.r{ref.recipient_id}@example.org>"
+        assert parse_verp(b"test-secret", received.envelope_from) == ref
+        assert "Unsubscribe" in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_authentication_error_pauses_without_consuming_tries(sqlite_url: str, tmp_path: Path) -> None:
+    """A wrong SMTP password pauses the sending with a clear reason and burns no recipient's try."""
+    with DevRelay(auth=("user", "right")) as relay:
+        settings = make_settings(sqlite_url, relay, smtp_user="user", smtp_password="wrong")
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 20)
+        mid = create(engine, settings)
+        m = drive(engine, settings, mid)
+        assert m.status == MailshotStatus.PAUSE
+        assert "authentication failed" in (m.status_reason or "")
+        assert set(recipients(engine, mid).values()) == {("todo", 0)}
+        assert relay.messages == []
+        # Fixed credentials: resume and everything goes out.
+        settings = make_settings(sqlite_url, relay, smtp_user="user", smtp_password="right")
+        with session_scope(engine) as session:
+            mailshots.resume(session, mid)
+        m = drive(engine, settings, mid)
+        assert m.status == MailshotStatus.END and m.sent == 20
+        assert len(relay.messages) == 20
+
+
+def test_relay_down_releases_the_batch_without_consuming_tries(sqlite_url: str, tmp_path: Path) -> None:
+    """No relay listening: the batch raises TransportUnavailable (retried by Prefect); rows back to todo, tries 0."""
+    with DevRelay() as relay:
+        port = relay.port
+    settings = make_settings(sqlite_url, None, smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=2)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 10)
+    mid = create(engine, settings)
+    started = sending.start_sending(engine, settings, mid)
+    with pytest.raises(TransportUnavailable):
+        sending.send_batch(engine, settings, mid, started.token)
+    assert set(recipients(engine, mid).values()) == {("todo", 0)}
+    _counters_match(engine, mid)
+
+
+def test_pause_and_cancel_take_effect_before_the_next_batch(sqlite_url: str, tmp_path: Path, relay: DevRelay) -> None:
+    """Pause stops after the current batch; cancel turns pending recipients into kill."""
+    settings = make_settings(sqlite_url, relay, batch_size=10)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 35)
+    mid = create(engine, settings)
+    started = sending.start_sending(engine, settings, mid)
+    assert sending.send_batch(engine, settings, mid, started.token).sent == 10
+    with session_scope(engine) as session:
+        mailshots.pause(session, mid)
+    report = sending.send_batch(engine, settings, mid, started.token)
+    assert report.sent == 0 and report.stopped == "sending is pause"
+    assert sending.next_step(engine, settings, mid).action == "stopped"
+    with session_scope(engine) as session:
+        m = mailshots.cancel(session, mid)
+    sending.end_sending(engine, mid, started.token, finished=False)
+    assert m.status == MailshotStatus.CANCEL
+    statuses = [s for s, _ in recipients(engine, mid).values()]
+    assert statuses.count("sent") == 10 and statuses.count("kill") == 25
+    assert len(relay.messages) == 10
+    _counters_match(engine, mid)
+
+
+def test_unsubscribed_after_materialisation_is_not_sent(db_url: str, tmp_path: Path, relay: DevRelay) -> None:
+    """Addresses unsubscribed (from all lists or from the sending's list) after the start are re-checked and skipped."""
+    settings = make_settings(db_url, relay, batch_size=5)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 12)
+    seed(engine, tmp_path, 12, list_name="other")
+    mid = create(engine, settings)
+    started = sending.start_sending(engine, settings, mid)  # materialises 12 recipients
+    with session_scope(engine) as session:
+        subscribers.unsubscribe(session, "u7@example.com", reason="test")
+        subscribers.unsubscribe(session, "u9@example.com", "news", reason="test")  # still on "other"
+    sending.end_sending(engine, mid, started.token, finished=False)
+    m = drive(engine, settings, mid)
+    received = {msg.rcpt_tos[0] for msg in relay.messages}
+    assert "u7@example.com" not in received and "u9@example.com" not in received
+    assert len(received) == 10 and m.sent == 10
+    rows = recipients(engine, mid)
+    assert rows["u7@example.com"][0] == rows["u9@example.com"][0] == "kill"
+    _counters_match(engine, mid)
+
+
+def test_scheduled_sending_does_not_start_early(sqlite_url: str, tmp_path: Path) -> None:
+    """A sending with a future start date is `init` and refuses to send before its time."""
+    from datetime import UTC, datetime, timedelta
+
+    from mailshot_core.errors import InvalidState
+
+    settings = make_settings(sqlite_url)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 3)
+    mid = create(engine, settings, start_at=datetime.now(UTC) + timedelta(hours=2))
+    with session_scope(engine) as session:
+        assert mailshots.get(session, mid).status == MailshotStatus.INIT
+    with pytest.raises(InvalidState, match="scheduled"):
+        sending.start_sending(engine, settings, mid)
+
+
+def test_send_test_prefixes_subject_and_changes_no_row(sqlite_url: str, tmp_path: Path, relay: DevRelay) -> None:
+    """A test goes to any address with [TEST] in the subject; subscriber variables are used when known."""
+    settings = make_settings(sqlite_url, relay)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 3)
+    mid = create(engine, settings)
+    sending.send_test(engine, settings, mid, "u1@example.com")
+    sending.send_test(engine, settings, mid, "stranger@elsewhere.org")
+    first, second = (email.message_from_bytes(m.data, policy=email.policy.default) for m in relay.messages)
+    assert first["Subject"] == "[TEST] Hello User 1"
+    assert second["Subject"] == "[TEST] Hello"
+    assert recipients(engine, mid) == {}
+    with session_scope(engine) as session:
+        assert mailshots.get(session, mid).status == MailshotStatus.PROCESSING
