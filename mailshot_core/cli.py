@@ -40,8 +40,8 @@ subs_app = typer.Typer(help="Subscribers and subscriptions.", no_args_is_help=Tr
 app.add_typer(lists_app, name="lists")
 app.add_typer(subs_app, name="subscribers")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _settings() -> Settings:

@@ -32,7 +32,10 @@ def seed(engine: Engine, tmp: Path, n: int, list_name: str = "news", domain: str
 
 def create(engine: Engine, settings: Settings, lists: tuple[str, ...] = ("news",), **kw: object) -> int:
     spec = mailshots.NewMailshot(
-        subject=str(kw.pop("subject", "Hello {{ nom }}")), html=str(kw.pop("html", HTML)), lists=lists, **kw  # type: ignore[arg-type]
+        subject=str(kw.pop("subject", "Hello {{ nom }}")),
+        html=str(kw.pop("html", HTML)),
+        lists=lists,
+        **kw,  # type: ignore[arg-type]
     )
     with session_scope(engine) as session:
         m = mailshots.create(session, settings, spec)

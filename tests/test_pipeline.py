@@ -7,10 +7,10 @@ import email.policy
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
-
 from conftest import engine_for, make_settings
 from helpers import create, drive, recipients, seed
+from sqlmodel import select
+
 from mailshot_core import mailshots, sending, subscribers
 from mailshot_core.db import session_scope
 from mailshot_core.devrelay import DevRelay, FaultPlan

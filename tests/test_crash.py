@@ -1,0 +1,93 @@
+"""Guarantee 1–2 (DESIGN §4): SIGKILL of the sending process, then `mailshot send` again.
+
+No recipient gets the message twice; every recipient is accepted exactly once except
+those reported in doubt (in flight at the kill), which are at most the number of
+parallel connections, are listed by `mailshot status`, and are not resent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import engine_for, make_settings
+from helpers import create, recipients, seed
+
+from mailshot_core.devrelay import DevRelay
+
+CONNECTIONS = 4
+
+
+def _env(db_url: str, relay: DevRelay) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSHOT_")}
+    env.update(
+        MAILSHOT_DATABASE_URL=db_url,
+        MAILSHOT_SMTP_HOST=relay.host,
+        MAILSHOT_SMTP_PORT=str(relay.port),
+        MAILSHOT_SMTP_CONNECTIONS=str(CONNECTIONS),
+        MAILSHOT_BATCH_SIZE="200",
+        MAILSHOT_RETRY_DELAY="0",
+        MAILSHOT_SECRET_KEY="crash-secret",
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+    )
+    return env
+
+
+def _mailshot(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mailshot_core.cli", *args]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sending_then_resume_sends_nobody_twice(prefect_harness: None, db_url: str, tmp_path: Path) -> None:
+    """SIGKILL mid-sending + `mailshot send` again: 0 duplicates, in-doubt <= connections, listed, not resent."""
+    with DevRelay(delay=0.002) as relay:
+        settings = make_settings(db_url, relay)
+        engine = engine_for(settings)
+        everyone = seed(engine, tmp_path, 3000)
+        mid = create(engine, settings)
+        env = _env(db_url, relay)
+
+        victim = subprocess.Popen(
+            _mailshot("send", str(mid), "--no-progress"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 120
+        while relay.received_count < 600:
+            assert victim.poll() is None, victim.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the sending never got going"
+            time.sleep(0.01)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        killed_at = relay.received_count
+        assert killed_at < 3000, "the kill came too late to test anything"
+
+        second = subprocess.run(
+            _mailshot("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+        status = subprocess.run(
+            _mailshot("status", str(mid), "--json"), env=env, capture_output=True, text=True, timeout=60
+        )
+        assert status.returncode == 0, status.stderr
+        received = Counter(m.rcpt_tos[0] for m in relay.messages)
+
+    report = json.loads(status.stdout)
+    unknown = set(report["unknown_recipients"])
+    rows = recipients(engine, mid)
+    assert [e for e, n in received.items() if n > 1] == []  # nobody got it twice
+    assert len(unknown) <= CONNECTIONS
+    assert report["nb_unknown"] == len(unknown)
+    assert {e for e, (s, _) in rows.items() if s == "unknown"} == unknown
+    sent = {e for e, (s, _) in rows.items() if s == "sent"}
+    assert sent | unknown == set(everyone)  # nothing lost
+    assert sent <= set(received)  # every `sent` row was really accepted by the relay
+    assert set(received) - sent <= unknown  # accepted but not recorded: only the in-doubt ones
+    assert report["status"] == "end" and report["sent"] == len(sent)

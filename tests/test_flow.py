@@ -1,0 +1,130 @@
+"""The send-mailshot and send-test flows under Prefect's test harness."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+
+import pytest
+from conftest import engine_for, make_settings
+from helpers import create, seed
+
+from mailshot_core import mailshots
+from mailshot_core.config import get_settings
+from mailshot_core.db import session_scope
+from mailshot_core.devrelay import DevRelay
+from mailshot_core.models import MailshotStatus
+
+
+@pytest.fixture
+def env_settings(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, relay: DevRelay) -> object:
+    """Flows read their settings from MAILSHOT_* like a deployment does."""
+    values = {
+        "MAILSHOT_DATABASE_URL": sqlite_url,
+        "MAILSHOT_SMTP_HOST": relay.host,
+        "MAILSHOT_SMTP_PORT": str(relay.port),
+        "MAILSHOT_FROM_EMAIL": "news@example.org",
+        "MAILSHOT_BASE_URL": "https://news.example.org",
+        "MAILSHOT_SECRET_KEY": "flow-secret",
+        "MAILSHOT_BATCH_SIZE": "1000",
+        "MAILSHOT_SMTP_CONNECTIONS": "8",
+        "MAILSHOT_RETRY_DELAY": "0",
+    }
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_ten_thousand_recipients_get_exactly_one_personalised_message(
+    prefect_harness: None, env_settings: object, relay: DevRelay, tmp_path: Path
+) -> None:
+    """10,000 recipients -> exactly 10,000 distinct messages, each personalised, with the bulk headers."""
+    from flows.send_mailshot import send_mailshot
+
+    settings = make_settings(env_settings.database_url)  # type: ignore[attr-defined]
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 10_000)
+    mid = create(engine, settings)
+    result = send_mailshot(mid)
+    assert result["status"] == MailshotStatus.END
+    assert (result["total"], result["sent"], result["failed"]) == (10_000, 10_000, 0)
+    messages = relay.messages
+    assert len(messages) == 10_000
+    assert len({m.rcpt_tos[0] for m in messages}) == 10_000
+    ids = set()
+    for received in messages:
+        msg = email.message_from_bytes(received.data, policy=email.policy.default)
+        to = received.rcpt_tos[0]
+        n = int(to.split("@")[0][1:])
+        assert msg["Subject"] == f"Hello User {n}"
+        assert msg["To"].addresses[0].addr_spec == to
+        assert f"Hello User {n} ({to}" in msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        for header in (
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "List-Id",
+            "Message-ID",
+            "Date",
+            "X-Mailshot-Id",
+            "X-Mailshot-Recipient",
+        ):
+            assert msg[header], header
+        ids.add(msg["Message-ID"])
+    assert len(ids) == 10_000
+    with session_scope(engine) as session:
+        m = mailshots.get(session, mid)
+        assert mailshots.stored_counters(m) == mailshots.recount(session, mid)
+        assert m.flow_run_id
+
+
+def test_flow_publishes_progress_and_counters_artifacts(
+    prefect_harness: None, env_settings: object, relay: DevRelay, tmp_path: Path
+) -> None:
+    """Operators see a progress artifact and a final counters table, and the run is named after the sending."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.send_mailshot import send_mailshot
+
+    settings = make_settings(env_settings.database_url)  # type: ignore[attr-defined]
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 30)
+    mid = create(engine, settings, subject="Weekly news")
+    state = send_mailshot(mid, return_state=True)
+    assert state.is_completed()
+
+    import asyncio
+
+    async def fetch() -> tuple[list[object], str]:
+        async with get_client() as client:
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[f"mailshot-{mid}-counters", f"mailshot-{mid}-progress"])
+                )
+            )
+            run = await client.read_flow_run(state.state_details.flow_run_id)
+            return arts, run.name
+
+    arts, name = asyncio.run(fetch())
+    kinds = {a.type for a in arts}  # type: ignore[attr-defined]
+    assert {"table", "progress"} <= kinds
+    progress = [a for a in arts if a.type == "progress"][0]  # type: ignore[attr-defined]
+    assert progress.data == 100.0  # type: ignore[attr-defined]
+    assert name == f"mailshot-{mid}: Weekly news"
+
+
+def test_send_test_flow(prefect_harness: None, env_settings: object, relay: DevRelay, tmp_path: Path) -> None:
+    """The send-test flow sends one [TEST] message."""
+    from flows.send_test import send_test
+
+    settings = make_settings(env_settings.database_url)  # type: ignore[attr-defined]
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 2)
+    mid = create(engine, settings)
+    message_id = send_test(mid, "someone@else.org")
+    assert message_id == f"<mailshot.{mid}.t0@example.org>"
+    assert len(relay.messages) == 1
