@@ -1,0 +1,123 @@
+"""End-to-end check of the deployment path, as an operator would run it.
+
+Starts a real `prefect server start`, a local relay, `mailshot serve`, creates a
+sending with the CLI, then runs
+
+    prefect deployment run 'send-mailshot/default' --param mailshot_id=N --watch
+
+and checks that every recipient received the message.  Everything runs on
+loopback in a temporary directory and is stopped at the end.  Used by
+tests/test_deployment.py; run it by hand with `.venv/bin/python scripts/deployment_check.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+RECIPIENTS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> str:
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="mailshot-deploy-"))
+    api_port, relay_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSHOT_", "PREFECT_"))}
+    env.update(
+        PREFECT_HOME=str(work / "prefect"),
+        PREFECT_API_URL=f"http://127.0.0.1:{api_port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
+        MAILSHOT_SMTP_PORT=str(relay_port),
+        MAILSHOT_SMTP_HOST="127.0.0.1",
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = work / "logs"
+    logs.mkdir()
+
+    def start(name: str, cmd: list[str]) -> None:
+        log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        procs.append(subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    try:
+        start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)])
+        start("relay", [sys.executable, "-m", "mailshot_core.devrelay", "--port", str(relay_port),
+                        "--out-dir", str(work / "out")])
+        wait_http(f"http://127.0.0.1:{api_port}/api/health", 90)
+        mailshot = [sys.executable, "-m", "mailshot_core.cli"]
+        run([*mailshot, "lists", "create", "news"], env, work)
+        (work / "subs.csv").write_text("email,nom\n" + "".join(f"d{i}@example.com,D {i}\n" for i in range(RECIPIENTS)))
+        run([*mailshot, "subscribers", "import", "subs.csv", "--list", "news"], env, work)
+        (work / "body.html").write_text("<p>Hello {{ nom }}</p>")
+        mid = run([*mailshot, "create", "--subject", "Deployed", "--html", "body.html", "--list", "news"],
+                  env, work).strip().splitlines()[-1]
+        start("serve", [*mailshot, "serve"])
+        deadline = time.monotonic() + 90
+        while "send-mailshot" not in run([str(BIN / "prefect"), "deployment", "ls"], env, work):
+            if time.monotonic() > deadline:
+                raise TimeoutError("mailshot serve did not register its deployments")
+            time.sleep(1)
+        print(f"running: prefect deployment run 'send-mailshot/default' --param mailshot_id={mid} --watch")
+        run([str(BIN / "prefect"), "deployment", "run", "send-mailshot/default", "--param", f"mailshot_id={mid}",
+             "--watch", "--watch-timeout", "180"], env, work, timeout=240)
+        status = json.loads(run([*mailshot, "status", mid, "--json"], env, work))
+        received = len(list((work / "out").glob("*.eml")))
+        print(f"sending {mid}: status {status['status']}, sent {status['sent']}/{status['total']}, "
+              f"relay received {received}")
+        ok = status["status"] == "end" and status["sent"] == RECIPIENTS == received
+        print("deployment check:", "OK" if ok else "FAILED")
+        return 0 if ok else 1
+    except Exception:
+        for log_file in sorted(logs.iterdir()):
+            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
