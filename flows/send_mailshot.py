@@ -14,9 +14,10 @@ from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, Task, flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.client.schemas.objects import Flow, FlowRun, State
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun, State, TaskRun
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -43,7 +44,7 @@ def _run_name() -> str:
         return f"mailshot-{mailshot_id}"
 
 
-def _relay_down(task: Any, task_run: Any, state: State[Any]) -> bool:
+def _relay_down(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry a batch only when the transport could not be reached; anything else is not transient."""
     try:
         state.result()
@@ -57,18 +58,18 @@ def _relay_down(task: Any, task_run: Any, state: State[Any]) -> bool:
 @task(
     name="send-batch",
     retries=4,
-    retry_delay_seconds=[5, 15, 60, 180],
+    retry_delay_seconds=[5.0, 15.0, 60.0, 180.0],
     retry_jitter_factor=0.2,
     retry_condition_fn=_relay_down,
     task_run_name="batch {number}",
-    cache_policy=None,
+    cache_policy=NO_CACHE,
 )
 def send_batch_task(mailshot_id: int, token: str, number: int) -> BatchReport:
     settings = get_settings()
     return send_batch(get_engine(settings.database_url), settings, mailshot_id, token)
 
 
-def _pause_on_cancel(flow: Flow, run: FlowRun, state: State[Any]) -> None:
+def _pause_on_cancel(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> None:
     """A Prefect cancellation of the run means "stop sending": the sending is paused, not lost."""
     mailshot_id = run.parameters.get("mailshot_id")
     if mailshot_id is None:
@@ -87,8 +88,8 @@ def _counters_table(mailshot: Mailshot) -> list[dict[str, Any]]:
 @flow(
     name="send-mailshot",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=2),
-    on_cancellation=[_pause_on_cancel],
+    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
+    on_cancellation=[_pause_on_cancel],  # type: ignore[list-item]
     log_prints=False,
 )
 def send_mailshot(mailshot_id: int) -> dict[str, Any]:

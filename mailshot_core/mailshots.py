@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, text, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -338,8 +339,8 @@ def claim(
     due = (
         select(Recipient.id)
         .where(
-            Recipient.mailshot_id == mailshot.id,
-            Recipient.status == S.TODO,
+            col(Recipient.mailshot_id) == mailshot.id,
+            col(Recipient.status) == S.TODO,
             or_(col(Recipient.next_attempt_at).is_(None), col(Recipient.next_attempt_at) <= now),
         )
         .order_by(col(Recipient.tries), col(Recipient.id))
@@ -353,8 +354,8 @@ def claim(
     session.execute(
         update(Recipient).where(col(Recipient.id).in_(ids)).values(status=S.CLAIMED, claim_token=token, claimed_at=now)
     )
-    rows = session.exec(
-        select(
+    rows = session.execute(
+        sa_select(  # type: ignore[call-overload]
             Recipient.id,
             Recipient.email,
             Recipient.tries,
@@ -376,7 +377,7 @@ def claim(
             .join(MailingList, col(MailingList.id) == Subscription.list_id)
             .where(
                 col(Subscription.subscriber_id).in_(sub_ids),
-                Subscription.status == SubscriptionStatus.VALID,
+                col(Subscription.status) == SubscriptionStatus.VALID,
                 col(MailingList.identifier).in_(names),
             )
         ).all():
@@ -404,7 +405,7 @@ def release(session: Session, mailshot_id: int, token: str) -> int:
     """Give back this worker's claimed (not yet attempted) rows; they stay due, no try consumed."""
     result = session.execute(
         update(Recipient)
-        .where(col(Recipient.claim_token) == token, Recipient.status == S.CLAIMED)
+        .where(col(Recipient.claim_token) == token, col(Recipient.status) == S.CLAIMED)
         .values(status=S.TODO, claim_token=None, claimed_at=None)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -469,14 +470,14 @@ def recover_dead_workers(session: Session, mailshot_id: int, now: datetime, leas
         released += int(
             session.execute(
                 update(Recipient)
-                .where(col(Recipient.claim_token) == worker.token, Recipient.status == S.CLAIMED)
+                .where(col(Recipient.claim_token) == worker.token, col(Recipient.status) == S.CLAIMED)
                 .values(status=S.TODO, claim_token=None, claimed_at=None)
             ).rowcount  # type: ignore[attr-defined]
         )
         n = int(
             session.execute(
                 update(Recipient)
-                .where(col(Recipient.claim_token) == worker.token, Recipient.status == S.SENDING)
+                .where(col(Recipient.claim_token) == worker.token, col(Recipient.status) == S.SENDING)
                 .values(status=S.UNKNOWN, last_error="in flight when its worker died: maybe delivered")
             ).rowcount  # type: ignore[attr-defined]
         )
@@ -485,18 +486,18 @@ def recover_dead_workers(session: Session, mailshot_id: int, now: datetime, leas
         session.delete(worker)
     # Rows claimed by a token with no worker row at all (registration lost): same treatment.
     orphan = and_(
-        Recipient.mailshot_id == mailshot_id,
+        col(Recipient.mailshot_id) == mailshot_id,
         col(Recipient.status).in_([S.CLAIMED, S.SENDING]),
         ~col(Recipient.claim_token).in_(select(SendWorker.token).where(SendWorker.mailshot_id == mailshot_id)),
     )
     orphans = session.exec(select(Recipient.status, func.count()).where(orphan).group_by(col(Recipient.status))).all()
     if orphans:
         session.execute(
-            update(Recipient).where(orphan, Recipient.status == S.CLAIMED).values(status=S.TODO, claim_token=None)
+            update(Recipient).where(orphan, col(Recipient.status) == S.CLAIMED).values(status=S.TODO, claim_token=None)
         )
         session.execute(
             update(Recipient)
-            .where(orphan, Recipient.status == S.SENDING)
+            .where(orphan, col(Recipient.status) == S.SENDING)
             .values(status=S.UNKNOWN, last_error="in flight when its worker died: maybe delivered")
         )
         for status, n in orphans:
@@ -515,7 +516,7 @@ def resend_unknown(session: Session, mailshot_id: int) -> int:
     n = int(
         session.execute(
             update(Recipient)
-            .where(col(Recipient.mailshot_id) == mailshot_id, Recipient.status == S.UNKNOWN)
+            .where(col(Recipient.mailshot_id) == mailshot_id, col(Recipient.status) == S.UNKNOWN)
             .values(
                 status=S.TODO, claim_token=None, next_attempt_at=None, last_error="resent at the operator's request"
             )
@@ -534,7 +535,7 @@ def unknown_recipients(session: Session, mailshot_id: int) -> list[str]:
     return list(
         session.exec(
             select(Recipient.email)
-            .where(Recipient.mailshot_id == mailshot_id, Recipient.status == S.UNKNOWN)
+            .where(Recipient.mailshot_id == mailshot_id, col(Recipient.status) == S.UNKNOWN)
             .order_by(col(Recipient.id))
         ).all()
     )
@@ -565,14 +566,16 @@ def progress(session: Session, mailshot_id: int, now: datetime) -> Progress:
     )
     next_due = session.exec(
         select(func.min(Recipient.next_attempt_at)).where(
-            Recipient.mailshot_id == mailshot_id, Recipient.status == S.TODO, col(Recipient.next_attempt_at) > now
+            col(Recipient.mailshot_id) == mailshot_id,
+            col(Recipient.status) == S.TODO,
+            col(Recipient.next_attempt_at) > now,
         )
     ).one()
     due = session.exec(
         select(Recipient.id)
         .where(
-            Recipient.mailshot_id == mailshot_id,
-            Recipient.status == S.TODO,
+            col(Recipient.mailshot_id) == mailshot_id,
+            col(Recipient.status) == S.TODO,
             or_(col(Recipient.next_attempt_at).is_(None), col(Recipient.next_attempt_at) <= now),
         )
         .limit(1)

@@ -244,7 +244,7 @@ class Ledger:
                     update(Recipient)
                     .where(
                         col(Recipient.id) == rid,
-                        Recipient.status == S.CLAIMED,
+                        col(Recipient.status) == S.CLAIMED,
                         col(Recipient.claim_token) == self.token,
                     )
                     .values(status=S.SENDING, last_attempt_at=now)
@@ -509,12 +509,12 @@ def send_test(
                 session.exec(
                     select(MailingList.identifier)
                     .join(Subscription, col(Subscription.list_id) == MailingList.id)
-                    .where(Subscription.subscriber_id == sub.id, Subscription.status == SubscriptionStatus.VALID)
+                    .where(Subscription.subscriber_id == sub.id, col(Subscription.status) == SubscriptionStatus.VALID)
                 ).all()
             )
             listes = tuple(n for n in names if n in mine) or listes
         row = session.exec(
-            select(Recipient.id).where(Recipient.mailshot_id == mailshot_id, Recipient.email == address)
+            select(Recipient.id).where(Recipient.mailshot_id == mailshot_id, col(Recipient.email) == address)
         ).first()
         transport = transport or get_transport(mailshot.transport, settings)
     rid = row or 0  # recipient 0: a link that unsubscribes nobody (test message to a non-recipient)

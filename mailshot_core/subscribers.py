@@ -19,6 +19,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import and_, func, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -37,6 +38,8 @@ from mailshot_core.models import (
 )
 
 IMPORT_CHUNK = 1000
+_SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
+_SUBSCRIPTIONS = Subscription.__table__  # type: ignore[attr-defined]
 
 
 def normalise_email(raw: str) -> str:
@@ -105,7 +108,7 @@ def list_lists(session: Session) -> list[tuple[MailingList, int]]:
     counts = (
         select(Subscription.list_id, func.count().label("n"))  # type: ignore[call-overload]
         .where(Subscription.status == SubscriptionStatus.VALID)
-        .group_by(Subscription.list_id)
+        .group_by(col(Subscription.list_id))
         .subquery()
     )
     rows = session.execute(
@@ -220,7 +223,7 @@ def _upsert(session: Session, mlist: MailingList, rows: Sequence[_Row], report: 
             select(func.count()).select_from(Subscriber).where(col(Subscriber.email).in_(emails))
         ).one()
         session.execute(
-            insert_ignore(session, Subscriber.__table__),
+            insert_ignore(session, _SUBSCRIBERS),
             [
                 {
                     "email": r.email,
@@ -243,7 +246,7 @@ def _upsert(session: Session, mlist: MailingList, rows: Sequence[_Row], report: 
         existing = dict(
             session.exec(
                 select(Subscription.subscriber_id, Subscription.status).where(
-                    Subscription.list_id == mlist.id,
+                    col(Subscription.list_id) == mlist.id,
                     col(Subscription.subscriber_id).in_([i for i, _ in ids.values()]),
                 )
             ).all()
@@ -270,7 +273,7 @@ def _upsert(session: Session, mlist: MailingList, rows: Sequence[_Row], report: 
                 }
             )
         if new:
-            session.execute(insert_ignore(session, Subscription.__table__), new)
+            session.execute(insert_ignore(session, _SUBSCRIPTIONS), new)
         report.new_subscriptions += len(new)
 
 
@@ -343,16 +346,16 @@ def unsubscribe(
     sub = get_subscriber(session, email)
     now = utcnow()
     query = update(Subscription).where(
-        and_(Subscription.subscriber_id == sub.id, Subscription.status != SubscriptionStatus.REFUSED)
+        and_(col(Subscription.subscriber_id) == sub.id, col(Subscription.status) != SubscriptionStatus.REFUSED)
     )
     if list_identifier is not None:
         mlist = get_list(session, list_identifier)
-        query = query.where(Subscription.list_id == mlist.id)
+        query = query.where(col(Subscription.list_id) == mlist.id)
     changed = session.execute(query.values(status=SubscriptionStatus.REFUSED, updated_at=now)).rowcount  # type: ignore[attr-defined]
     remaining = session.exec(
         select(func.count())
         .select_from(Subscription)
-        .where(Subscription.subscriber_id == sub.id, Subscription.status == SubscriptionStatus.VALID)
+        .where(Subscription.subscriber_id == sub.id, col(Subscription.status) == SubscriptionStatus.VALID)
     ).one()
     if (list_identifier is None or remaining == 0) and sub.status != SubscriberStatus.UNSUBSCRIBED:
         sub.status = SubscriberStatus.UNSUBSCRIBED
@@ -391,8 +394,8 @@ def history(session: Session, email: str) -> AddressHistory:
         .where(Subscription.subscriber_id == sub.id)
         .order_by(col(MailingList.identifier))
     ).all()
-    sends = session.exec(
-        select(
+    sends = session.execute(
+        sa_select(  # type: ignore[call-overload]
             Recipient.mailshot_id,
             Mailshot.subject,
             Recipient.status,

@@ -12,6 +12,7 @@ tests/test_deployment.py; run it by hand with `.venv/bin/python scripts/deployme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,21 +72,27 @@ def main() -> int:
 
     def start(name: str, cmd: list[str]) -> None:
         log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
 
     try:
         start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)])
-        start("relay", [sys.executable, "-m", "mailshot_core.devrelay", "--port", str(relay_port),
-                        "--out-dir", str(work / "out")])
+        start(
+            "relay",
+            [sys.executable, "-m", "mailshot_core.devrelay", "--port", str(relay_port), "--out-dir", str(work / "out")],
+        )
         wait_http(f"http://127.0.0.1:{api_port}/api/health", 90)
         mailshot = [sys.executable, "-m", "mailshot_core.cli"]
         run([*mailshot, "lists", "create", "news"], env, work)
         (work / "subs.csv").write_text("email,nom\n" + "".join(f"d{i}@example.com,D {i}\n" for i in range(RECIPIENTS)))
         run([*mailshot, "subscribers", "import", "subs.csv", "--list", "news"], env, work)
         (work / "body.html").write_text("<p>Hello {{ nom }}</p>")
-        mid = run([*mailshot, "create", "--subject", "Deployed", "--html", "body.html", "--list", "news"],
-                  env, work).strip().splitlines()[-1]
+        mid = (
+            run([*mailshot, "create", "--subject", "Deployed", "--html", "body.html", "--list", "news"], env, work)
+            .strip()
+            .splitlines()[-1]
+        )
         start("serve", [*mailshot, "serve"])
         deadline = time.monotonic() + 90
         while "send-mailshot" not in run([str(BIN / "prefect"), "deployment", "ls"], env, work):
@@ -93,12 +100,28 @@ def main() -> int:
                 raise TimeoutError("mailshot serve did not register its deployments")
             time.sleep(1)
         print(f"running: prefect deployment run 'send-mailshot/default' --param mailshot_id={mid} --watch")
-        run([str(BIN / "prefect"), "deployment", "run", "send-mailshot/default", "--param", f"mailshot_id={mid}",
-             "--watch", "--watch-timeout", "180"], env, work, timeout=240)
+        run(
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "send-mailshot/default",
+                "--param",
+                f"mailshot_id={mid}",
+                "--watch",
+                "--watch-timeout",
+                "180",
+            ],
+            env,
+            work,
+            timeout=240,
+        )
         status = json.loads(run([*mailshot, "status", mid, "--json"], env, work))
         received = len(list((work / "out").glob("*.eml")))
-        print(f"sending {mid}: status {status['status']}, sent {status['sent']}/{status['total']}, "
-              f"relay received {received}")
+        print(
+            f"sending {mid}: status {status['status']}, sent {status['sent']}/{status['total']}, "
+            f"relay received {received}"
+        )
         ok = status["status"] == "end" and status["sent"] == RECIPIENTS == received
         print("deployment check:", "OK" if ok else "FAILED")
         return 0 if ok else 1
@@ -108,10 +131,8 @@ def main() -> int:
         raise
     finally:
         for proc in reversed(procs):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for proc in procs:
             try:
                 proc.wait(15)

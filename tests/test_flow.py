@@ -112,7 +112,7 @@ def test_flow_publishes_progress_and_counters_artifacts(
     arts, name = asyncio.run(fetch())
     kinds = {a.type for a in arts}  # type: ignore[attr-defined]
     assert {"table", "progress"} <= kinds
-    progress = [a for a in arts if a.type == "progress"][0]  # type: ignore[attr-defined]
+    progress = next(a for a in arts if a.type == "progress")  # type: ignore[attr-defined]
     assert progress.data == 100.0  # type: ignore[attr-defined]
     assert name == f"mailshot-{mid}: Weekly news"
 
