@@ -1,0 +1,198 @@
+"""The `mailshot` command as a new user meets it: happy path and every kind of bad input.
+
+Each bad input must give exactly one clear `error:` line (saying what and where), exit
+code 1, and leave the database byte-for-byte as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailshot_core.cli import main
+from mailshot_core.config import get_settings
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    db_file = tmp_path / "cli.db"
+    monkeypatch.setenv("MAILSHOT_DATABASE_URL", f"sqlite:///{db_file}")
+
+    def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        get_settings.cache_clear()
+        monkeypatch.setattr(sys, "argv", ["mailshot", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        for k in env or {}:
+            monkeypatch.delenv(k)
+        get_settings.cache_clear()
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    run.db_file = db_file  # type: ignore[attr-defined]
+    return run
+
+
+def _dump(db_file: Path) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db_file)
+    try:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table' order by name")]
+        rows: list[tuple[object, ...]] = []
+        for t in tables:
+            rows += [(t, *r) for r in con.execute(f"select * from {t}")]  # noqa: S608 (table names from sqlite)
+        return rows
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def seeded(cli, tmp_path: Path):  # type: ignore[no-untyped-def]
+    assert cli("lists", "create", "news", "--title", "News")[0] == 0
+    (tmp_path / "ok.csv").write_text("email,nom\nann@example.org,Ann\nbob@example.org,Bob\n")
+    assert cli("subscribers", "import", str(tmp_path / "ok.csv"), "--list", "news")[0] == 0
+    (tmp_path / "body.html").write_text("<p>Hello {{ nom }}</p>")
+    code, out, _ = cli("create", "--subject", "Hi", "--html", str(tmp_path / "body.html"), "--list", "news")
+    assert code == 0 and out.strip().splitlines()[-1] == "1"
+    return cli
+
+
+def test_create_prints_the_id_alone_on_the_last_line(seeded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`mailshot create` prints the new id as the last stdout line; status --json has the documented keys."""
+    code, out, _ = seeded("create", "--subject", "Second", "--html", str(tmp_path / "body.html"), "--list", "news")
+    assert code == 0 and out.strip().splitlines()[-1] == "2"
+    code, out, _ = seeded("status", "2", "--json")
+    data = json.loads(out)
+    assert {"id", "status", "total", "current", "sent", "failed"} <= set(data)
+    assert data["id"] == 2 and data["status"] == "processing"
+
+
+BAD_INPUTS = [
+    ("malformed CSV", ["subscribers", "import", "{tmp}/nohead.csv", "--list", "news"], "line 1: no 'email' column"),
+    ("CSV file missing", ["subscribers", "import", "{tmp}/missing.csv", "--list", "news"], "no such file"),
+    ("CSV not UTF-8", ["subscribers", "import", "{tmp}/latin1.csv", "--list", "news"], "not UTF-8"),
+    (
+        "strict CSV with a bad row",
+        ["subscribers", "import", "{tmp}/onebad.csv", "--list", "news", "--strict"],
+        "line 3: invalid address",
+    ),
+    ("invalid address", ["subscribers", "add", "not-an-address", "--list", "news"], "invalid address 'not-an-address'"),
+    (
+        "CR/LF in a name",
+        ["subscribers", "add", "x@example.org", "--list", "news", "--nom", "Evil\r\nBcc: a@b.c"],
+        "CR or LF",
+    ),
+    ("unknown list on import", ["subscribers", "import", "{tmp}/ok.csv", "--list", "nope"], "unknown list 'nope'"),
+    (
+        "unknown list on create",
+        ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "nope"],
+        "unknown list 'nope' (existing lists: news)",
+    ),
+    (
+        "template syntax error",
+        ["create", "--subject", "S", "--html", "{tmp}/broken.html", "--list", "news"],
+        "HTML template, line 2:",
+    ),
+    (
+        "unknown template variable",
+        ["create", "--subject", "Hi {{ prenom }}", "--html", "{tmp}/body.html", "--list", "news"],
+        "unknown variable prenom",
+    ),
+    (
+        "CR/LF in subject",
+        ["create", "--subject", "Hi\r\nBcc: x@y.z", "--html", "{tmp}/body.html", "--list", "news"],
+        "subject must be a single line",
+    ),
+    (
+        "CR/LF in sender name",
+        ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--from-name", "A\nB"],
+        "sender name must be a single line",
+    ),
+    ("HTML file missing", ["create", "--subject", "S", "--html", "{tmp}/none.html", "--list", "news"], "HTML file"),
+    (
+        "bad start date",
+        ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--start-at", "tomorrow"],
+        "--start-at: not an ISO 8601",
+    ),
+    ("unknown sending (status)", ["status", "999"], "no sending with id 999"),
+    ("unknown sending (send)", ["send", "999"], "no sending with id 999"),
+    ("unknown sending (pause)", ["pause", "999"], "no sending with id 999"),
+    ("unknown sending (test)", ["test", "999", "a@example.org"], "no sending with id 999"),
+    ("resume a running sending", ["resume", "1"], "not paused"),
+    ("duplicate list", ["lists", "create", "news"], "list 'news' already exists"),
+    ("unknown subscriber", ["subscribers", "show", "ghost@example.org"], "no subscriber with address"),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "expected"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gives_one_clear_line_and_changes_nothing(
+    seeded, tmp_path: Path, case: str, args: list[str], expected: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Every bad input: exit 1, exactly one `error:` line naming the problem, database unchanged."""
+    (tmp_path / "nohead.csv").write_text("mail;name\nann@example.org;Ann\n")
+    (tmp_path / "latin1.csv").write_bytes("email,nom\nzoé@example.org,Zoé\n".encode("latin-1"))
+    (tmp_path / "onebad.csv").write_text("email\ncarl@example.org\nbroken@@example.org\n")
+    (tmp_path / "broken.html").write_text("<p>Hello</p>\n<p>{{ nom </p>\n")
+    before = _dump(seeded.db_file)
+    code, _out, err = seeded(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1, (case, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert expected in lines[0], lines[0]
+    assert _dump(seeded.db_file) == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAILSHOT_SMTP_PORT", "abc"),
+        ("MAILSHOT_SMTP_TLS", "maybe"),
+        ("MAILSHOT_MAX_TRY", "0"),
+        ("MAILSHOT_BASE_URL", "ftp://x"),
+        ("MAILSHOT_FROM_EMAIL", "nobody"),
+        ("MAILSHOT_DATABASE_URL", "not a url"),
+    ],
+)
+def test_bad_setting_names_the_variable(seeded, variable: str, value: str) -> None:  # type: ignore[no-untyped-def]
+    """An invalid MAILSHOT_* value gives one line naming the variable, and nothing runs."""
+    before = _dump(seeded.db_file)
+    code, _, err = seeded("lists", "create", "other", env={variable: value})
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith(f"error: {variable}:"), lines[0]
+    assert _dump(seeded.db_file) == before
+
+
+def test_import_reports_invalid_rows_by_line_and_keeps_the_valid_ones(seeded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A CSV with bad rows: each reported with its line number, valid rows imported; a re-run changes nothing."""
+    (tmp_path / "mixed.csv").write_text(
+        "email,nom\ncarl@example.org,Carl\nbad address,X\n\ndave@example.org,Dave\neve@@example.org,Eve\n"
+    )
+    code, out, err = seeded("subscribers", "import", str(tmp_path / "mixed.csv"), "--list", "news")
+    assert code == 0
+    assert "mixed.csv, line 3:" in err and "mixed.csv, line 6:" in err
+    assert "2 subscribed to news" in out
+    before = _dump(seeded.db_file)
+    code, out, _ = seeded("subscribers", "import", str(tmp_path / "mixed.csv"), "--list", "news")
+    assert code == 0 and "0 subscribed" in out and "2 already subscribed" in out
+    assert _dump(seeded.db_file) == before
+
+
+def test_pause_resume_cancel_and_show(seeded) -> None:  # type: ignore[no-untyped-def]
+    """Operators drive a sending's status from the CLI and read an address's history."""
+    assert "paused" in seeded("pause", "1")[1]
+    assert "resumed" in seeded("resume", "1")[1]
+    assert "cancelled" in seeded("cancel", "1")[1]
+    code, out, _ = seeded("status", "1", "--json")
+    assert json.loads(out)["status"] == "cancel"
+    assert seeded("subscribers", "unsubscribe", "ann@example.org")[0] == 0
+    code, out, _ = seeded("subscribers", "show", "ann@example.org")
+    assert code == 0 and "unsubscribed" in out and "unsubscribed by the operator" in out
