@@ -48,7 +48,7 @@ def _dump(db_file: Path) -> list[tuple[object, ...]]:
         tables = [r[0] for r in con.execute("select name from sqlite_master where type='table' order by name")]
         rows: list[tuple[object, ...]] = []
         for t in tables:
-            rows += [(t, *r) for r in con.execute(f"select * from {t}")]  # noqa: S608 (table names from sqlite)
+            rows += [(t, *r) for r in con.execute(f"select * from {t}")]
         return rows
     finally:
         con.close()
