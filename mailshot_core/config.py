@@ -10,9 +10,12 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "change-me-mailshot-secret"
 
 
 class SmtpTls(StrEnum):
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
     reply_to: str | None = Field(None, description="Optional Reply-To address.")
     base_url: str = Field("http://localhost:8000", description="Public URL of `mailshot web` (unsubscribe links).")
     secret_key: SecretStr = Field(
-        SecretStr("change-me-mailshot-secret"),
+        SecretStr(DEFAULT_SECRET),
         description="Key signing unsubscribe tokens and VERP addresses. Set your own in production.",
     )
     unsubscribe_mailto: str | None = Field(None, description="Address added as a mailto: List-Unsubscribe target.")
@@ -63,7 +66,6 @@ class Settings(BaseSettings):
     )
 
     max_try: int = Field(5, ge=1, le=100, description="Attempts before a recipient becomes `fail`.")
-    max_fail: int = Field(3, ge=1, le=100, description="Failed sendings in a row before auto-unsubscribe.")
     retry_delay: float = Field(
         60.0, ge=0, description="Seconds before a temporarily failed recipient is retried (doubles per try)."
     )
@@ -100,6 +102,17 @@ class Settings(BaseSettings):
             raise ValueError(f"not an SQLAlchemy URL: {value!r}") from exc
         return value
 
+    @model_validator(mode="after")
+    def _secret_for_public_sites(self) -> Settings:
+        # The default key is published in this repository: anyone could forge unsubscribe links with it.
+        host = urlsplit(self.base_url).hostname or ""
+        if self.secret_key.get_secret_value() == DEFAULT_SECRET and host not in ("localhost", "127.0.0.1", "::1"):
+            raise ValueError(
+                "MAILSHOT_SECRET_KEY must be set to your own random value when MAILSHOT_BASE_URL is public "
+                "(the default key is published)"
+            )
+        return self
+
     @property
     def list_domain(self) -> str:
         return self.list_id_domain or self.from_email.rsplit("@", 1)[1]
@@ -109,9 +122,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad variable, naming it as the user wrote it (MAILSHOT_X)."""
     lines = []
     for err in exc.errors():
+        reason = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across several settings: its message names them
+            lines.append(reason)
+            continue
         name = "MAILSHOT_" + "_".join(str(p) for p in err["loc"]).upper()
         given = err.get("input")
-        reason = err["msg"].removeprefix("Value error, ")
         secret = any(word in name for word in ("PASSWORD", "SECRET", "KEY", "TOKEN"))
         shown = "" if secret or isinstance(given, dict) or given is None else f" (got {given!r})"
         lines.append(f"{name}: {reason}{shown}")
