@@ -17,9 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from conftest import engine_for, make_settings
 from helpers import create, recipients, seed
-
 from mailshot_core.devrelay import DevRelay
 
 CONNECTIONS = 4

@@ -7,9 +7,9 @@ import email.policy
 from pathlib import Path
 
 import pytest
+
 from conftest import engine_for, make_settings
 from helpers import create, seed
-
 from mailshot_core import mailshots
 from mailshot_core.config import get_settings
 from mailshot_core.db import session_scope

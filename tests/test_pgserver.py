@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from pgserver import PgServer
 from sqlalchemy import create_engine, text
+
+from pgserver import PgServer
 
 
 def _port_open(host: str, port: int) -> bool:

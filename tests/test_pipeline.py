@@ -7,10 +7,10 @@ import email.policy
 from pathlib import Path
 
 import pytest
-from conftest import engine_for, make_settings
-from helpers import create, drive, recipients, seed
 from sqlmodel import select
 
+from conftest import engine_for, make_settings
+from helpers import create, drive, recipients, seed
 from mailshot_core import mailshots, sending, subscribers
 from mailshot_core.db import session_scope
 from mailshot_core.devrelay import DevRelay, FaultPlan
@@ -210,3 +210,43 @@ def test_send_test_prefixes_subject_and_changes_no_row(sqlite_url: str, tmp_path
     assert recipients(engine, mid) == {}
     with session_scope(engine) as session:
         assert mailshots.get(session, mid).status == MailshotStatus.PROCESSING
+
+
+def test_temporary_failures_are_retried_after_everyone_else(sqlite_url: str, tmp_path: Path) -> None:
+    """Retry at the end of the queue: a recipient that got a 4xx is sent after every never-tried recipient."""
+    plan = FaultPlan({"u0@example.com": ["451 4.3.0 later", "ok"], "u5@example.com": ["421 4.7.0 busy", "ok"]})
+    with DevRelay(faults=plan) as relay:
+        settings = make_settings(sqlite_url, relay, batch_size=4, smtp_connections=1)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 12)
+        mid = create(engine, settings)
+        drive(engine, settings, mid)
+        order = [m.rcpt_tos[0] for m in relay.messages]
+    assert len(order) == 12
+    assert set(order[-2:]) == {"u0@example.com", "u5@example.com"}
+
+
+def test_prefect_cancellation_pauses_the_sending(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The on_cancellation hook of send-mailshot turns a cancelled run into a paused (resumable) sending."""
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Cancelled
+
+    from flows.send_mailshot import _pause_on_cancel, send_mailshot
+    from mailshot_core.config import get_settings
+
+    monkeypatch.setenv("MAILSHOT_DATABASE_URL", sqlite_url)
+    get_settings.cache_clear()
+    settings = make_settings(sqlite_url)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 3)
+    mid = create(engine, settings)
+    run = FlowRun(flow_id=uuid4(), parameters={"mailshot_id": mid})
+    _pause_on_cancel(send_mailshot, run, Cancelled())
+    get_settings.cache_clear()
+    with session_scope(engine) as session:
+        m = mailshots.get(session, mid)
+        assert m.status == MailshotStatus.PAUSE and "cancelled in Prefect" in (m.status_reason or "")
