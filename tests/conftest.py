@@ -80,7 +80,41 @@ def relay() -> Iterator[DevRelay]:
         yield r
 
 
-def make_settings(url: str, relay: DevRelay | None = None, **overrides: object) -> Settings:
+class RelayProcess:
+    """The dev relay in its own process (the second core), writing each message to out_dir."""
+
+    def __init__(self, out_dir: Path, *extra: str) -> None:
+        import re
+        import subprocess
+
+        self.out_dir = out_dir
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailshot_core.devrelay", "--port", "0", "--out-dir", str(out_dir), *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on ([\d.]+):(\d+)", line)
+        assert match, f"relay did not start: {line!r}"
+        self.host, self.port = match[1], int(match[2])
+
+    def messages(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted(self.out_dir.glob("*.eml"), key=lambda p: int(p.stem))]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def relay_process(tmp_path: Path) -> Iterator[RelayProcess]:
+    r = RelayProcess(tmp_path / "relay-out")
+    yield r
+    r.stop()
+
+
+def make_settings(url: str, relay: DevRelay | RelayProcess | None = None, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": url,
         "retry_delay": 0,
