@@ -71,3 +71,14 @@ def recipients(engine: Engine, mailshot_id: int) -> dict[str, tuple[str, int]]:
             select(Recipient.email, Recipient.status, Recipient.tries).where(Recipient.mailshot_id == mailshot_id)
         ).all()
     return {e: (s, t) for e, s, t in rows}
+
+
+def drive_in_process(url: str, host: str, port: int, mailshot_id: int, batch_size: int) -> None:
+    """Entry point of a separate worker process (multiprocessing spawn): drive one sending."""
+    from mailshot_core.config import load_settings
+    from mailshot_core.db import get_engine
+
+    settings = load_settings(
+        database_url=url, smtp_host=host, smtp_port=port, retry_delay=0, batch_size=batch_size, secret_key="test-secret"
+    )
+    drive(get_engine(settings.database_url), settings, mailshot_id)
