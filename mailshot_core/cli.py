@@ -188,6 +188,13 @@ def create(
         str | None, typer.Option(help="Schedule: ISO 8601 date-time; without an offset it is UTC.")
     ] = None,
     transport: Annotated[str | None, typer.Option(help="Transport (default MAILSHOT_TRANSPORT).")] = None,
+    rate_per_day: Annotated[
+        int | None, typer.Option(help="Messages per day, spread evenly (default MAILSHOT_RATE_PER_DAY).")
+    ] = None,
+    rate_per_hour: Annotated[int | None, typer.Option(help="Cap per hour (default MAILSHOT_RATE_PER_HOUR).")] = None,
+    rate_per_minute: Annotated[
+        int | None, typer.Option(help="Cap per minute (default MAILSHOT_RATE_PER_MINUTE).")
+    ] = None,
 ) -> None:
     """Create a sending; prints its id alone on the last line."""
     settings = _settings()
@@ -200,6 +207,9 @@ def create(
         from_email=from_email,
         start_at=_parse_when(start_at),
         transport=transport,
+        rate_per_day=rate_per_day,
+        rate_per_hour=rate_per_hour,
+        rate_per_minute=rate_per_minute,
     )
     with _session() as session:
         m = mailshots.create(session, settings, spec)

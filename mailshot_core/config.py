@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     retry_delay: float = Field(
         60.0, ge=0, description="Seconds before a temporarily failed recipient is retried (doubles per try)."
     )
+    rate_per_day: int | None = Field(
+        None, gt=0, description="Default pace: messages per day, spread evenly (empty: as fast as the relay allows)."
+    )
+    rate_per_hour: int | None = Field(None, gt=0, description="Default cap: messages per hour.")
+    rate_per_minute: int | None = Field(None, gt=0, description="Default cap: messages per minute.")
     batch_size: int = Field(500, ge=1, le=100_000, description="Recipients per batch (one Prefect task run).")
     claim_lease: float = Field(
         300.0, gt=0, description="Seconds without a heartbeat after which a worker's claims are recovered."

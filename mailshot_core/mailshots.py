@@ -46,6 +46,7 @@ from mailshot_core.models import (
     SubscriptionStatus,
     utcnow,
 )
+from mailshot_core.ratelimit import Cadence
 from mailshot_core.render import CompiledMailshot, TemplateError, html_to_text, inline_css
 from mailshot_core.subscribers import get_list, normalise_email
 from mailshot_core.transports import AVAILABLE as TRANSPORTS
@@ -136,6 +137,8 @@ class NewMailshot:
     start_at: datetime | None = None
     transport: str | None = None
     rate_per_day: int | None = None
+    rate_per_hour: int | None = None
+    rate_per_minute: int | None = None
 
 
 def create(session: Session, settings: Settings, spec: NewMailshot, now: datetime | None = None) -> Mailshot:
@@ -159,8 +162,9 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
     transport = spec.transport or settings.transport
     if transport not in TRANSPORTS:
         raise InvalidInput(f"unknown transport {transport!r} (available: {', '.join(TRANSPORTS)})")
-    if spec.rate_per_day is not None and spec.rate_per_day <= 0:
-        raise InvalidInput(f"rate per day must be positive, got {spec.rate_per_day}")
+    for what, rate in (("day", spec.rate_per_day), ("hour", spec.rate_per_hour), ("minute", spec.rate_per_minute)):
+        if rate is not None and rate <= 0:
+            raise InvalidInput(f"--rate-per-{what} must be a positive number of messages, got {rate}")
     html = inline_css(spec.html) if spec.html.strip() else ""
     text_body = spec.text if spec.text and spec.text.strip() else html_to_text(html)
     try:
@@ -180,6 +184,8 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
         from_email=from_email,
         transport=transport,
         rate_per_day=spec.rate_per_day,
+        rate_per_hour=spec.rate_per_hour,
+        rate_per_minute=spec.rate_per_minute,
         status=MailshotStatus.INIT if scheduled else MailshotStatus.PROCESSING,
         start_at=start_at if scheduled else now,
         created_at=now,
@@ -200,6 +206,15 @@ def get(session: Session, mailshot_id: int) -> Mailshot:
     if mailshot is None:
         raise NotFound(f"no sending with id {mailshot_id}")
     return mailshot
+
+
+def cadence(mailshot: Mailshot, settings: Settings) -> Cadence:
+    """The sending's pace: its own rates where set, else the MAILSHOT_RATE_* defaults."""
+    return Cadence(
+        per_day=mailshot.rate_per_day or settings.rate_per_day,
+        per_hour=mailshot.rate_per_hour or settings.rate_per_hour,
+        per_minute=mailshot.rate_per_minute or settings.rate_per_minute,
+    )
 
 
 def list_identifiers(mailshot: Mailshot) -> list[str]:

@@ -101,6 +101,8 @@ class Mailshot(SQLModel, table=True):
     from_email: str = Field(default="", max_length=320)
     transport: str = Field(default="smtp", max_length=40)
     rate_per_day: int | None = None
+    rate_per_hour: int | None = None
+    rate_per_minute: int | None = None
     fast: bool = False
     status: str = Field(default=MailshotStatus.PROCESSING, max_length=20, index=True)
     status_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -133,6 +135,7 @@ class Recipient(SQLModel, table=True):
         # The claim query's index: next rows to send, fewest tries first (retry-at-end rule).
         Index("ix_recipient_claim", "mailshot_id", "status", "tries", "id"),
         Index("ix_recipient_claim_token", "claim_token"),
+        Index("ix_recipient_sent_at", "sent_at"),  # hard rate cap: accepted in the last hour/day
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -190,3 +193,12 @@ class TrackedLink(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     mailshot_id: int = Field(foreign_key="mailshot.id")
     url: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SendPace(SQLModel, table=True):
+    """GCRA state of one sending identity (a transport): the next free send slot (ratelimit.py)."""
+
+    __tablename__ = "send_pace"
+
+    identity: str = Field(primary_key=True, max_length=120)
+    tat: datetime

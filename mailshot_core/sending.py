@@ -32,6 +32,7 @@ from mailshot_core.config import Settings
 from mailshot_core.db import session_scope
 from mailshot_core.message import Envelope, HeaderError, build_message
 from mailshot_core.models import FeedbackEvent, Mailshot, MailshotStatus, Recipient, RecipientStatus, utcnow
+from mailshot_core.ratelimit import Pacer
 from mailshot_core.render import CompiledMailshot, Personalisation, TemplateError
 from mailshot_core.tokens import RecipientRef, make_token
 from mailshot_core.transports import get_transport
@@ -341,6 +342,7 @@ async def _connection_loop(
     ledger: Ledger,
     ctx: SendContext,
     stop: asyncio.Event,
+    pacer: Pacer | None,
 ) -> None:
     conn: Connection | None = None
     try:
@@ -368,6 +370,9 @@ async def _connection_loop(
                 except BaseException:
                     queue.put_nowait(rcpt)  # not attempted: released with the rest
                     raise
+            if pacer is not None:
+                slot = await asyncio.to_thread(pacer.next_slot)
+                await asyncio.sleep(max(0.0, (slot - ledger.clock()).total_seconds()))
             if not await ledger.start(rcpt.id):
                 continue
             try:
@@ -418,6 +423,7 @@ async def _send_claimed(
     claimed: list[mailshots.ClaimedRecipient],
     ledger: Ledger,
     ctx: SendContext,
+    pacer: Pacer | None = None,
 ) -> None:
     queue: asyncio.Queue[mailshots.ClaimedRecipient] = asyncio.Queue()
     for rcpt in claimed:
@@ -425,7 +431,8 @@ async def _send_claimed(
     stop = asyncio.Event()
     width = max(1, min(transport.parallelism, len(claimed)))
     results = await asyncio.gather(
-        *(_connection_loop(transport, queue, ledger, ctx, stop) for _ in range(width)), return_exceptions=True
+        *(_connection_loop(transport, queue, ledger, ctx, stop, pacer) for _ in range(width)),
+        return_exceptions=True,
     )
     await ledger.close()
     errors = [r for r in results if isinstance(r, BaseException)]
@@ -462,8 +469,10 @@ def send_batch(
     ctx = context_for(engine, settings, mailshot_id)
     transport = transport or get_transport(mailshot.transport, settings)
     ledger = Ledger(engine, mailshot_id, token, settings.max_try, settings.retry_delay, clock, report)
+    cadence = mailshots.cadence(mailshot, settings)
+    pacer = Pacer(engine, mailshot.transport, cadence, clock) if cadence.limited else None
     try:
-        asyncio.run(_send_claimed(transport, claimed, ledger, ctx))
+        asyncio.run(_send_claimed(transport, claimed, ledger, ctx, pacer))
     except ConfigurationError as exc:
         with session_scope(engine) as session:
             m = mailshots.get(session, mailshot_id)
