@@ -122,6 +122,11 @@ BAD_INPUTS = [
         ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--start-at", "tomorrow"],
         "--start-at: not an ISO 8601",
     ),
+    (
+        "zero rate",
+        ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--rate-per-day", "0"],
+        "--rate-per-day must be a positive number",
+    ),
     ("unknown sending (status)", ["status", "999"], "no sending with id 999"),
     ("unknown sending (send)", ["send", "999"], "no sending with id 999"),
     ("unknown sending (pause)", ["pause", "999"], "no sending with id 999"),
