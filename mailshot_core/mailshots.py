@@ -331,6 +331,7 @@ class ClaimedRecipient:
     id: int
     email: str
     tries: int
+    throttled: int
     nom: str
     lang: str
     status: str
@@ -374,6 +375,7 @@ def claim(
             Recipient.id,
             Recipient.email,
             Recipient.tries,
+            Recipient.throttled,
             Subscriber.nom,
             Subscriber.lang,
             Subscriber.status,
@@ -385,7 +387,7 @@ def claim(
     ).all()
     names = list_identifiers(mailshot)
     memberships: dict[int, list[str]] = {}
-    sub_ids = [r[6] for r in rows if r[6] is not None]
+    sub_ids = [r[7] for r in rows if r[7] is not None]
     if sub_ids:
         for sub_id, identifier in session.exec(
             select(Subscription.subscriber_id, MailingList.identifier)
@@ -399,13 +401,13 @@ def claim(
             memberships.setdefault(sub_id, []).append(identifier)
     sendable: list[ClaimedRecipient] = []
     gone: list[int] = []
-    for rid, email, tries, nom, lang, status, sub_id in rows:
+    for rid, email, tries, throttled, nom, lang, status, sub_id in rows:
         listes = memberships.get(sub_id, []) if sub_id is not None else []
         if status != SubscriberStatus.VALID or not listes:
             gone.append(rid)
             continue
         ordered = tuple(n for n in names if n in listes)
-        sendable.append(ClaimedRecipient(rid, email, tries, nom or "", lang or "", status, ordered))
+        sendable.append(ClaimedRecipient(rid, email, tries, throttled, nom or "", lang or "", status, ordered))
     if gone:
         session.execute(
             update(Recipient)

@@ -144,6 +144,7 @@ class Recipient(SQLModel, table=True):
     subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id")
     status: str = Field(default=RecipientStatus.TODO, max_length=10)
     tries: int = 0
+    throttled: int = 0  # attempts the relay deferred to slow us down: not counted towards MAILSHOT_MAX_TRY
     claim_token: str | None = Field(default=None, max_length=80)
     claimed_at: datetime | None = None
     next_attempt_at: datetime | None = None

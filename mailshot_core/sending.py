@@ -42,6 +42,7 @@ from mailshot_core.transports.base import (
     OutgoingMessage,
     PermanentError,
     TemporaryError,
+    Throttled,
     Transport,
     TransportUnavailable,
 )
@@ -51,6 +52,12 @@ log = logging.getLogger("mailshot.sending")
 S = RecipientStatus
 Clock = Callable[[], datetime]
 MAX_RETRY_DELAY = timedelta(hours=6)
+# A throttled recipient is retried after THROTTLE_DELAY s (or MAILSHOT_RETRY_DELAY if shorter), doubling; after MAX_THROTTLED deferrals the
+# relay is clearly not going to take it and it fails like any other.
+THROTTLE_DELAY = 2.0
+MAX_THROTTLED = 30
+# How long a connection pauses after a "slow down" reply, doubling up to the maximum, reset on success.
+CONNECTION_BACKOFF = (0.5, 30.0)
 
 
 # --- per-sending context ----------------------------------------------------------------------------
@@ -134,6 +141,7 @@ def context_for(engine: Engine, settings: Settings, mailshot_id: int) -> SendCon
 class Result(StrEnum):
     SENT = "sent"
     TEMPORARY = "temporary"  # try consumed, retried later (or fail at max_try)
+    THROTTLED = "throttled"  # the relay asked us to slow down: retried soon, not counted towards max_try
     PERMANENT = "permanent"  # fail now, recorded as a bounce event
     DEFERRED = "deferred"  # not handed over (relay down, configuration): back to todo, no try consumed
 
@@ -144,6 +152,7 @@ class Outcome:
     email: str
     tries: int  # tries before this attempt
     result: Result
+    throttled: int = 0  # throttled attempts before this one
     from_status: str = S.SENDING
     code: int | None = None
     text: str | None = None
@@ -266,17 +275,29 @@ class Ledger:
         events: list[FeedbackEvent] = []
         for o in outcomes:
             tries = o.tries + 1
+            throttled = o.throttled
             next_at = None
             if o.result is Result.SENT:
                 status = S.SENT
                 self.report.sent += 1
             elif o.result is Result.TEMPORARY:
-                if tries >= self.max_try:
+                if tries - throttled >= self.max_try:
                     status = S.FAIL
                     self.report.failed += 1
                 else:
                     status = S.TODO
                     delay = timedelta(seconds=self.retry_delay * 2 ** (tries - 1))
+                    next_at = now + min(delay, MAX_RETRY_DELAY)
+                    self.report.retried += 1
+            elif o.result is Result.THROTTLED:
+                throttled = o.throttled + 1
+                if throttled >= MAX_THROTTLED:
+                    status = S.FAIL
+                    self.report.failed += 1
+                else:
+                    status = S.TODO
+                    base = min(THROTTLE_DELAY, self.retry_delay)
+                    delay = timedelta(seconds=base * 2 ** min(throttled - 1, 8))
                     next_at = now + min(delay, MAX_RETRY_DELAY)
                     self.report.retried += 1
             elif o.result is Result.PERMANENT:
@@ -302,6 +323,7 @@ class Ledger:
                     "b_id": o.recipient_id,
                     "b_status": status,
                     "b_tries": tries,
+                    "b_throttled": throttled,
                     "b_next": next_at,
                     "b_sent_at": now if status == S.SENT else None,
                     "b_message_id": o.message_id if status == S.SENT else None,
@@ -323,6 +345,7 @@ _RECORD_OUTCOME = (
     .values(
         status=bindparam("b_status"),
         tries=bindparam("b_tries"),
+        throttled=bindparam("b_throttled"),
         next_attempt_at=bindparam("b_next"),
         sent_at=bindparam("b_sent_at"),
         message_id=bindparam("b_message_id"),
@@ -345,6 +368,7 @@ async def _connection_loop(
     pacer: Pacer | None,
 ) -> None:
     conn: Connection | None = None
+    backoff = 0.0
     try:
         while not stop.is_set():
             try:
@@ -362,7 +386,11 @@ async def _connection_loop(
             try:
                 msg = ctx.message_for(rcpt.id, rcpt.email, who)
             except (TemplateError, HeaderError) as exc:
-                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.PERMANENT, S.CLAIMED, None, str(exc)))
+                ledger.record(
+                    Outcome(
+                        rcpt.id, rcpt.email, rcpt.tries, Result.PERMANENT, rcpt.throttled, S.CLAIMED, None, str(exc)
+                    )
+                )
                 continue
             if conn is None:
                 try:
@@ -379,10 +407,29 @@ async def _connection_loop(
                 reply = await conn.send(msg)
             except TransportUnavailable as exc:
                 # Reconnecting failed: this message never left, so no try is consumed.
-                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, code=exc.code, text=exc.text))
+                ledger.record(
+                    Outcome(
+                        rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, rcpt.throttled, code=exc.code, text=exc.text
+                    )
+                )
                 raise
+            except Throttled as exc:
+                ledger.record(
+                    Outcome(
+                        rcpt.id, rcpt.email, rcpt.tries, Result.THROTTLED, rcpt.throttled, code=exc.code, text=exc.text
+                    )
+                )
+                backoff = min(backoff * 2, CONNECTION_BACKOFF[1]) if backoff else CONNECTION_BACKOFF[0]
+                if pacer is not None:
+                    pacer.slow_down()
+                await asyncio.sleep(backoff)
+                continue
             except TemporaryError as exc:
-                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.TEMPORARY, code=exc.code, text=exc.text))
+                ledger.record(
+                    Outcome(
+                        rcpt.id, rcpt.email, rcpt.tries, Result.TEMPORARY, rcpt.throttled, code=exc.code, text=exc.text
+                    )
+                )
             except PermanentError as exc:
                 ledger.record(
                     Outcome(
@@ -390,21 +437,28 @@ async def _connection_loop(
                         rcpt.email,
                         rcpt.tries,
                         Result.PERMANENT,
+                        rcpt.throttled,
                         code=exc.code,
                         text=exc.text,
                         policy_block=exc.is_policy_block,
                     )
                 )
             except ConfigurationError as exc:
-                ledger.record(Outcome(rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, code=exc.code, text=exc.text))
+                ledger.record(
+                    Outcome(
+                        rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, rcpt.throttled, code=exc.code, text=exc.text
+                    )
+                )
                 raise
             else:
+                backoff = 0.0
                 ledger.record(
                     Outcome(
                         rcpt.id,
                         rcpt.email,
                         rcpt.tries,
                         Result.SENT,
+                        rcpt.throttled,
                         code=reply.code,
                         text=reply.text,
                         message_id=msg.message_id,

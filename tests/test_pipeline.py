@@ -250,3 +250,34 @@ def test_prefect_cancellation_pauses_the_sending(
     with session_scope(engine) as session:
         m = mailshots.get(session, mid)
         assert m.status == MailshotStatus.PAUSE and "cancelled in Prefect" in (m.status_reason or "")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "421 4.7.0 Too many connections, slow down",
+        "451 4.7.1 Rate limited, try again later",
+        "454 4.7.0 Temporary service failure",
+    ],
+)
+def test_throttling_relay_loses_nobody_and_burns_no_try(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: str
+) -> None:
+    """A relay deferring a third of the commands to slow us down: every recipient ends sent, none failed."""
+    from mailshot_core import sending as sending_module
+
+    monkeypatch.setattr(sending_module, "CONNECTION_BACKOFF", (0.001, 0.01))  # time, not behaviour
+    plan = FaultPlan(random_fault=(0.33, reply), seed=4)
+    with DevRelay(faults=plan) as relay:
+        settings = make_settings(sqlite_url, relay, batch_size=50, smtp_connections=4, max_try=2)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 200)
+        mid = create(engine, settings)
+        m = drive(engine, settings, mid)
+        received = [msg.rcpt_tos[0] for msg in relay.messages]
+    assert plan.total_attempts() > 250  # the relay really deferred many attempts
+    assert m.status == MailshotStatus.END and (m.sent, m.failed) == (200, 0)
+    assert sorted(received) == sorted(set(received)) and len(received) == 200
+    rows = recipients(engine, mid)
+    assert max(t for _, t in rows.values()) > 2  # some needed more attempts than MAX_TRY, yet none failed
+    _counters_match(engine, mid)

@@ -6,6 +6,8 @@ transport, into the three outcomes the send pipeline acts on (DESIGN §4.3):
 
 - :class:`TemporaryError`: 4xx reply, dropped connection, timeout.  The recipient is
   retried after the rest of the sending; its try counter grows.
+- :class:`Throttled`: the relay asks us to slow down.  The pace drops, the recipient
+  is retried soon, and the attempt does not count towards ``MAILSHOT_MAX_TRY``.
 - :class:`PermanentError`: 5xx for this recipient.  Recorded as a bounce, not retried.
 - :class:`ConfigurationError`: authentication or configuration.  The sending is
   paused with the message; no recipient's try is consumed.
@@ -48,6 +50,11 @@ class TransportError(Exception):
 
 class TemporaryError(TransportError):
     """Try this recipient again later."""
+
+
+class Throttled(TemporaryError):
+    """The relay asks us to slow down (421, 4.7.x, greylisting, "too many"...): our pace, not the
+    recipient's fault, so the attempt does not count towards MAILSHOT_MAX_TRY."""
 
 
 class PermanentError(TransportError):

@@ -9,6 +9,7 @@ a new one.
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 
@@ -21,11 +22,23 @@ from mailshot_core.transports.base import (
     PermanentError,
     SendResult,
     TemporaryError,
+    Throttled,
     TransportUnavailable,
 )
 
 # Replies meaning "you are not allowed to send": 530 auth required, 534/535/538 auth failures.
 _AUTH_CODES = frozenset({530, 534, 535, 538})
+
+# "Slow down" replies: 421 closes the session (RFC 5321 §3.8); enhanced codes 4.7.x (policy: rate
+# limits, greylisting), 4.3.2 (system not accepting messages), 4.4.5 (congestion), 4.5.3 (too many
+# recipients); 454 (temporary TLS/auth unavailability).  Plus the words big providers use in their
+# rate-limit replies.  A 4.2.2 "mailbox full" or a bare 451 4.3.0 stays a per-recipient failure.
+_THROTTLE_STATUS = re.compile(r"\b4\.(7\.\d{1,3}|3\.2|4\.5|5\.3)\b")
+_THROTTLE_WORDS = re.compile(r"rate.?limit|too many|throttl|slow down|greylist|graylist|busy", re.IGNORECASE)
+
+
+def is_throttling(code: int, text: str) -> bool:
+    return code in (421, 454) or bool(_THROTTLE_STATUS.search(text) or _THROTTLE_WORDS.search(text))
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ def _classify(code: int, text: str, stage: str) -> Exception:
     if code in _AUTH_CODES:
         return ConfigurationError(f"the relay refused us at {stage}: {text}", code)
     if 400 <= code < 500:
-        return TemporaryError(text, code)
+        return Throttled(text, code) if is_throttling(code, text) else TemporaryError(text, code)
     if stage == "MAIL FROM" and code >= 500:
         return ConfigurationError(f"the relay refuses the sender address: {text}", code)
     if code >= 500:
