@@ -15,9 +15,10 @@ Header values with CR or LF are refused (header injection): :func:`check_header_
 from __future__ import annotations
 
 import binascii
+import re
 from dataclasses import dataclass
 from email.header import Header
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 
 from mailshot_core.render import RenderedContent
 from mailshot_core.tokens import RecipientRef, verp_address
@@ -54,20 +55,106 @@ def message_id(mailshot_id: int, recipient_id: int, domain: str, test: bool = Fa
     return f"<mailshot.{mailshot_id}.{kind}{recipient_id}@{domain}>"
 
 
+# Printable US-ASCII and space: anything else (non-ASCII, controls, tabs) goes out as RFC 2047 encoded
+# words.  An ASCII value containing "=?" is encoded too, or a reader would decode it as an encoded word.
+_PLAIN = re.compile(r"[\x20-\x7e]*")
+# A display name that needs no quoting: atoms separated by single spaces (RFC 5322 §3.2.3/§3.2.5).  Any
+# other ASCII name is sent as a quoted-string, which keeps double spaces and specials exactly.
+_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+# Where a header line may be folded: before a run of spaces that has text on both sides, so no line
+# ends with a space and no continuation line is blank (RFC 5322 §3.2.2).
+_FOLD_AT = re.compile(r"(?<! ) +(?=[^ ])")
+_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters, MUST be at most 998
+_MAX_LINE = 998
+
+
+def _is_plain(value: str) -> bool:
+    return _PLAIN.fullmatch(value) is not None and "=?" not in value
+
+
+def _fold(name: str, value: str) -> bytes | None:
+    """``Name: value`` folded at spaces into lines of at most 78 characters where spaces allow it.
+
+    None when a piece would still exceed 998 characters (the caller then encodes the value).
+    """
+    line = f"{name}: {value}"
+    if len(line) <= _LINE:
+        return f"{line}\r\n".encode("ascii")
+    breaks = [m.start() for m in _FOLD_AT.finditer(line) if m.start() > len(name) + 1]
+    pieces: list[str] = []
+    start, previous = 0, 0
+    for cut in [*breaks, len(line)]:
+        if cut - start > _LINE and previous > start:
+            pieces.append(line[start:previous])
+            start = previous
+        previous = cut
+    pieces.append(line[start:])
+    if any(len(piece) > _MAX_LINE for piece in pieces):
+        return None
+    return ("\r\n".join(pieces) + "\r\n").encode("ascii")
+
+
+def _encoded_words(value: str, header_name: str) -> str:
+    """RFC 2047 encoded words, folded with CRLF (``Header.encode`` folds with a bare LF by default)."""
+    return Header(value, "utf-8", header_name=header_name).encode(linesep="\r\n")
+
+
 def _header(name: str, value: str) -> bytes:
-    """One header line; RFC 2047 encoded words only when the value is not plain ASCII."""
-    if value.isascii() and len(name) + len(value) < 996:
+    """One unstructured header (Subject): plain ASCII folded at spaces, anything else as encoded words."""
+    if _is_plain(value):
+        folded = _fold(name, value)
+        if folded is not None:
+            return folded
+    return f"{name}: {_encoded_words(value, name)}\r\n".encode("ascii")
+
+
+def _structured(name: str, value: str) -> bytes:
+    """One structured header whose value is already ASCII (addresses, URLs, ids): folded, never encoded.
+
+    Encoding a whole structured value would hide the address or id inside an encoded word (RFC 2047 §5
+    allows encoded words only in phrases, comments and unstructured text).
+    """
+    if "\r\n " in value:  # a phrase already folded by _encoded_words
         return f"{name}: {value}\r\n".encode("ascii")
-    encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-    return f"{name}: {encoded}\r\n".encode("ascii")
+    if value.isascii():
+        folded = _fold(name, value)
+        if folded is not None:
+            return folded
+    return _header(name, value)  # not expected from this module's callers: keep the old behaviour
 
 
-def _addr(what: str, name: str, email: str) -> str:
-    check_header_value(what, name)
-    check_header_value(what, email)
-    if "@" not in email:
-        raise HeaderError(f"{what}: not a usable address {email!r}")
-    return formataddr((name, email), charset="utf-8")
+def _phrase(name: str, header_name: str) -> str:
+    """A display name as an RFC 5322 phrase: atoms, a quoted-string, or encoded words."""
+    if _ATOMS.fullmatch(name) and "=?" not in name:
+        return name
+    if _is_plain(name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _encoded_words(name, header_name)
+
+
+def _addr(role: str, header_name: str, name: str, email: str) -> str:
+    check_header_value(f"{role} name", name)
+    check_header_value(f"{role} address", email)
+    if "@" not in email or any(c in email for c in ' <>"\t') or not email.isprintable():
+        raise HeaderError(f"{role} address: not a usable address {email!r}")
+    if not email.isascii():
+        # formataddr raised a bare UnicodeEncodeError here, which the send loop did not expect.
+        raise HeaderError(f"{role} address: internationalised addresses (SMTPUTF8) are not supported: {email!r}")
+    if not name:
+        return email
+    return f"{_phrase(name, header_name)} <{email}>"
+
+
+def _list_id(value: str) -> str:
+    """List-Id with only its description encoded: the ``<list.example.org>`` part must stay readable."""
+    check_header_value("list id", value)
+    match = re.fullmatch(r"\s*(.*?)\s*(<[\x21-\x7e]+>)\s*", value)
+    if match is None or _is_plain(match[1]):
+        return value
+    description = match[1]
+    if len(description) >= 2 and description[0] == description[-1] == '"':
+        description = description[1:-1]
+    return f"{_encoded_words(description, 'List-Id')} {match[2]}"
 
 
 def _qp(text: str) -> bytes:
@@ -96,23 +183,23 @@ def build_message(
     """
     mid = message_id(env.mailshot_id, recipient_id, env.domain, test)
     head = bytearray()
-    head += _header("From", _addr("sender name", env.from_name, env.from_email))
-    head += _header("To", _addr("recipient name", to_name, to_email))
+    head += _structured("From", _addr("sender", "From", env.from_name, env.from_email))
+    head += _structured("To", _addr("recipient", "To", to_name, to_email))
     head += _header("Subject", check_header_value("subject", content.subject))
     head += _header("Date", formatdate(usegmt=True))
     head += _header("Message-ID", mid)
     if env.reply_to:
-        head += _header("Reply-To", env.reply_to)
+        head += _structured("Reply-To", check_header_value("reply-to address", env.reply_to))
     targets = []
     if url_unsubscribe:
         targets.append(f"<{check_header_value('unsubscribe URL', url_unsubscribe)}>")
     if env.unsubscribe_mailto:
         targets.append(f"<mailto:{env.unsubscribe_mailto}?subject=unsubscribe>")
     if targets:
-        head += _header("List-Unsubscribe", ", ".join(targets))
+        head += _structured("List-Unsubscribe", ", ".join(targets))
         if url_unsubscribe.startswith(("https://", "http://")):
             head += _header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-    head += _header("List-Id", env.list_id)
+    head += _structured("List-Id", _list_id(env.list_id))
     head += b"Precedence: bulk\r\n"
     head += f"X-Mailshot-Id: {env.mailshot_id}\r\nX-Mailshot-Recipient: {recipient_id}\r\n".encode()
     head += b"MIME-Version: 1.0\r\n"
@@ -126,7 +213,9 @@ def build_message(
         body += _qp(content.html) + b"\r\n--" + boundary + b"--\r\n"
     else:
         head += text_part.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-        body = _qp(content.text or "") + b"\r\n"
+        body = _qp(content.text or "")
+        if not body.endswith(b"\r\n"):  # end with one line break, not an extra empty line
+            body += b"\r\n"
     envelope_from = env.from_email
     if env.bounce_address and not test:
         envelope_from = verp_address(env.secret_key, env.bounce_address, RecipientRef(env.mailshot_id, recipient_id))

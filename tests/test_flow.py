@@ -101,7 +101,7 @@ def test_flow_publishes_progress_and_counters_artifacts(
 ) -> None:
     """Operators see a progress artifact and a final counters table, and the run is named after the sending."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.send_mailshot import send_mailshot
 
@@ -116,9 +116,11 @@ def test_flow_publishes_progress_and_counters_artifacts(
 
     async def fetch() -> tuple[list[object], str]:
         async with get_client() as client:
+            # Ids restart at 1 in each test database: select this run's artifacts, not another test's.
             arts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=[f"mailshot-{mid}-counters", f"mailshot-{mid}-progress"])
+                    key=ArtifactFilterKey(any_=[f"mailshot-{mid}-counters", f"mailshot-{mid}-progress"]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
                 )
             )
             run = await client.read_flow_run(state.state_details.flow_run_id)
