@@ -7,11 +7,12 @@ cancelled from Prefect (reference/prefect.md §6), and a cancellation pauses the
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import serve
 
-from flows.send_mailshot import send_mailshot
+from flows.send_mailshot import send_mailshot, send_mailshot_fast
 from flows.send_test import send_test
 
 DEPLOYMENT = "default"
@@ -26,6 +27,13 @@ def deployments() -> list[Any]:
             description="Send a newsletter to its lists (resumable: re-run to continue).",
             tags=["mailshot"],
             concurrency_limit=4,
+        ),
+        send_mailshot_fast.to_deployment(
+            name="fast",
+            description="Send a newsletter as fast as the relay allows: one batch per core in parallel processes.",
+            tags=["mailshot", "fast"],
+            parameters={"parallel": os.cpu_count() or 2},
+            concurrency_limit=1,
         ),
         send_test.to_deployment(
             name=DEPLOYMENT,

@@ -9,6 +9,7 @@ run can die at any point and the next run carries on (DESIGN §3).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -18,8 +19,9 @@ from prefect import Flow, Task, flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State, TaskRun
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from mailshot_core import mailshots
 from mailshot_core.config import get_settings
@@ -64,9 +66,9 @@ def _relay_down(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> b
     task_run_name="batch {number}",
     cache_policy=NO_CACHE,
 )
-def send_batch_task(mailshot_id: int, token: str, number: int) -> BatchReport:
+def send_batch_task(mailshot_id: int, number: int) -> BatchReport:
     settings = get_settings()
-    return send_batch(get_engine(settings.database_url), settings, mailshot_id, token)
+    return send_batch(get_engine(settings.database_url), settings, mailshot_id)
 
 
 def _pause_on_cancel(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> None:
@@ -88,19 +90,23 @@ def _counters_table(mailshot: Mailshot) -> list[dict[str, Any]]:
 @flow(
     name="send-mailshot",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
     on_cancellation=[_pause_on_cancel],  # type: ignore[list-item]
     log_prints=False,
 )
-def send_mailshot(mailshot_id: int) -> dict[str, Any]:
-    """Send sending MAILSHOT_ID to every recipient not yet served; resumable at any point."""
+def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
+    """Send sending MAILSHOT_ID to every recipient not yet served; resumable at any point.
+
+    ``parallel`` batches run at once (each with MAILSHOT_SMTP_CONNECTIONS connections); the
+    `fast` deployment runs them in separate processes to use every core.
+    """
     logger = get_run_logger()
     settings = get_settings()
     engine = get_engine(settings.database_url)
     run_id = str(flow_run.id) if flow_run.id else None
 
     started = start_sending(engine, settings, mailshot_id, run_id=run_id)
-    logger.info("sending %s: %s recipients", mailshot_id, started.total)
+    logger.info("sending %s: %s recipients, %s batch(es) at a time", mailshot_id, started.total, parallel)
     if started.in_doubt:
         logger.warning(
             "%s message(s) were in flight when a previous worker died: marked 'unknown', not resent "
@@ -116,27 +122,37 @@ def send_mailshot(mailshot_id: int) -> dict[str, Any]:
     totals = BatchReport()
     finished = False
     number = 0
-    try:
-        while True:
-            step = next_step(engine, settings, mailshot_id)
-            if step.action == "send":
-                number += 1
-                report = send_batch_task(mailshot_id, started.token, number)
-                totals.add(report)
-                _update_progress(engine, mailshot_id, progress_id)
-                if report.stopped:
-                    logger.error("sending %s stopped: %s", mailshot_id, report.stopped)
-                    break
-            elif step.action == "wait":
-                time.sleep(min(step.seconds, MAX_WAIT_SLICE))
-            elif step.action == "stopped":
-                logger.info("sending %s: %s", mailshot_id, step.reason)
-                break
+    running: list[PrefectFuture[BatchReport]] = []
+    while True:
+        # Collect finished batches first: their results decide whether to go on.
+        for future in [f for f in running if f.state.is_final()] if running else []:
+            running.remove(future)
+            totals.add(future.result())
+        if totals.stopped:
+            logger.error("sending %s stopped: %s", mailshot_id, totals.stopped)
+            break
+        step = next_step(engine, settings, mailshot_id)
+        if step.action == "send" and len(running) < max(1, parallel):
+            number += 1
+            running.append(send_batch_task.submit(mailshot_id, number))
+            if parallel <= 1:
+                running[-1].wait()
+            _update_progress(engine, mailshot_id, progress_id)
+        elif step.action in ("send", "wait") or (step.action == "done" and running):
+            if running:  # batches take about the same time: waiting on the oldest is waiting on the first
+                running[0].wait(timeout=min(step.seconds or 1.0, MAX_WAIT_SLICE))
             else:
-                finished = True
-                break
-    finally:
-        mailshot = end_sending(engine, mailshot_id, started.token, finished=finished)
+                time.sleep(min(step.seconds, MAX_WAIT_SLICE))
+            _update_progress(engine, mailshot_id, progress_id)
+        elif step.action == "stopped":
+            logger.info("sending %s: %s", mailshot_id, step.reason)
+            break
+        else:
+            finished = True
+            break
+    for future in running:  # a pause or cancel lets the batches in flight finish
+        totals.add(future.result())
+    mailshot = end_sending(engine, mailshot_id, finished=finished)
     _update_progress(engine, mailshot_id, progress_id)
     create_table_artifact(
         key=f"mailshot-{mailshot_id}-counters",
@@ -158,6 +174,12 @@ def send_mailshot(mailshot_id: int) -> dict[str, Any]:
         **mailshots.stored_counters(mailshot),
         "this_run": asdict(totals),
     }
+
+
+# Fast mode: batches in separate processes, one per core (the GIL would keep threads on one core).
+send_mailshot_fast = send_mailshot.with_options(
+    task_runner=ProcessPoolTaskRunner(max_workers=os.cpu_count() or 2),  # type: ignore[arg-type]
+)
 
 
 def _update_progress(engine: Any, mailshot_id: int, progress_id: UUID) -> None:

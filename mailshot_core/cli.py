@@ -309,12 +309,17 @@ def resend_unknown(mailshot_id: int) -> None:
 def send(
     mailshot_id: int,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    fast: Annotated[
+        bool, typer.Option(help="Fast mode: one batch per core at once, in separate processes (no pacing change).")
+    ] = False,
 ) -> None:
     """Run the send-mailshot flow for sending ID now, in this process, with a progress bar."""
     engine = _engine()
     with _session() as session:  # fail fast, before starting Prefect, on an unknown id
         mailshots.get(session, mailshot_id)
-    from flows.send_mailshot import send_mailshot
+    import os
+
+    from flows.send_mailshot import send_mailshot, send_mailshot_fast
 
     result: dict[str, Any] = {}
     done = threading.Event()
@@ -324,7 +329,8 @@ def send(
     else:
         watcher = None
     try:
-        result = send_mailshot(mailshot_id)
+        flow_fn = send_mailshot_fast if fast else send_mailshot
+        result = flow_fn(mailshot_id, parallel=(os.cpu_count() or 2) if fast else 1)
     finally:
         done.set()
         if watcher is not None:

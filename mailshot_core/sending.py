@@ -500,7 +500,6 @@ def send_batch(
     engine: Engine,
     settings: Settings,
     mailshot_id: int,
-    token: str,
     *,
     transport: Transport | None = None,
     clock: Clock = utcnow,
@@ -511,14 +510,20 @@ def send_batch(
     released first, no try consumed): the caller retries the batch later.  A configuration error
     pauses the sending and is reported in ``BatchReport.stopped``.
     """
+    # Each batch is its own worker (its own claims, heartbeat and pid), so batches can run in parallel in
+    # threads, processes or machines, and a batch whose process died is recovered on its own.
+    token = mailshots.new_worker_token()
     with session_scope(engine) as session:
         mailshot = mailshots.get(session, mailshot_id)
         if mailshot.status != MailshotStatus.PROCESSING:
             return BatchReport(stopped=f"sending is {mailshot.status}")
+        mailshots.register_worker(session, mailshot_id, token, clock())
+    with session_scope(engine) as session:
         claimed, killed = mailshots.claim(session, mailshot, token, settings.batch_size, clock())
-        mailshots.heartbeat(session, token, clock())
     report = BatchReport(claimed=len(claimed) + killed, killed=killed)
     if not claimed:
+        with session_scope(engine) as session:
+            mailshots.unregister_worker(session, mailshot_id, token)
         return report
     ctx = context_for(engine, settings, mailshot_id)
     transport = transport or get_transport(mailshot.transport, settings)
@@ -536,7 +541,7 @@ def send_batch(
         report.stopped = f"paused: {exc}"
     finally:
         with session_scope(engine) as session:
-            mailshots.release(session, mailshot_id, token)
+            mailshots.unregister_worker(session, mailshot_id, token)  # releases what was not attempted
     return report
 
 
@@ -606,7 +611,6 @@ def send_test(
 
 @dataclass(frozen=True)
 class Started:
-    token: str
     total: int
     released: int  # claims of dead workers put back in the queue
     in_doubt: int  # messages of dead workers whose fate is unknown
@@ -615,14 +619,13 @@ class Started:
 def start_sending(
     engine: Engine, settings: Settings, mailshot_id: int, *, run_id: str | None = None, clock: Clock = utcnow
 ) -> Started:
-    """Open a sending for this worker: validate, start, recover dead claims, materialise once.
+    """Open a sending: validate, start, recover dead claims, materialise once.
 
     Raises InvalidState when the sending cannot be sent now (paused, ended, cancelled, scheduled).
     """
     from mailshot_core.errors import InvalidState
 
     now = clock()
-    token = mailshots.new_worker_token()
     with session_scope(engine) as session:
         mailshot = mailshots.get(session, mailshot_id)
         if mailshot.status == MailshotStatus.INIT:
@@ -647,11 +650,10 @@ def start_sending(
         )
         if not mailshot.materialised:
             mailshots.materialise(session, mailshot)
-        mailshots.register_worker(session, mailshot_id, token, now)
         total = mailshot.total
     # Validate the templates and settings before the first batch (errors surface here, not mid-way).
     context_for(engine, settings, mailshot_id)
-    return Started(token, total, released, in_doubt)
+    return Started(total, released, in_doubt)
 
 
 @dataclass(frozen=True)
@@ -679,10 +681,9 @@ def next_step(engine: Engine, settings: Settings, mailshot_id: int, *, clock: Cl
     return Step("done")
 
 
-def end_sending(engine: Engine, mailshot_id: int, token: str, *, finished: bool) -> Mailshot:
-    """Unregister the worker; when nothing is left to send, end the sending (recount checked)."""
+def end_sending(engine: Engine, mailshot_id: int, *, finished: bool) -> Mailshot:
+    """When nothing is left to send, end the sending (recount checked)."""
     with session_scope(engine) as session:
-        mailshots.unregister_worker(session, mailshot_id, token)
         if finished:
             return mailshots.finish(session, mailshot_id)
         return mailshots.get(session, mailshot_id)

@@ -45,19 +45,19 @@ def create(engine: Engine, settings: Settings, lists: tuple[str, ...] = ("news",
 
 def drive(engine: Engine, settings: Settings, mailshot_id: int, max_batches: int = 10_000) -> Mailshot:
     """What the send-mailshot flow does, without Prefect: start, batches, waits, end."""
-    started = sending.start_sending(engine, settings, mailshot_id)
+    sending.start_sending(engine, settings, mailshot_id)
     finished = False
     for _ in range(max_batches):
         step = sending.next_step(engine, settings, mailshot_id)
         if step.action == "send":
-            if sending.send_batch(engine, settings, mailshot_id, started.token).stopped:
+            if sending.send_batch(engine, settings, mailshot_id).stopped:
                 break
         elif step.action == "wait":
             time.sleep(min(step.seconds, 1.0))
         else:
             finished = step.action == "done"
             break
-    return sending.end_sending(engine, mailshot_id, started.token, finished=finished)
+    return sending.end_sending(engine, mailshot_id, finished=finished)
 
 
 def recipients(engine: Engine, mailshot_id: int) -> dict[str, tuple[str, int]]:

@@ -145,3 +145,28 @@ def test_send_test_flow(prefect_harness: None, env_settings: object, relay: DevR
     message_id = send_test(mid, "someone@else.org")
     assert message_id == f"<mailshot.{mid}.t0@example.org>"
     assert len(relay.messages) == 1
+
+
+@pytest.mark.slow
+def test_fast_mode_sends_batches_in_parallel_processes(
+    prefect_harness: None,
+    env_settings: object,
+    relay_process: RelayProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fast mode: batches run in a process pool at once; still exactly one message per recipient."""
+    from flows.send_mailshot import send_mailshot_fast
+
+    monkeypatch.setenv("MAILSHOT_SMTP_PORT", str(relay_process.port))
+    monkeypatch.setenv("MAILSHOT_BATCH_SIZE", "200")
+    get_settings.cache_clear()
+    settings = make_settings(env_settings.database_url)  # type: ignore[attr-defined]
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 1200)
+    mid = create(engine, settings)
+    result = send_mailshot_fast(mid, parallel=2)
+    assert result["status"] == MailshotStatus.END and result["sent"] == 1200
+    assert result["this_run"]["claimed"] == 1200
+    recipients = [email.message_from_bytes(d)["To"] for d in relay_process.messages()]
+    assert len(recipients) == len(set(recipients)) == 1200

@@ -129,9 +129,9 @@ def test_relay_down_releases_the_batch_without_consuming_tries(sqlite_url: str, 
     engine = engine_for(settings)
     seed(engine, tmp_path, 10)
     mid = create(engine, settings)
-    started = sending.start_sending(engine, settings, mid)
+    sending.start_sending(engine, settings, mid)
     with pytest.raises(TransportUnavailable):
-        sending.send_batch(engine, settings, mid, started.token)
+        sending.send_batch(engine, settings, mid)
     assert set(recipients(engine, mid).values()) == {("todo", 0)}
     _counters_match(engine, mid)
 
@@ -142,16 +142,16 @@ def test_pause_and_cancel_take_effect_before_the_next_batch(sqlite_url: str, tmp
     engine = engine_for(settings)
     seed(engine, tmp_path, 35)
     mid = create(engine, settings)
-    started = sending.start_sending(engine, settings, mid)
-    assert sending.send_batch(engine, settings, mid, started.token).sent == 10
+    sending.start_sending(engine, settings, mid)
+    assert sending.send_batch(engine, settings, mid).sent == 10
     with session_scope(engine) as session:
         mailshots.pause(session, mid)
-    report = sending.send_batch(engine, settings, mid, started.token)
+    report = sending.send_batch(engine, settings, mid)
     assert report.sent == 0 and report.stopped == "sending is pause"
     assert sending.next_step(engine, settings, mid).action == "stopped"
     with session_scope(engine) as session:
         m = mailshots.cancel(session, mid)
-    sending.end_sending(engine, mid, started.token, finished=False)
+    sending.end_sending(engine, mid, finished=False)
     assert m.status == MailshotStatus.CANCEL
     statuses = [s for s, _ in recipients(engine, mid).values()]
     assert statuses.count("sent") == 10 and statuses.count("kill") == 25
@@ -166,11 +166,11 @@ def test_unsubscribed_after_materialisation_is_not_sent(db_url: str, tmp_path: P
     seed(engine, tmp_path, 12)
     seed(engine, tmp_path, 12, list_name="other")
     mid = create(engine, settings)
-    started = sending.start_sending(engine, settings, mid)  # materialises 12 recipients
+    sending.start_sending(engine, settings, mid)  # materialises 12 recipients
     with session_scope(engine) as session:
         subscribers.unsubscribe(session, "u7@example.com", reason="test")
         subscribers.unsubscribe(session, "u9@example.com", "news", reason="test")  # still on "other"
-    sending.end_sending(engine, mid, started.token, finished=False)
+    sending.end_sending(engine, mid, finished=False)
     m = drive(engine, settings, mid)
     received = {msg.rcpt_tos[0] for msg in relay.messages}
     assert "u7@example.com" not in received and "u9@example.com" not in received
