@@ -22,11 +22,12 @@ Time is injected (``clock``), so tests run days of cadence in milliseconds.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -35,9 +36,10 @@ from mailshot_core.models import Mailshot, Recipient, SendPace
 
 Clock = Callable[[], datetime]
 
-# A reservation covers about this much sending time: fewer transactions, still smooth.
-RESERVATION_SPAN = 1.0
-MAX_RESERVATION = 100
+# A reservation covers about this much sending time: fewer transactions, still smooth.  Slots a
+# worker reserved but did not use are given back when it closes (see Pacer.close).
+RESERVATION_SPAN = 0.5
+MAX_RESERVATION = 50
 
 
 @dataclass(frozen=True)
@@ -143,20 +145,39 @@ class Pacer:
         self.clock = clock
         self.interval = cadence.interval()
         self._slots: list[datetime] = []
+        self._end: datetime | None = None  # where our last reservation left the identity's tat
+        # Connections ask from worker threads (asyncio.to_thread): one reservation at a time.
+        self._lock = threading.Lock()
 
     def next_slot(self) -> datetime:
         """The time at which the caller may hand over its next message (reserving more when needed)."""
-        if not self._slots:
-            now = self.clock()
-            count = max(1, min(MAX_RESERVATION, math.floor(RESERVATION_SPAN / self.interval)))
-            with session_scope(self.engine) as session:
-                delay = cap_wait(session, self.identity, self.cadence, now)
-                first = reserve(session, self.identity, count, self.interval, now + timedelta(seconds=delay))
-            step = timedelta(seconds=self.interval)
-            self._slots = [first + i * step for i in range(count)]
-        return self._slots.pop(0)
+        with self._lock:
+            if not self._slots:
+                now = self.clock()
+                count = max(1, min(MAX_RESERVATION, math.floor(RESERVATION_SPAN / self.interval)))
+                with session_scope(self.engine) as session:
+                    delay = cap_wait(session, self.identity, self.cadence, now)
+                    first = reserve(session, self.identity, count, self.interval, now + timedelta(seconds=delay))
+                step = timedelta(seconds=self.interval)
+                self._slots = [first + i * step for i in range(count)]
+                self._end = first + count * step
+            return self._slots.pop(0)
 
     def slow_down(self, factor: float = 2.0, ceiling: float = 60.0) -> None:
         """The relay asked us to slow down: lengthen the interval (until the end of this batch)."""
-        self.interval = min(max(self.interval * factor, 0.05), ceiling)
-        self._slots.clear()
+        with self._lock:
+            self.interval = min(max(self.interval * factor, 0.05), ceiling)
+            self._slots.clear()
+
+    def close(self) -> None:
+        """Give back the slots reserved and not used, if nobody reserved after us (compare-and-set)."""
+        with self._lock:
+            if not self._slots or self._end is None:
+                return
+            with session_scope(self.engine) as session:
+                session.execute(
+                    update(SendPace)
+                    .where(col(SendPace.identity) == self.identity, col(SendPace.tat) == self._end)
+                    .values(tat=self._slots[0])
+                )
+            self._slots.clear()

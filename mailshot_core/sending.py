@@ -531,7 +531,11 @@ def send_batch(
     cadence = mailshots.cadence(mailshot, settings)
     pacer = Pacer(engine, mailshot.transport, cadence, clock) if cadence.limited else None
     try:
-        asyncio.run(_send_claimed(transport, claimed, ledger, ctx, pacer))
+        try:
+            asyncio.run(_send_claimed(transport, claimed, ledger, ctx, pacer))
+        finally:
+            if pacer is not None:
+                pacer.close()
     except ConfigurationError as exc:
         with session_scope(engine) as session:
             m = mailshots.get(session, mailshot_id)

@@ -123,3 +123,27 @@ def test_paced_sending_spaces_messages(sqlite_url: str, tmp_path: Path) -> None:
     assert m.sent == 8
     assert elapsed >= 0.7 * 0.95
     assert (stamps[-1] - stamps[0]).total_seconds() >= 0.6
+
+
+def test_unused_slots_are_given_back_when_a_batch_ends(db_url: str) -> None:
+    """A batch that reserved more slots than it used returns them: the pace does not sag between batches."""
+    engine = db.get_engine(db_url)
+    clock = FakeClock()
+    first = Pacer(engine, "smtp", Cadence(per_minute=600), clock)  # 0.1 s apart, 5 slots per reservation
+    used = first.next_slot()
+    first.close()
+    second = Pacer(engine, "smtp", Cadence(per_minute=600), clock)
+    assert (second.next_slot() - used).total_seconds() == pytest.approx(0.1)
+
+
+def test_slots_are_not_given_back_when_someone_reserved_after(db_url: str) -> None:
+    """Giving back is compare-and-set: another worker's later reservation is never overlapped."""
+    engine = db.get_engine(db_url)
+    clock = FakeClock()
+    a = Pacer(engine, "smtp", Cadence(per_minute=600), clock)
+    b = Pacer(engine, "smtp", Cadence(per_minute=600), clock)
+    a.next_slot()
+    b_first = b.next_slot()  # reserved after a's 5 slots
+    a.close()
+    c = Pacer(engine, "smtp", Cadence(per_minute=600), clock)
+    assert c.next_slot() >= b_first + timedelta(seconds=0.5)
