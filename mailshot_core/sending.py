@@ -25,7 +25,7 @@ from enum import StrEnum
 
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from mailshot_core import mailshots
 from mailshot_core.config import Settings
@@ -266,10 +266,7 @@ class Ledger:
             mailshots.heartbeat(session, self.token, now)
         return granted
 
-    def _write_outcomes(self, session: object, outcomes: list[Outcome], now: datetime) -> None:
-        from sqlmodel import Session
-
-        assert isinstance(session, Session)
+    def _write_outcomes(self, session: Session, outcomes: list[Outcome], now: datetime) -> None:
         rows: list[dict[str, object]] = []
         moves: list[tuple[str, str]] = []
         events: list[FeedbackEvent] = []
