@@ -56,6 +56,8 @@ MAX_RETRY_DELAY = timedelta(hours=6)
 # relay is clearly not going to take it and it fails like any other.
 THROTTLE_DELAY = 2.0
 MAX_THROTTLED = 30
+# A worker waiting for its send slot refreshes its heartbeat this often (well under MAILSHOT_CLAIM_LEASE).
+HEARTBEAT_EVERY = 20.0
 # How long a connection pauses after a "slow down" reply, doubling up to the maximum, reset on success.
 CONNECTION_BACKOFF = (0.5, 30.0)
 
@@ -200,6 +202,18 @@ class Ledger:
         self._starts.append((recipient_id, fut))
         self._kick()
         return await fut
+
+    async def wait_until(self, when: datetime) -> None:
+        """Sleep until ``when``, heartbeating meanwhile: a slow pace (100/day = one message every 14 min)
+        must not make this live worker look dead to other runs (MAILSHOT_CLAIM_LEASE)."""
+        while (remaining := (when - self.clock()).total_seconds()) > 0:
+            await asyncio.sleep(min(remaining, HEARTBEAT_EVERY))
+            if remaining > HEARTBEAT_EVERY:
+                await asyncio.to_thread(self._beat)
+
+    def _beat(self) -> None:
+        with session_scope(self.engine) as session:
+            mailshots.heartbeat(session, self.token, self.clock())
 
     def record(self, outcome: Outcome) -> None:
         """Queue a result: it is committed before (or with) the next start of any connection."""
@@ -396,8 +410,7 @@ async def _connection_loop(
                     queue.put_nowait(rcpt)  # not attempted: released with the rest
                     raise
             if pacer is not None:
-                slot = await asyncio.to_thread(pacer.next_slot)
-                await asyncio.sleep(max(0.0, (slot - ledger.clock()).total_seconds()))
+                await ledger.wait_until(await asyncio.to_thread(pacer.next_slot))
             if not await ledger.start(rcpt.id):
                 continue
             try:
