@@ -7,6 +7,7 @@ directory and a relay on localhost:1025 (what ``make demo`` starts).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -16,6 +17,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "change-me-mailshot-secret"
+# "scheme://user:password@" -> the password part, to mask it in error messages.
+# Greedy up to the last "@": a password may itself contain "@"; masking too much is harmless.
+_URL_PASSWORD = re.compile(r"^([^:/@]*:?/*[^:/@]*:).*@")
 
 
 class SmtpTls(StrEnum):
@@ -76,7 +80,7 @@ class Settings(BaseSettings):
     rate_per_minute: int | None = Field(None, gt=0, description="Default cap: messages per minute.")
     batch_size: int = Field(500, ge=1, le=100_000, description="Recipients per batch (one Prefect task run).")
     claim_lease: float = Field(
-        300.0, gt=0, description="Seconds without a heartbeat after which a worker's claims are recovered."
+        300.0, ge=60, description="Seconds without a heartbeat after which a worker's claims are recovered."
     )
 
     @field_validator("from_email", "reply_to", "unsubscribe_mailto", "bounce_address")
@@ -85,14 +89,14 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         if "@" not in value or any(c in value for c in "\r\n <>"):
-            raise ValueError(f"not an email address: {value!r}")
+            raise ValueError("not an email address")  # the value is shown by describe_validation_error
         return value
 
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
+            raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
     @field_validator("database_url")
@@ -103,8 +107,11 @@ class Settings(BaseSettings):
 
         try:
             make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(f"not an SQLAlchemy URL: {value!r}") from exc
+        except (ArgumentError, ValueError):  # ValueError: e.g. a non-numeric port
+            # Never echo the value here: it may hold the database password.
+            raise ValueError(
+                "not an SQLAlchemy URL (e.g. sqlite:///mailshot.db or postgresql://user:password@host/db)"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -134,6 +141,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         name = "MAILSHOT_" + "_".join(str(p) for p in err["loc"]).upper()
         given = err.get("input")
         secret = any(word in name for word in ("PASSWORD", "SECRET", "KEY", "TOKEN"))
+        if isinstance(given, str) and name.endswith("_URL"):
+            given = _URL_PASSWORD.sub(r"\1***@", given)  # a database URL carries its password
         shown = "" if secret or isinstance(given, dict) or given is None else f" (got {given!r})"
         lines.append(f"{name}: {reason}{shown}")
     return "; ".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
+from email.charset import Charset
 from email.header import Header
 from email.utils import formatdate
 
@@ -56,8 +57,10 @@ def message_id(mailshot_id: int, recipient_id: int, domain: str, test: bool = Fa
 
 
 # Printable US-ASCII and space: anything else (non-ASCII, controls, tabs) goes out as RFC 2047 encoded
-# words.  An ASCII value containing "=?" is encoded too, or a reader would decode it as an encoded word.
+# words.  So does ASCII text that looks like an encoded word ("=?...?="), or a reader would decode it
+# (Python's parser does so even inside a quoted-string).
 _PLAIN = re.compile(r"[\x20-\x7e]*")
+_LOOKS_ENCODED = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
 # A display name that needs no quoting: atoms separated by single spaces (RFC 5322 §3.2.3/§3.2.5).  Any
 # other ASCII name is sent as a quoted-string, which keeps double spaces and specials exactly.
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -66,10 +69,11 @@ _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_
 _FOLD_AT = re.compile(r"(?<! ) +(?=[^ ])")
 _LINE = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters, MUST be at most 998
 _MAX_LINE = 998
+_UTF8 = Charset("utf-8")
 
 
 def _is_plain(value: str) -> bool:
-    return _PLAIN.fullmatch(value) is not None and "=?" not in value
+    return _PLAIN.fullmatch(value) is not None and _LOOKS_ENCODED.search(value) is None
 
 
 def _fold(name: str, value: str) -> bytes | None:
@@ -114,8 +118,6 @@ def _structured(name: str, value: str) -> bytes:
     Encoding a whole structured value would hide the address or id inside an encoded word (RFC 2047 §5
     allows encoded words only in phrases, comments and unstructured text).
     """
-    if "\r\n " in value:  # a phrase already folded by _encoded_words
-        return f"{name}: {value}\r\n".encode("ascii")
     if value.isascii():
         folded = _fold(name, value)
         if folded is not None:
@@ -123,26 +125,34 @@ def _structured(name: str, value: str) -> bytes:
     return _header(name, value)  # not expected from this module's callers: keep the old behaviour
 
 
-def _phrase(name: str, header_name: str) -> str:
-    """A display name as an RFC 5322 phrase: atoms, a quoted-string, or encoded words."""
-    if _ATOMS.fullmatch(name) and "=?" not in name:
+def _phrase(name: str) -> str:
+    """A display name as one RFC 5322 phrase on one line: atoms, a quoted-string, or one encoded word.
+
+    One encoded word rather than several: a long name makes a word longer than RFC 2047's 75
+    characters (what ``email.utils.formataddr`` also does), but Python's own parser (3.11) puts a space
+    between adjacent encoded words in a phrase, where RFC 2047 §6.2 says to ignore it.
+    """
+    if _ATOMS.fullmatch(name) and _is_plain(name):
         return name
-    if _is_plain(name):
+    if _is_plain(name.replace("\t", " ")):  # a quoted-string keeps a tab; an encoded word may not
         return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return _encoded_words(name, header_name)
+    return _UTF8.header_encode(name)
 
 
-def _addr(role: str, header_name: str, name: str, email: str) -> str:
+def _address(header_name: str, role: str, name: str, email: str) -> bytes:
+    """``From``/``To``: the display name encoded on its own, the address itself left readable."""
     check_header_value(f"{role} name", name)
     check_header_value(f"{role} address", email)
-    if "@" not in email or any(c in email for c in ' <>"\t') or not email.isprintable():
+    if "@" not in email or any(c in email for c in ' <>"') or not email.isprintable():
         raise HeaderError(f"{role} address: not a usable address {email!r}")
     if not email.isascii():
-        # formataddr raised a bare UnicodeEncodeError here, which the send loop did not expect.
+        # formataddr raised a bare UnicodeEncodeError here, which the send loop did not catch.
         raise HeaderError(f"{role} address: internationalised addresses (SMTPUTF8) are not supported: {email!r}")
-    if not name:
-        return email
-    return f"{_phrase(name, header_name)} <{email}>"
+    value = f"{_phrase(name)} <{email}>" if name else email
+    folded = _fold(header_name, value)
+    if folded is None:  # a name too long for one line, with no space to fold at: several encoded words
+        folded = f"{header_name}: {_encoded_words(name, header_name)} <{email}>\r\n".encode("ascii")
+    return folded
 
 
 def _list_id(value: str) -> str:
@@ -154,7 +164,7 @@ def _list_id(value: str) -> str:
     description = match[1]
     if len(description) >= 2 and description[0] == description[-1] == '"':
         description = description[1:-1]
-    return f"{_encoded_words(description, 'List-Id')} {match[2]}"
+    return f"{_phrase(description)} {match[2]}"
 
 
 def _qp(text: str) -> bytes:
@@ -183,8 +193,8 @@ def build_message(
     """
     mid = message_id(env.mailshot_id, recipient_id, env.domain, test)
     head = bytearray()
-    head += _structured("From", _addr("sender", "From", env.from_name, env.from_email))
-    head += _structured("To", _addr("recipient", "To", to_name, to_email))
+    head += _address("From", "sender", env.from_name, env.from_email)
+    head += _address("To", "recipient", to_name, to_email)
     head += _header("Subject", check_header_value("subject", content.subject))
     head += _header("Date", formatdate(usegmt=True))
     head += _header("Message-ID", mid)

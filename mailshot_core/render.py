@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta
-from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.exceptions import SecurityError
+from jinja2.exceptions import TemplateError as JinjaError
 from jinja2.sandbox import SandboxedEnvironment
 
 VARIABLES = ("email", "nom", "listes", "lang", "status", "url_unsubscribe")
@@ -61,8 +62,19 @@ class RenderedContent:
     text: str
 
 
-_html_env = SandboxedEnvironment(autoescape=True, keep_trailing_newline=True)
-_text_env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+class _Sandbox(SandboxedEnvironment):
+    """Jinja2's sandbox, failing loudly on unsafe attributes.
+
+    The stock sandbox turns ``{{ ''.__class__ }}`` into an Undefined that prints as an empty string, so
+    the probe went unnoticed; raising here makes :meth:`CompiledMailshot.check` refuse the template.
+    """
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe.")
+
+
+_html_env = _Sandbox(autoescape=True, keep_trailing_newline=True)
+_text_env = _Sandbox(autoescape=False, keep_trailing_newline=True)
 
 
 def expand_shorthand(source: str) -> str:
@@ -74,14 +86,18 @@ def _compile(env: SandboxedEnvironment, source: str, part: str) -> Any:
     source = expand_shorthand(source)
     try:
         ast = env.parse(source)
+        # Code generation (here and in from_string) also raises TemplateSyntaxError's subclass
+        # TemplateAssertionError, for an unknown filter or test: report it the same way.
+        undeclared = meta.find_undeclared_variables(ast)
+        template = env.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{part} template, line {exc.lineno}: {exc.message}") from None
-    unknown = sorted(meta.find_undeclared_variables(ast) - set(VARIABLES))
+    unknown = sorted(undeclared - set(VARIABLES))
     if unknown:
         raise TemplateError(
             f"{part} template: unknown variable {', '.join(unknown)} (available: {', '.join(VARIABLES)})"
         )
-    return env.from_string(source)
+    return template
 
 
 class CompiledMailshot:
@@ -94,11 +110,13 @@ class CompiledMailshot:
 
     def render(self, who: Personalisation) -> RenderedContent:
         context = who.as_context()
+        # Catch what an author's expression can raise at run time ({{ 1 // 0 }}, {{ '%d' % nom }}...):
+        # a TemplateError lets the send loop record the recipient instead of crashing the batch.
         try:
             subject = self._subject.render(context)
             html = self._html.render(context)
             text = self._text.render(context)
-        except (UndefinedError, SecurityError, TypeError, ValueError) as exc:
+        except (JinjaError, ArithmeticError, LookupError, AttributeError, TypeError, ValueError) as exc:
             raise TemplateError(f"cannot personalise the message for {who.email}: {exc}") from None
         # A subject is one line: a newline that reached it through a variable must not become a header
         # break; message.py refuses CR/LF anyway, this keeps an honest multi-line template usable.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +39,7 @@ from mailshot_core.models import (
 )
 
 IMPORT_CHUNK = 1000
+_LIST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
 _SUBSCRIPTIONS = Subscription.__table__  # type: ignore[attr-defined]
 
@@ -48,10 +50,13 @@ def normalise_email(raw: str) -> str:
     if not value:
         raise InvalidInput("empty address")
     try:
-        result = validate_email(value, check_deliverability=False)
+        # allow_smtputf8=False: message.py and the SMTP transport send plain-ASCII envelopes and headers, so
+        # an address with non-ASCII before the "@" would be imported and then never be sendable.
+        result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise InvalidInput(f"invalid address {value!r}: {exc}") from None
-    return result.normalized.lower()
+    # An internationalised domain is stored in its ASCII (IDNA) form, which SMTP and headers accept.
+    return (result.ascii_email or result.normalized).lower()
 
 
 def check_name(nom: str) -> str:
@@ -76,9 +81,12 @@ def insert_ignore(session: Session, table: Any) -> Any:
 
 def create_list(session: Session, identifier: str, title: str = "") -> MailingList:
     identifier = identifier.strip()
-    if not identifier or not all(c.isalnum() or c in "-_." for c in identifier):
+    # ASCII only and dot-separated labels: the identifier becomes the left part of the List-Id
+    # (RFC 2919 §2: a dot-atom), which str.isalnum() (true for "é") did not guarantee.
+    if len(identifier) > 100 or not _LIST_NAME.fullmatch(identifier):
         raise InvalidInput(
-            f"invalid list name {identifier!r}: use letters, digits, '-', '_' or '.' (it becomes part of List-Id)"
+            f"invalid list name {identifier!r}: use ASCII letters, digits, '-', '_', and '.' between them "
+            "(it becomes part of List-Id)"
         )
     if session.exec(select(MailingList).where(MailingList.identifier == identifier)).first():
         raise InvalidInput(f"list {identifier!r} already exists")
@@ -163,13 +171,13 @@ def _read_csv(text: str, source: str) -> Iterator[_Row | tuple[int, str]]:
     i_nom = columns.index("nom") if "nom" in columns else (columns.index("name") if "name" in columns else None)
     i_lang = columns.index("lang") if "lang" in columns else None
     while True:
+        line = reader.line_num + 1  # where this row starts (a quoted field may span several lines)
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise InvalidInput(f"{source}, line {reader.line_num}: malformed CSV: {exc}") from None
-        line = reader.line_num
         if not values or all(not v.strip() for v in values):
             continue
         if len(values) != len(columns):

@@ -41,7 +41,7 @@ def make_token(key: bytes, ref: RecipientRef, purpose: str = "unsub") -> str:
 
 def read_token(key: bytes, token: str, purpose: str = "unsub") -> RecipientRef | None:
     """The reference a token signs, or None when it is malformed, truncated or forged."""
-    match = _TOKEN_RE.match(token)
+    match = _TOKEN_RE.fullmatch(token)  # not .match: "$" also matches before a trailing newline
     if not match:
         return None
     body = f"{match[1]}.{match[2]}"
@@ -57,7 +57,9 @@ def read_token(key: bytes, token: str, purpose: str = "unsub") -> RecipientRef |
 # is lower-case hex because some MTAs change the case of local parts.
 _VERP_MAC_HEX = 12
 _VERP_RE = re.compile(
-    r"^(?P<base>[^@+]+)\+m(?P<m>\d{1,18})\.r(?P<r>\d{1,18})\.(?P<sig>[0-9a-f]{12})@(?P<domain>.+)$", re.I
+    # The base may itself contain "+" (bounces+news@...): the VERP part is the last "+m<id>.r<id>.<sig>".
+    r"(?P<base>[^@]+)\+m(?P<m>\d{1,18})\.r(?P<r>\d{1,18})\.(?P<sig>[0-9a-f]{12})@(?P<domain>[^@]+)",
+    re.I,
 )
 
 
@@ -73,7 +75,7 @@ def verp_address(key: bytes, bounce_address: str, ref: RecipientRef) -> str:
 
 def parse_verp(key: bytes, address: str) -> RecipientRef | None:
     """The recipient a VERP address names, or None when unsigned, forged or not a VERP address."""
-    match = _VERP_RE.match(address.strip().strip("<>"))
+    match = _VERP_RE.fullmatch(address.strip().strip("<>"))
     if not match:
         return None
     body = f"m{match['m']}.r{match['r']}"
