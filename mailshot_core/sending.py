@@ -161,6 +161,22 @@ class Outcome:
     message_id: str | None = None
     policy_block: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        rcpt: mailshots.ClaimedRecipient,
+        result: Result,
+        *,
+        from_status: str = S.SENDING,
+        code: int | None = None,
+        text: str | None = None,
+        message_id: str | None = None,
+        policy_block: bool = False,
+    ) -> Outcome:
+        return cls(
+            rcpt.id, rcpt.email, rcpt.tries, result, rcpt.throttled, from_status, code, text, message_id, policy_block
+        )
+
 
 @dataclass
 class BatchReport:
@@ -397,11 +413,7 @@ async def _connection_loop(
             try:
                 msg = ctx.message_for(rcpt.id, rcpt.email, who)
             except (TemplateError, HeaderError) as exc:
-                ledger.record(
-                    Outcome(
-                        rcpt.id, rcpt.email, rcpt.tries, Result.PERMANENT, rcpt.throttled, S.CLAIMED, None, str(exc)
-                    )
-                )
+                ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
                 continue
             if conn is None:
                 try:
@@ -415,64 +427,26 @@ async def _connection_loop(
                 continue
             try:
                 reply = await conn.send(msg)
-            except TransportUnavailable as exc:
-                # Reconnecting failed: this message never left, so no try is consumed.
-                ledger.record(
-                    Outcome(
-                        rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, rcpt.throttled, code=exc.code, text=exc.text
-                    )
-                )
+            except (TransportUnavailable, ConfigurationError) as exc:
+                # Reconnecting failed, or the relay refuses us: this message never left, no try consumed.
+                ledger.record(Outcome.of(rcpt, Result.DEFERRED, code=exc.code, text=exc.text))
                 raise
             except Throttled as exc:
-                ledger.record(
-                    Outcome(
-                        rcpt.id, rcpt.email, rcpt.tries, Result.THROTTLED, rcpt.throttled, code=exc.code, text=exc.text
-                    )
-                )
+                ledger.record(Outcome.of(rcpt, Result.THROTTLED, code=exc.code, text=exc.text))
                 backoff = min(backoff * 2, CONNECTION_BACKOFF[1]) if backoff else CONNECTION_BACKOFF[0]
                 if pacer is not None:
                     pacer.slow_down()
                 await asyncio.sleep(backoff)
-                continue
             except TemporaryError as exc:
-                ledger.record(
-                    Outcome(
-                        rcpt.id, rcpt.email, rcpt.tries, Result.TEMPORARY, rcpt.throttled, code=exc.code, text=exc.text
-                    )
-                )
+                ledger.record(Outcome.of(rcpt, Result.TEMPORARY, code=exc.code, text=exc.text))
             except PermanentError as exc:
                 ledger.record(
-                    Outcome(
-                        rcpt.id,
-                        rcpt.email,
-                        rcpt.tries,
-                        Result.PERMANENT,
-                        rcpt.throttled,
-                        code=exc.code,
-                        text=exc.text,
-                        policy_block=exc.is_policy_block,
-                    )
+                    Outcome.of(rcpt, Result.PERMANENT, code=exc.code, text=exc.text, policy_block=exc.is_policy_block)
                 )
-            except ConfigurationError as exc:
-                ledger.record(
-                    Outcome(
-                        rcpt.id, rcpt.email, rcpt.tries, Result.DEFERRED, rcpt.throttled, code=exc.code, text=exc.text
-                    )
-                )
-                raise
             else:
                 backoff = 0.0
                 ledger.record(
-                    Outcome(
-                        rcpt.id,
-                        rcpt.email,
-                        rcpt.tries,
-                        Result.SENT,
-                        rcpt.throttled,
-                        code=reply.code,
-                        text=reply.text,
-                        message_id=msg.message_id,
-                    )
+                    Outcome.of(rcpt, Result.SENT, code=reply.code, text=reply.text, message_id=msg.message_id)
                 )
     except BaseException:
         stop.set()
