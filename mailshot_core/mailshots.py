@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, text, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
 from mailshot_core.config import Settings
@@ -96,7 +96,7 @@ def counter_deltas(moves: Iterable[tuple[str, str]]) -> dict[str, int]:
     return {k: v for k, v in delta.items() if v}
 
 
-def apply_counter_deltas(session: Session, mailshot_id: int, delta: Mapping[str, int]) -> None:
+def apply_counter_deltas(session: Session | Connection, mailshot_id: int, delta: Mapping[str, int]) -> None:
     if not delta:
         return
     values: dict[str, Any] = {name: getattr(Mailshot, name) + n for name, n in delta.items()}
