@@ -82,7 +82,6 @@ COUNTERS = (
     "nb_unsub",
     "nb_unknown",
 )
-FINAL_STATUSES = (MailshotStatus.END, MailshotStatus.CANCEL, MailshotStatus.ARCHIVE)
 
 
 def counter_deltas(moves: Iterable[tuple[str, str]]) -> dict[str, int]:
