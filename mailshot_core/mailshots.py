@@ -494,7 +494,9 @@ def recover_dead_workers(session: Session, mailshot_id: int, now: datetime, leas
             session.execute(
                 update(Recipient)
                 .where(col(Recipient.claim_token) == worker.token, col(Recipient.status) == S.SENDING)
-                .values(status=S.UNKNOWN, last_error="in flight when its worker died: maybe delivered")
+                .values(
+                    status=S.UNKNOWN, claim_token=None, last_error="in flight when its worker died: maybe delivered"
+                )
             ).rowcount  # type: ignore[attr-defined]
         )
         apply_counter_deltas(session, mailshot_id, counter_deltas((S.SENDING, S.UNKNOWN) for _ in range(n)))
@@ -514,7 +516,7 @@ def recover_dead_workers(session: Session, mailshot_id: int, now: datetime, leas
         session.execute(
             update(Recipient)
             .where(orphan, col(Recipient.status) == S.SENDING)
-            .values(status=S.UNKNOWN, last_error="in flight when its worker died: maybe delivered")
+            .values(status=S.UNKNOWN, claim_token=None, last_error="in flight when its worker died: maybe delivered")
         )
         for status, n in orphans:
             if status == S.SENDING:

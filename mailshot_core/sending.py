@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection as DbConnection
 from sqlalchemy.engine import Engine
 from sqlmodel import col
@@ -307,10 +307,25 @@ class Ledger:
         return granted
 
     def _write_outcomes(self, conn: DbConnection, outcomes: list[Outcome], now: datetime) -> None:
+        # Only rows this worker still holds: if another run took them over (it believed this worker
+        # dead and marked them `unknown`), their fate stays as that run recorded it, and the counters
+        # stay equal to a recount.  The row lock (FOR UPDATE / BEGIN IMMEDIATE) keeps it true until commit.
+        owned_query = select(_recipients.c.id).where(
+            _recipients.c.id.in_([o.recipient_id for o in outcomes]), _recipients.c.claim_token == self.token
+        )
+        if conn.dialect.name == "postgresql":
+            owned_query = owned_query.with_for_update()
+        owned = set(conn.execute(owned_query).scalars())
+        if len(owned) < len(outcomes):
+            log.warning(
+                "%d result(s) dropped: their recipients were taken over by another run", len(outcomes) - len(owned)
+            )
         rows: list[dict[str, object]] = []
         moves: list[tuple[str, str]] = []
         events: list[dict[str, object]] = []
         for o in outcomes:
+            if o.recipient_id not in owned:
+                continue
             tries = o.tries + 1
             throttled = o.throttled
             next_at = None
@@ -368,7 +383,8 @@ class Ledger:
                     "b_error": (o.text or None) if status != S.SENT else None,
                 }
             )
-        conn.execute(_RECORD_OUTCOME, rows)
+        if rows:
+            conn.execute(_RECORD_OUTCOME, rows)
         if events:
             conn.execute(_feedback_events.insert(), events)
         mailshots.apply_counter_deltas(conn, self.mailshot_id, mailshots.counter_deltas(moves))

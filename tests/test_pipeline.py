@@ -281,3 +281,42 @@ def test_throttling_relay_loses_nobody_and_burns_no_try(
     rows = recipients(engine, mid)
     assert max(t for _, t in rows.values()) > 2  # some needed more attempts than MAX_TRY, yet none failed
     _counters_match(engine, mid)
+
+
+def test_late_results_of_a_worker_taken_over_do_not_overwrite(sqlite_url: str, tmp_path: Path) -> None:
+    """A worker believed dead (stale heartbeat) whose rows became `unknown`: its late results are dropped."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from mailshot_core.models import SendWorker
+    from mailshot_core.sending import Ledger, Outcome, Result
+
+    settings = make_settings(sqlite_url)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 3)
+    mid = create(engine, settings)
+    sending.start_sending(engine, settings, mid)
+    token = mailshots.new_worker_token()
+    now = datetime.now(UTC)
+    with session_scope(engine) as session:
+        mailshots.register_worker(session, mid, token, now)
+        claimed, _ = mailshots.claim(session, mailshots.get(session, mid), token, 3, now)
+    ledger = Ledger(engine, mid, token, max_try=5, retry_delay=0, clock=lambda: datetime.now(UTC))
+
+    async def start_all() -> list[bool]:
+        return [await ledger.start(r.id) for r in claimed]
+
+    assert asyncio.run(start_all()) == [True, True, True]
+    with session_scope(engine) as session:  # another run decides this worker is dead
+        session.get(SendWorker, token).heartbeat_at = now - timedelta(hours=1)  # type: ignore[union-attr]
+    with session_scope(engine) as session:
+        assert mailshots.recover_dead_workers(session, mid, datetime.now(UTC), timedelta(minutes=5)) == (0, 3)
+
+    async def finish() -> None:
+        for r in claimed:
+            ledger.record(Outcome.of(r, Result.SENT, code=250, text="ok"))
+        await ledger.close()
+
+    asyncio.run(finish())
+    assert {s for s, _ in recipients(engine, mid).values()} == {"unknown"}
+    _counters_match(engine, mid)
