@@ -214,6 +214,14 @@ class _Handler:
         # the pending faults of an abandoned transaction automatically.
         self._pending: weakref.WeakKeyDictionary[Envelope, list[Outcome]] = weakref.WeakKeyDictionary()
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._relay.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
@@ -353,6 +361,10 @@ class DevRelay:
     this off so a long-running relay does not grow without bound.
     ``faults``: a :class:`FaultPlan`; ``auth``: ``(login, password)`` to require AUTH PLAIN/LOGIN;
     ``delay``: seconds to sleep before answering end of DATA, to widen the window crash tests hit.
+
+    ``pipelining``: advertise PIPELINING (RFC 2920) like production relays do, so clients send
+    MAIL, RCPT and DATA in one write (aiosmtpd reads pipelined commands one by one anyway); False
+    makes clients wait for each reply.
     """
 
     def __init__(
@@ -365,6 +377,7 @@ class DevRelay:
         delay: float = 0.0,
         host: str = DEFAULT_HOST,
         port: int = 0,
+        pipelining: bool = True,
     ) -> None:
         if delay < 0:
             raise ValueError("delay must be >= 0")
@@ -373,6 +386,7 @@ class DevRelay:
         self.faults = faults
         self.auth = auth
         self.delay = delay
+        self.pipelining = pipelining
         self.host = host
         self._requested_port = port
         self._bound_port: int | None = None
