@@ -30,7 +30,7 @@ from sqlmodel import col
 from mailshot_core import mailshots
 from mailshot_core.config import Settings
 from mailshot_core.db import session_scope
-from mailshot_core.message import Envelope, HeaderError, build_message
+from mailshot_core.message import Envelope, HeaderError, MessageBuilder
 from mailshot_core.models import (
     FeedbackEvent,
     Mailshot,
@@ -78,8 +78,7 @@ class SendContext:
     """What every message of one sending shares: compiled templates, envelope, links."""
 
     mailshot_id: int
-    compiled: CompiledMailshot
-    envelope: Envelope
+    builder: MessageBuilder
     base_url: str
     secret_key: bytes
 
@@ -90,20 +89,20 @@ class SendContext:
         first_list = mailshots.list_identifiers(mailshot)[0]
         domain = settings.list_domain
         title = list_title.replace("\\", "").replace('"', "")
+        envelope = Envelope(
+            mailshot_id=mailshot.id,
+            from_name=mailshot.from_name,
+            from_email=mailshot.from_email or settings.from_email,
+            list_id=f'"{title}" <{first_list}.{domain}>',
+            domain=domain,
+            secret_key=key,
+            reply_to=settings.reply_to,
+            bounce_address=settings.bounce_address,
+            unsubscribe_mailto=settings.unsubscribe_mailto,
+        )
         return cls(
             mailshot_id=mailshot.id,
-            compiled=CompiledMailshot(mailshot.subject, mailshot.html, mailshot.text),
-            envelope=Envelope(
-                mailshot_id=mailshot.id,
-                from_name=mailshot.from_name,
-                from_email=mailshot.from_email or settings.from_email,
-                list_id=f'"{title}" <{first_list}.{domain}>',
-                domain=domain,
-                secret_key=key,
-                reply_to=settings.reply_to,
-                bounce_address=settings.bounce_address,
-                unsubscribe_mailto=settings.unsubscribe_mailto,
-            ),
+            builder=MessageBuilder(envelope, CompiledMailshot(mailshot.subject, mailshot.html, mailshot.text)),
             base_url=settings.base_url,
             secret_key=key,
         )
@@ -114,10 +113,7 @@ class SendContext:
     def message_for(
         self, recipient_id: int, email: str, who: Personalisation, *, test: bool = False
     ) -> OutgoingMessage:
-        content = self.compiled.render(who)
-        if test:
-            content = type(content)(f"[TEST] {content.subject}", content.html, content.text)
-        return build_message(self.envelope, recipient_id, email, who.nom, content, who.url_unsubscribe, test=test)
+        return self.builder.build(recipient_id, email, who, test=test)
 
 
 _contexts: dict[tuple[str, int, str], SendContext] = {}
