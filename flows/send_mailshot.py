@@ -27,7 +27,7 @@ from mailshot_core import mailshots
 from mailshot_core.config import get_settings
 from mailshot_core.db import get_engine, session_scope
 from mailshot_core.models import Mailshot, MailshotStatus
-from mailshot_core.sending import BatchReport, end_sending, next_step, send_batch, start_sending
+from mailshot_core.sending import BatchReport, end_sending, next_step, send_batch, send_batches, start_sending
 from mailshot_core.transports.base import TransportUnavailable
 
 # Waiting for retries is done in slices so that pause/cancel are seen within this many seconds.
@@ -71,6 +71,21 @@ def send_batch_task(mailshot_id: int, number: int) -> BatchReport:
     return send_batch(get_engine(settings.database_url), settings, mailshot_id)
 
 
+@task(
+    name="send-batches",
+    retries=4,
+    retry_delay_seconds=[5.0, 15.0, 60.0, 180.0],
+    retry_jitter_factor=0.2,
+    retry_condition_fn=_relay_down,
+    task_run_name="worker {number}",
+    cache_policy=NO_CACHE,
+)
+def send_batches_task(mailshot_id: int, number: int) -> BatchReport:
+    """Fast mode: one task per process, sending batch after batch (its start-up is paid once)."""
+    settings = get_settings()
+    return send_batches(get_engine(settings.database_url), settings, mailshot_id)
+
+
 def _pause_on_cancel(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> None:
     """A Prefect cancellation of the run means "stop sending": the sending is paused, not lost."""
     mailshot_id = run.parameters.get("mailshot_id")
@@ -97,8 +112,9 @@ def _counters_table(mailshot: Mailshot) -> list[dict[str, Any]]:
 def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     """Send sending MAILSHOT_ID to every recipient not yet served; resumable at any point.
 
-    ``parallel`` batches run at once (each with MAILSHOT_SMTP_CONNECTIONS connections); the
-    `fast` deployment runs them in separate processes to use every core.
+    ``parallel`` batches run at once (each with MAILSHOT_SMTP_CONNECTIONS connections).  With
+    ``parallel`` > 1 each task is a worker looping over batches until nothing is due; the `fast`
+    deployment runs them in separate processes to use every core.
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -134,7 +150,8 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         step = next_step(engine, settings, mailshot_id)
         if step.action == "send" and len(running) < max(1, parallel):
             number += 1
-            running.append(send_batch_task.submit(mailshot_id, number))
+            worker = send_batches_task if parallel > 1 else send_batch_task
+            running.append(worker.submit(mailshot_id, number))
             if parallel <= 1:
                 running[-1].wait()
             _update_progress(engine, mailshot_id, progress_id)

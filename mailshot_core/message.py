@@ -15,7 +15,9 @@ Header values with CR or LF are refused (header injection): :func:`check_header_
 from __future__ import annotations
 
 import binascii
+import functools
 import re
+import time
 from dataclasses import dataclass
 from email.charset import Charset
 from email.header import Header
@@ -196,18 +198,33 @@ def _qp_piece(text: str) -> bytes:
     return encoded[:cut] + b"=\r\n" + encoded[cut:] + b"=\r\n"
 
 
+@functools.lru_cache(maxsize=64)
+def _sending_headers(env: Envelope) -> tuple[bytes, bytes, bytes]:
+    """The headers every message of a sending shares, serialised once: (From, Reply-To, List-Id ...)."""
+    sender = _address("From", "sender", env.from_name, env.from_email)
+    reply_to = _structured("Reply-To", check_header_value("reply-to address", env.reply_to)) if env.reply_to else b""
+    tail = _structured("List-Id", _list_id(env.list_id))
+    tail += b"Precedence: bulk\r\n"
+    tail += f"X-Mailshot-Id: {env.mailshot_id}\r\n".encode()
+    return sender, reply_to, tail
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(second: int) -> bytes:
+    return _header("Date", formatdate(second, usegmt=True))
+
+
 def _head(
     env: Envelope, recipient_id: int, to_email: str, to_name: str, subject: str, url_unsubscribe: str, test: bool
 ) -> tuple[bytearray, str]:
+    sender, reply_to, tail = _sending_headers(env)
     mid = message_id(env.mailshot_id, recipient_id, env.domain, test)
-    head = bytearray()
-    head += _address("From", "sender", env.from_name, env.from_email)
+    head = bytearray(sender)
     head += _address("To", "recipient", to_name, to_email)
     head += _header("Subject", check_header_value("subject", subject))
-    head += _header("Date", formatdate(usegmt=True))
+    head += _date_header(int(time.time()))
     head += _header("Message-ID", mid)
-    if env.reply_to:
-        head += _structured("Reply-To", check_header_value("reply-to address", env.reply_to))
+    head += reply_to
     targets = []
     if url_unsubscribe:
         targets.append(f"<{check_header_value('unsubscribe URL', url_unsubscribe)}>")
@@ -216,11 +233,9 @@ def _head(
     if targets:
         head += _structured("List-Unsubscribe", ", ".join(targets))
         if url_unsubscribe.startswith(("https://", "http://")):
-            head += _header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-    head += _structured("List-Id", _list_id(env.list_id))
-    head += b"Precedence: bulk\r\n"
-    head += f"X-Mailshot-Id: {env.mailshot_id}\r\nX-Mailshot-Recipient: {recipient_id}\r\n".encode()
-    head += b"MIME-Version: 1.0\r\n"
+            head += b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    head += tail
+    head += f"X-Mailshot-Recipient: {recipient_id}\r\nMIME-Version: 1.0\r\n".encode()
     return head, mid
 
 
@@ -286,9 +301,12 @@ class _EncodedPart:
 
     def __init__(self, skeleton: Skeleton) -> None:
         self.skeleton = skeleton
-        self.pieces = [_qp_piece(p) if isinstance(p, str) else p for p in skeleton.pieces if p != ""]
-        self.names = {p.name for p in self.pieces if isinstance(p, Slot)}
-        self.has_static_text = any(isinstance(p, bytes) for p in self.pieces)
+        pieces = [p for p in skeleton.pieces if p != ""]
+        self.pieces: list[bytes] = [_qp_piece(p) if isinstance(p, str) else b"" for p in pieces]
+        # Where each slot goes, so a message is a list copy, a few assignments and one join.
+        self.slots = [(i, p.name) for i, p in enumerate(pieces) if isinstance(p, Slot)]
+        self.names = sorted({name for _, name in self.slots})
+        self.has_static_text = len(self.slots) < len(pieces)
 
     def encode(self, context: dict[str, Any]) -> bytes:
         """The part for one recipient; empty when it renders to nothing (no HTML part then)."""
@@ -296,7 +314,10 @@ class _EncodedPart:
         if not self.has_static_text and not any(values.values()):
             return b""
         encoded = {n: _qp_piece(v) for n, v in values.items()}
-        return b"".join(p if isinstance(p, bytes) else encoded[p.name] for p in self.pieces)
+        out = self.pieces.copy()
+        for i, name in self.slots:
+            out[i] = encoded[name]
+        return b"".join(out)
 
 
 class MessageBuilder:
