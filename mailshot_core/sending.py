@@ -29,10 +29,9 @@ from sqlmodel import col
 
 from mailshot_core import mailshots
 from mailshot_core.config import Settings
-from mailshot_core.db import session_scope
+from mailshot_core.db import raw_write_transaction, session_scope
 from mailshot_core.message import Envelope, HeaderError, MessageBuilder
 from mailshot_core.models import (
-    FeedbackEvent,
     Mailshot,
     MailshotStatus,
     Recipient,
@@ -213,6 +212,7 @@ class Ledger:
     _flushing: asyncio.Task[None] | None = None
     _error: BaseException | None = None
     _last_beat: datetime | None = None
+    _connection: DbConnection | None = None
 
     async def start(self, recipient_id: int) -> bool:
         """Durably mark the recipient as handed over; False if it was cancelled meanwhile."""
@@ -247,6 +247,9 @@ class Ledger:
             self._kick()
             while self._flushing is not None:
                 await self._flushing
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         if self._error is not None:
             raise self._error
 
@@ -289,26 +292,22 @@ class Ledger:
         now = self.clock()
         granted: set[int] = set()
         sql = _LedgerSql.of(self.engine)
-        with self.engine.begin() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                if outcomes:
-                    self._write_outcomes(conn, cursor, sql, outcomes, now)
-                if starts:
-                    # Guarded: a cancel may have turned a row into `kill` since the claim.
-                    cursor.execute(sql.start(len(starts)), (sql.time(now), self.token, *starts))
-                    granted = {row[0] for row in cursor.fetchall()}
-                    self.report.skipped += len(starts) - len(granted)
-                if self._last_beat is None or (now - self._last_beat).total_seconds() >= HEARTBEAT_EVERY / 4:
-                    cursor.execute(sql.heartbeat, (sql.time(now), self.token))
-                    self._last_beat = now
-            finally:
-                cursor.close()
+        if self._connection is None:  # one connection for the whole batch, closed by close()
+            self._connection = self.engine.connect()
+        with raw_write_transaction(self.engine, self._connection.connection.dbapi_connection) as cursor:
+            if outcomes:
+                self._write_outcomes(cursor, sql, outcomes, now)
+            if starts:
+                # Guarded: a cancel may have turned a row into `kill` since the claim.
+                cursor.execute(sql.start(len(starts)), (sql.time(now), self.token, *starts))
+                granted = {row[0] for row in cursor.fetchall()}
+                self.report.skipped += len(starts) - len(granted)
+            if self._last_beat is None or (now - self._last_beat).total_seconds() >= HEARTBEAT_EVERY / 4:
+                cursor.execute(sql.heartbeat, (sql.time(now), self.token))
+                self._last_beat = now
         return granted
 
-    def _write_outcomes(
-        self, conn: DbConnection, cursor: Any, sql: _LedgerSql, outcomes: list[Outcome], now: datetime
-    ) -> None:
+    def _write_outcomes(self, cursor: Any, sql: _LedgerSql, outcomes: list[Outcome], now: datetime) -> None:
         # Only rows this worker still holds: if another run took them over (it believed this worker
         # dead and marked them `unknown`), their fate stays as that run recorded it, and the counters
         # stay equal to a recount.  The row lock (FOR UPDATE / BEGIN IMMEDIATE) keeps it true until commit.
@@ -362,8 +361,8 @@ class Ledger:
                         "email": o.email,
                         "kind": "reject" if o.policy_block else "hard_bounce",
                         "detail": f"{o.code or ''} {o.text or ''}".strip(),
-                        "received_at": now,
-                        "applied_at": now,
+                        "received_at": stamp,
+                        "applied_at": stamp,
                     }
                 )
             else:  # DEFERRED: not handed over, no try consumed
@@ -386,13 +385,13 @@ class Ledger:
         if rows:
             cursor.executemany(sql.record, rows)
         if events:
-            conn.execute(_feedback_events.insert(), events)
+            cursor.executemany(sql.event, [tuple(e[c] for c in _EVENT_COLUMNS) for e in events])
         delta = mailshots.counter_deltas(moves)
         if delta:
             cursor.execute(sql.counters(tuple(delta)), (*delta.values(), stamp, self.mailshot_id))
 
 
-_feedback_events = FeedbackEvent.__table__  # type: ignore[attr-defined]
+_EVENT_COLUMNS = ("source", "mailshot_id", "recipient_id", "email", "kind", "detail", "received_at", "applied_at")
 
 
 class _LedgerSql:
@@ -418,6 +417,9 @@ class _LedgerSql:
         )
         self._owned = self._sql("SELECT id FROM recipient WHERE claim_token = ? AND id IN ({ids})") + (
             " FOR UPDATE" if self.postgres else ""
+        )
+        self.event = self._sql(
+            f"INSERT INTO feedback_event ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
         )
         self._counters: dict[tuple[str, ...], str] = {}
         self._marks = [", ".join([m] * n) for n in range(_MAX_MARKS + 1)]
