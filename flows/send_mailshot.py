@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
-from prefect import Flow, Task, flow, get_run_logger, task
+from prefect import Flow, Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State, TaskRun
+from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from mailshot_core import mailshots
-from mailshot_core.config import get_settings
+from mailshot_core.config import Settings, get_settings
 from mailshot_core.db import get_engine, session_scope
 from mailshot_core.models import Mailshot, MailshotStatus
 from mailshot_core.sending import BatchReport, end_sending, next_step, send_batch, send_batches, start_sending
@@ -66,9 +69,9 @@ def _relay_down(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> b
     task_run_name="batch {number}",
     cache_policy=NO_CACHE,
 )
-def send_batch_task(mailshot_id: int, number: int) -> BatchReport:
-    settings = get_settings()
-    return send_batch(get_engine(settings.database_url), settings, mailshot_id)
+def send_batch_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
+    with _connection_slots(transport) as settings:
+        return send_batch(get_engine(settings.database_url), settings, mailshot_id)
 
 
 @task(
@@ -80,10 +83,38 @@ def send_batch_task(mailshot_id: int, number: int) -> BatchReport:
     task_run_name="worker {number}",
     cache_policy=NO_CACHE,
 )
-def send_batches_task(mailshot_id: int, number: int) -> BatchReport:
+def send_batches_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
     """Fast mode: one task per process, sending batch after batch (its start-up is paid once)."""
+    with _connection_slots(transport) as settings:
+        return send_batches(get_engine(settings.database_url), settings, mailshot_id)
+
+
+def connection_limit_name(transport: str) -> str:
+    return f"mailshot-{transport}-connections"
+
+
+@contextmanager
+def _connection_slots(transport: str) -> Iterator[Settings]:
+    """Hold this task's connections in the cross-run cap (MAILSHOT_MAX_CONNECTIONS), if there is one.
+
+    A Prefect global concurrency limit, acquired once per task (100 ms a call: never per message),
+    strict so that a missing limit fails instead of silently not limiting.  The task then opens at most
+    as many connections as it holds slots.
+    """
     settings = get_settings()
-    return send_batches(get_engine(settings.database_url), settings, mailshot_id)
+    if settings.max_connections is None:
+        yield settings
+        return
+    width = min(settings.smtp_connections, settings.max_connections)
+    with concurrency(connection_limit_name(transport), occupy=width, strict=True):
+        yield settings.model_copy(update={"smtp_connections": width})
+
+
+def _ensure_connection_limit(settings: Settings, transport: str) -> None:
+    """Create or resize the cross-run connection cap to MAILSHOT_MAX_CONNECTIONS."""
+    if settings.max_connections is not None:
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(connection_limit_name(transport), settings.max_connections)
 
 
 def _pause_on_cancel(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> None:
@@ -122,6 +153,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     run_id = str(flow_run.id) if flow_run.id else None
 
     started = start_sending(engine, settings, mailshot_id, run_id=run_id)
+    _ensure_connection_limit(settings, started.transport)
     logger.info("sending %s: %s recipients, %s batch(es) at a time", mailshot_id, started.total, parallel)
     if started.in_doubt:
         logger.warning(
@@ -151,7 +183,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         if step.action == "send" and len(running) < max(1, parallel):
             number += 1
             worker = send_batches_task if parallel > 1 else send_batch_task
-            running.append(worker.submit(mailshot_id, number))
+            running.append(worker.submit(mailshot_id, number, started.transport))
             if parallel <= 1:
                 running[-1].wait()
             _update_progress(engine, mailshot_id, progress_id)

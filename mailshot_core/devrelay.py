@@ -346,6 +346,21 @@ class _Controller(Controller):
             self.port = self.server.sockets[0].getsockname()[1]
         super()._trigger_server()  # type: ignore[no-untyped-call]
 
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class _CountingSMTP(SMTP):
+    """aiosmtpd's server protocol, counting open sessions (tests check connection caps with it)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.event_handler._relay._session_change(+1)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.event_handler._relay._session_change(-1)
+
 
 # --------------------------------------------------------------------------------------------------
 # Relay
@@ -394,6 +409,8 @@ class DevRelay:
         self._cond = threading.Condition()
         self._messages: list[ReceivedMessage] = []
         self._received = 0
+        self._open_sessions = 0
+        self._peak_sessions = 0
         self._next_n = 1
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -454,6 +471,19 @@ class DevRelay:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _session_change(self, delta: int) -> None:
+        with self._cond:
+            self._open_sessions += delta
+            self._peak_sessions = max(self._peak_sessions, self._open_sessions)
+
+    @property
+    def peak_sessions(self) -> int:
+        """The most SMTP sessions that were open at the same time."""
+        with self._cond:
+            return self._peak_sessions
 
     # -- received messages ---------------------------------------------------------------------
 

@@ -694,6 +694,7 @@ def send_test(
 @dataclass(frozen=True)
 class Started:
     total: int
+    transport: str
     released: int  # claims of dead workers put back in the queue
     in_doubt: int  # messages of dead workers whose fate is unknown
 
@@ -732,10 +733,10 @@ def start_sending(
         )
         if not mailshot.materialised:
             mailshots.materialise(session, mailshot)
-        total = mailshot.total
+        total, transport = mailshot.total, mailshot.transport
     # Validate the templates and settings before the first batch (errors surface here, not mid-way).
     context_for(engine, settings, mailshot_id)
-    return Started(total, released, in_doubt)
+    return Started(total, transport, released, in_doubt)
 
 
 @dataclass(frozen=True)
