@@ -415,6 +415,26 @@ def purge(
     out.print(report.summary())
 
 
+@app.command("import-legacy")
+def import_legacy(
+    url: Annotated[
+        str, typer.Option(help="SQLAlchemy URL of the SPIP site's database: mysql://user:password@host/db.")
+    ],
+    source: Annotated[
+        str, typer.Option(help="spip-listes, spip-lettres, mailshot (Mailshot + Mailsubscribers) or all.")
+    ] = "all",
+    prefix: Annotated[str, typer.Option(help="Table prefix of the SPIP site.")] = "spip_",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be imported; change nothing.")] = False,
+) -> None:
+    """Import subscribers, lists and sendings of a SPIP site (idempotent: a second run imports nothing twice)."""
+    from mailshot_core import legacy
+
+    report = legacy.import_legacy(_engine(), url, source, prefix=prefix, dry_run=dry_run)
+    for problem in report.problems:
+        err.print(f"not imported or changed: {problem}", markup=False)
+    out.print(report.summary(), markup=False)
+
+
 @app.command("relay")
 def relay(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 1025,

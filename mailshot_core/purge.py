@@ -103,12 +103,13 @@ def archive(session: Session, mailshot: Mailshot, now: datetime) -> tuple[Archiv
             f"sending {mailshot.id} is '{mailshot.status}': only ended or cancelled sendings are archived"
         )
     status = mailshot.status
+    rows = _row_count(session, mailshot.id)
     truth = mailshots.recount(session, mailshot.id)
-    repaired = truth != mailshots.stored_counters(mailshot)
+    # Without rows (never materialised) the stored counters are all there is: nothing to repair from.
+    repaired = rows > 0 and truth != mailshots.stored_counters(mailshot)
     if repaired:
         for name, value in truth.items():
             setattr(mailshot, name, value)
-    rows = _row_count(session, mailshot.id)
     # One INSERT .. SELECT (uses ix_recipient_claim on mailshot_id), never a Python loop over rows.
     # Rows still todo never went out: no outcome (claimed/sending cannot remain in a finished sending).
     session.execute(

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
-from test_cli import _dump, cli  # noqa: F401 (the fixture)
 
 from conftest import engine_for, make_settings
 from helpers import create, drive, seed
@@ -19,6 +18,7 @@ from mailshot_core.db import session_scope
 from mailshot_core.devrelay import DevRelay, FaultPlan
 from mailshot_core.duration import parse_duration
 from mailshot_core.models import DeliveryOutcome, Mailshot, MailshotStatus, Recipient, utcnow
+from test_cli import _dump, cli  # noqa: F401 (the fixture)
 
 
 def _feedback(engine: Engine, mailshot_id: int, statuses: dict[str, str]) -> None:
