@@ -40,6 +40,53 @@ def deployments() -> list[Any]:
             description="Send one [TEST] message of a sending to any address.",
             tags=["mailshot"],
         ),
+        *operations_deployments(),
+    ]
+
+
+# --- issue 7: the scheduled and operator deployments (same names and schedules as prefect.yaml) ---
+PURGE_CRON = "30 3 * * *"  # daily, at a quiet hour
+
+
+def operations_deployments() -> list[Any]:
+    # Imported here so that this block stays separate from the sending deployments above.
+    from datetime import timedelta
+
+    from flows.create_and_send import create_and_send
+    from flows.dispatch_mailshots import dispatch_mailshots
+    from flows.import_legacy import import_legacy
+    from flows.purge_stats import purge_stats
+    from mailshot_core.config import get_settings
+
+    interval = timedelta(seconds=get_settings().dispatch_interval)
+    return [
+        # One dispatcher at a time: two would both see a sending without a live run and start it twice
+        # (harmless, the claims prevent duplicates, but wasteful).
+        dispatch_mailshots.to_deployment(
+            name=DEPLOYMENT,
+            interval=interval,
+            concurrency_limit=1,
+            description="Every minute: start due scheduled sendings, resume orphaned ones, expire late ones.",
+            tags=["mailshot", "scheduled"],
+        ),
+        purge_stats.to_deployment(
+            name="daily",
+            cron=PURGE_CRON,
+            concurrency_limit=1,
+            description="Daily: archive finished sendings older than MAILSHOT_PURGE_AFTER (counters kept).",
+            tags=["mailshot", "scheduled"],
+        ),
+        import_legacy.to_deployment(
+            name=DEPLOYMENT,
+            concurrency_limit=1,
+            description="Import a SPIP site's subscribers, lists and sendings (idempotent).",
+            tags=["mailshot"],
+        ),
+        create_and_send.to_deployment(
+            name=DEPLOYMENT,
+            description="Create a sending from this form and start it (or schedule it with start_at).",
+            tags=["mailshot"],
+        ),
     ]
 
 

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         description="A scheduled sending not started this long after its start time is cancelled by "
         "dispatch-mailshots instead of going out late, e.g. '6h', '30min'.",
     )
+    dispatch_interval: int = Field(
+        60, ge=5, le=3600, description="Seconds between two dispatch-mailshots runs under `mailshot serve`."
+    )
+    legacy_url: SecretStr | None = Field(
+        None,
+        description="Default database URL of the SPIP site for import-legacy (kept out of Prefect's run history).",
+    )
 
     @field_validator("from_email", "reply_to", "unsubscribe_mailto", "bounce_address")
     @classmethod
