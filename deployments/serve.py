@@ -52,6 +52,8 @@ def operations_deployments() -> list[Any]:
     # Imported here so that this block stays separate from the sending deployments above.
     from datetime import timedelta
 
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
     from flows.create_and_send import create_and_send
     from flows.dispatch_mailshots import dispatch_mailshots
     from flows.import_legacy import import_legacy
@@ -61,11 +63,13 @@ def operations_deployments() -> list[Any]:
     interval = timedelta(seconds=get_settings().dispatch_interval)
     return [
         # One dispatcher at a time: two would both see a sending without a live run and start it twice
-        # (harmless, the claims prevent duplicates, but wasteful).
+        # (harmless, the claims prevent duplicates, but wasteful).  CANCEL_NEW, not the default queue:
+        # a tick that finds the previous one still running is skipped, so no backlog of ticks builds
+        # up while the machine is busy (seen: queued ticks kept `serve` at capacity).
         dispatch_mailshots.to_deployment(
             name=DEPLOYMENT,
             interval=interval,
-            concurrency_limit=1,
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             description="Every minute: start due scheduled sendings, resume orphaned ones, expire late ones.",
             tags=["mailshot", "scheduled"],
         ),
