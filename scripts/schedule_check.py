@@ -12,7 +12,8 @@ then, as an operator would:
 
 and checks that both sendings end with every recipient served exactly once by the relay, that
 dispatch runs were created by the schedule (``auto_scheduled``), and that purge completed.
-Used by tests/test_schedules.py; run it by hand with `.venv/bin/python scripts/schedule_check.py`.
+Used by tests/test_schedules.py; run it by hand with `.venv/bin/python scripts/schedule_check.py
+[postgresql+asyncpg://user@host/db]` (Prefect's server on SQLite when no URL is given).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -74,7 +76,7 @@ def wait_for(what: str, check: Any, timeout: float) -> Any:
     raise TimeoutError(f"{what}: not within {timeout} s")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="mailshot-schedule-"))
     api_port, relay_port = free_port(), free_port()
     base = f"http://127.0.0.1:{api_port}/api"
@@ -91,6 +93,8 @@ def main() -> int:
         MAILSHOT_SMTP_HOST="127.0.0.1",
         MAILSHOT_DISPATCH_INTERVAL="10",
     )
+    if argv:  # a PostgreSQL database for Prefect's server: starts in half the time of a fresh SQLite one (M21)
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = argv[0]
     procs: list[subprocess.Popen[bytes]] = []
     logs = work / "logs"
     logs.mkdir()
@@ -102,6 +106,7 @@ def main() -> int:
         )
 
     t0 = time.monotonic()
+    ok = False
 
     def stage(what: str) -> None:
         print(f"{time.monotonic() - t0:5.1f} s  {what}", flush=True)
@@ -230,6 +235,7 @@ def main() -> int:
             f"{len(scheduled_runs)} scheduled dispatch run(s); purge-stats completed; {time.monotonic() - t0:.0f} s"
         )
         print("schedule check: OK")
+        ok = True
         return 0
     except Exception:
         for log_file in sorted(logs.iterdir()):
@@ -239,7 +245,7 @@ def main() -> int:
         for proc in reversed(procs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5  # throw-away servers: no need to wait for a clean shutdown
+        deadline = time.monotonic() + 3  # throw-away servers: no need to wait long for a clean shutdown
         for proc in procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
@@ -248,7 +254,9 @@ def main() -> int:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         stage("stopped")
+        if ok:  # kept when the check failed, for its logs
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
