@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -201,6 +201,26 @@ class Target:
         ).first()
         (self.report.created if added else self.report.existing)["subscriptions"] += 1
 
+    def membership(
+        self,
+        table: str,
+        subscriber: tuple[str, int, Mapping[int, int]],
+        mlist: tuple[str, int, Mapping[int, int]],
+        status: str,
+        when: datetime | None = None,
+        no_list: str = "",
+    ) -> None:
+        """Subscribe a legacy (subscriber id, list id) pair, each a (column, value, legacy id -> our id) triple;
+        a side that was not imported is reported with the row's key."""
+        (sub_col, sub, subs), (list_col, liste, lists) = subscriber, mlist
+        key = f"{sub}/{liste}"
+        if sub not in subs:
+            self.report.problem(table, key, f"subscriber {sub_col} {sub} was not imported")
+        elif liste not in lists:
+            self.report.problem(table, key, no_list or f"list {list_col} {liste} was not imported")
+        else:
+            self.subscribe(subs[sub], lists[liste], status, when)
+
     def unsubscribe(self, email: str, reason: str) -> None:
         """An address that left: unsubscribed overall, every subscription refused (idempotent)."""
         sub_id = self.ensure_subscriber(email, unsubscribed=True)
@@ -345,16 +365,16 @@ def import_spip_listes(db: LegacyDatabase, target: Target) -> None:
             if formats[author] == "non":  # "no format" = receives nothing
                 refused.add(author)
     if db.has("auteurs_listes"):
+        list_ids = {legacy_id: ours for legacy_id, (ours, _) in lists.items()}
         for row in db.rows("auteurs_listes", ["id_auteur", "id_liste", "statut", "date_inscription"]):
-            author, liste = int(row["id_auteur"]), int(row["id_liste"])
-            key = f"{author}/{liste}"
-            if author not in authors:
-                report.problem("spip_auteurs_listes", key, f"subscriber id_auteur {author} was not imported")
-            elif liste not in lists:
-                report.problem("spip_auteurs_listes", key, f"list id_liste {liste} was not imported")
-            else:
-                status = R if author in refused else SPIP_SUBSCRIPTION.get(row["statut"], P)
-                target.subscribe(authors[author], lists[liste][0], status, as_datetime(row["date_inscription"]))
+            author = int(row["id_auteur"])
+            target.membership(
+                "spip_auteurs_listes",
+                ("id_auteur", author, authors),
+                ("id_liste", int(row["id_liste"]), list_ids),
+                R if author in refused else SPIP_SUBSCRIPTION.get(row["statut"], P),
+                as_datetime(row["date_inscription"]),
+            )
     if not db.has("courriers"):
         return
     columns = [
@@ -420,18 +440,16 @@ def import_spip_lettres(db: LegacyDatabase, target: Target) -> None:
         rows = list(db.rows("abonnes_rubriques", ["id_abonne", "id_rubrique", "statut", "date_abonnement"]))
         # Lists only for rubriques with a valid subscription (original §8.1).
         wanted = {int(r["id_rubrique"]) for r in rows if r["statut"] == "valide"}
+        rubrique_ids = {rubrique: rubrique_list(rubrique)[0] for rubrique in sorted(wanted)}
         for row in rows:
-            abonne, rubrique = int(row["id_abonne"]), int(row["id_rubrique"])
-            key = f"{abonne}/{rubrique}"
-            if abonne not in subscriber_ids:
-                report.problem("spip_abonnes_rubriques", key, f"subscriber id_abonne {abonne} was not imported")
-            elif rubrique not in wanted:
-                report.problem("spip_abonnes_rubriques", key, "pending subscription to a rubrique nobody confirmed")
-            else:
-                status = SPIP_SUBSCRIPTION.get(row["statut"], P)
-                target.subscribe(
-                    subscriber_ids[abonne], rubrique_list(rubrique)[0], status, as_datetime(row["date_abonnement"])
-                )
+            target.membership(
+                "spip_abonnes_rubriques",
+                ("id_abonne", int(row["id_abonne"]), subscriber_ids),
+                ("id_rubrique", int(row["id_rubrique"]), rubrique_ids),
+                SPIP_SUBSCRIPTION.get(row["statut"], P),
+                as_datetime(row["date_abonnement"]),
+                no_list="pending subscription to a rubrique nobody confirmed",
+            )
     if db.has("desabonnes"):
         for row in db.rows("desabonnes", ["id_desabonne", "email"]):
             email = target.address("spip_desabonnes", row["id_desabonne"], row["email"])
@@ -529,20 +547,18 @@ def import_mailshot(db: LegacyDatabase, target: Target) -> None:
                     target.subscribe(subscriber_ids[legacy_id], legacy_list(identifiant), status)
     if db.has("mailsubscriptions"):
         segment = "id_segment" in db.columns("mailsubscriptions")
+        list_ids = {legacy_id: lists[identifiant] for legacy_id, identifiant in by_id.items()}
         for row in db.rows(
             "mailsubscriptions",
             ["id_mailsubscriber", "id_mailsubscribinglist", "statut"],
             "id_segment = 0" if segment else "",  # segments are views of a list, not memberships
         ):
-            sub, liste = int(row["id_mailsubscriber"]), int(row["id_mailsubscribinglist"])
-            key = f"{sub}/{liste}"
-            if sub not in subscriber_ids:
-                report.problem("spip_mailsubscriptions", key, f"subscriber id_mailsubscriber {sub} was not imported")
-            elif liste not in by_id:
-                report.problem("spip_mailsubscriptions", key, f"list id_mailsubscribinglist {liste} was not imported")
-            else:
-                status = MAILSUBSCRIBERS_SUBSCRIPTION.get(row["statut"], P)
-                target.subscribe(subscriber_ids[sub], lists[by_id[liste]], status)
+            target.membership(
+                "spip_mailsubscriptions",
+                ("id_mailsubscriber", int(row["id_mailsubscriber"]), subscriber_ids),
+                ("id_mailsubscribinglist", int(row["id_mailsubscribinglist"]), list_ids),
+                MAILSUBSCRIBERS_SUBSCRIPTION.get(row["statut"], P),
+            )
     if not db.has("mailshots"):
         return
     columns = [
