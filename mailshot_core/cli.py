@@ -418,8 +418,9 @@ def purge(
 @app.command("import-legacy")
 def import_legacy(
     url: Annotated[
-        str, typer.Option(help="SQLAlchemy URL of the SPIP site's database: mysql://user:password@host/db.")
-    ],
+        str | None,
+        typer.Option(help="SPIP site's database: mysql://user:password@host/db (default MAILSHOT_LEGACY_URL)."),
+    ] = None,
     source: Annotated[
         str, typer.Option(help="spip-listes, spip-lettres, mailshot (Mailshot + Mailsubscribers) or all.")
     ] = "all",
@@ -429,7 +430,11 @@ def import_legacy(
     """Import subscribers, lists and sendings of a SPIP site (idempotent: a second run imports nothing twice)."""
     from mailshot_core import legacy
 
-    report = legacy.import_legacy(_engine(), url, source, prefix=prefix, dry_run=dry_run)
+    settings = _settings()
+    target = url or (settings.legacy_url.get_secret_value() if settings.legacy_url else None)
+    if not target:
+        raise InvalidInput("--url: give the SPIP site's database URL (or set MAILSHOT_LEGACY_URL)")
+    report = legacy.import_legacy(_engine(), target, source, prefix=prefix, dry_run=dry_run)
     for problem in report.problems:
         err.print(f"not imported or changed: {problem}", markup=False)
     out.print(report.summary(), markup=False)

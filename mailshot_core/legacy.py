@@ -387,8 +387,8 @@ def import_spip_listes(db: LegacyDatabase, target: Target) -> None:
             continue  # test sends
         if target.already_imported("spip-listes", "courriers", legacy_id):
             continue
-        total, sent = int(row["total_abonnes"]), int(row["nb_emails_envoyes"])
-        failed = int(row["nb_emails_non_envoyes"]) + int(row["nb_emails_echec"])
+        total, sent = int(row["total_abonnes"] or 0), int(row["nb_emails_envoyes"] or 0)
+        failed = int(row["nb_emails_non_envoyes"] or 0) + int(row["nb_emails_echec"] or 0)
         current = sent + failed
         mailshot = _sending(
             "SPIP-Listes courrier",

@@ -108,10 +108,19 @@ class LegacyDatabase:
     def rows(
         self, table: str, columns: Sequence[str], where: str = "", params: dict[str, Any] | None = None
     ) -> Iterator[dict[str, Any]]:
-        """The rows of ``prefix+table`` with text decoded; a column the table lacks reads as None."""
+        """The rows of ``prefix+table`` with text decoded; a column the table lacks reads as None.
+
+        Key columns (``id_*``, SPIP's convention) must exist: without them rows cannot be matched,
+        and the table is not the plugin's.
+        """
         known = self.columns(table)
         if not known:
             raise MailshotError(f"table {self.prefix}{table} does not exist in the legacy database")
+        missing = [name for name in columns if name.startswith("id_") and name not in known]
+        if missing:
+            raise MailshotError(
+                f"table {self.prefix}{table} has no column {', '.join(missing)}: not the expected plugin schema"
+            )
         selected = []
         for name in columns:
             col = known.get(name)

@@ -240,8 +240,11 @@ def test_cli_dry_run_then_import_all_then_bad_input(cli, sites: dict[str, str], 
     assert "not imported or changed: spip_abonnes_lettres #99/1: no valid address for id_abonne 99" in err
     assert _dump(cli.db_file) == empty
 
+    code, out, _ = cli("import-legacy", "--dry-run", env={"MAILSHOT_LEGACY_URL": sites["spip-listes"]})
+    assert code == 0 and "spip-listes: would import 2 lists" in out
     bad_url = sites["mailshot"].replace(f":{maria.port}/", ":1/")
     for args, why in (
+        ([], "--url: give the SPIP site's database URL"),
         (["--url", "postgresql://u:secret@localhost/x"], "a SPIP site's MySQL/MariaDB database is expected"),
         (["--url", bad_url], "cannot connect to the legacy database"),
         (["--url", sites["mailshot"], "--prefix", "other_"], "no legacy table found"),
@@ -271,3 +274,17 @@ def test_table_prefix(maria: MariaServer, sqlite_url: str) -> None:
         legacy.import_legacy(engine, url)
     report = legacy.import_legacy(engine, url, prefix="news_")
     assert report.sources == ["spip-lettres"] and report.created["sendings"] == 1
+
+
+def test_a_table_without_its_key_columns_is_a_clear_error(maria: MariaServer, sqlite_url: str) -> None:
+    """A table named like the plugin's but without its id column: one clear error, nothing imported."""
+    url = maria.create_database("site_odd")
+    with maria.connect("site_odd") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE spip_abonnes (email varchar(255), nom varchar(255))")
+        cur.execute("INSERT INTO spip_abonnes VALUES ('x@example.org', 'X')")
+    engine = engine_for(make_settings(sqlite_url))
+    with pytest.raises(
+        MailshotError, match="table spip_abonnes has no column id_abonne: not the expected plugin schema"
+    ):
+        legacy.import_legacy(engine, url, "spip-lettres")
+    assert _state(engine)["subscribers"] == {}
