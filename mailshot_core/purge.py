@@ -66,11 +66,15 @@ class PurgeReport:
 
 
 def latest_finished(session: Session) -> int | None:
-    """The most recent finished sending (by end date, then id): the one purge never archives."""
+    """The most recent ended or cancelled sending (by end date, then id): the one purge never archives.
+
+    Archived ones do not count (as in the original): an imported archive newer than every real
+    sending must not let purge take the detail of the latest real one.
+    """
     ended = func.coalesce(Mailshot.ended_at, Mailshot.updated_at)
     return session.exec(
         select(Mailshot.id)
-        .where(col(Mailshot.status).in_([*_FINISHED, MailshotStatus.ARCHIVE]))
+        .where(col(Mailshot.status).in_(_FINISHED))
         .order_by(ended.desc(), col(Mailshot.id).desc())
         .limit(1)
     ).first()

@@ -124,6 +124,11 @@ def test_the_most_recent_sending_is_never_archived(sqlite_url: str, tmp_path: Pa
     assert report.kept_latest == ids[-1]
     assert [x.id for x in report.archived] == ids[:-1]
     assert _rows(engine, ids[-1]) == 12
+    # A newer sending that is already archived (an imported SPIP courrier) does not count as the latest.
+    with session_scope(engine) as session:
+        session.add(Mailshot(subject="imported", status=MailshotStatus.ARCHIVE, ended_at=utcnow()))
+    assert purge.purge(engine, parse_duration("0d")).archived == []
+    assert _rows(engine, ids[-1]) == 12
 
 
 def test_outcomes_are_bounded_per_address(sqlite_url: str) -> None:
