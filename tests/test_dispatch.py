@@ -113,6 +113,14 @@ def test_create_and_send_and_purge_flows(prefect_harness: None, flow_env: Settin
     dry = purge_stats(dry_run=True)
     assert dry["archived"] == [done[0]] and dry["dry_run"]
     assert purge_stats()["archived"] == [done[0]]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["purge-stats"])))
+    latest = max(artifacts, key=lambda a: a.created or utcnow())
+    assert latest.description and "archived 1 sending(s)" in latest.description
+    assert f'"sending": {done[0]}' in str(latest.data)
     with session_scope(engine) as session:
         assert mailshots.get(session, done[0]).status == MailshotStatus.ARCHIVE
         assert mailshots.get(session, done[1]).status == MailshotStatus.END
