@@ -8,10 +8,10 @@ then, as an operator would:
 2. fills the `create-and-send` form through the API the Prefect UI posts to
    (``POST /api/deployments/{id}/create_flow_run``), after checking that the form's schema has a
    described field per parameter and that the server refuses a form without `lists`;
-3. runs `purge-stats/daily` on demand;
-
 and checks that both sendings end with every recipient served exactly once by the relay, that
-dispatch runs were created by the schedule (``auto_scheduled``), and that purge completed.
+dispatch runs were created by the schedule (``auto_scheduled``), and that `purge-stats/daily`
+carries its daily cron (its run is tested in tests/test_dispatch.py: running it here too would
+only add a process start on a busy 2-core machine).
 Used by tests/test_schedules.py; run it by hand with `.venv/bin/python scripts/schedule_check.py
 [postgresql+asyncpg://user@host/db]` (Prefect's server on SQLite when no URL is given).
 """
@@ -122,8 +122,8 @@ def main(argv: list[str]) -> int:
         def statuses() -> list[dict[str, Any]]:
             # Read the database directly: a CLI process per poll would compete for the 2 cores.
             with contextlib.closing(sqlite3.connect(work / "mailshot.db")) as con:
-                cur = con.execute("SELECT subject, status, sent FROM mailshot")
-                return [{"subject": a, "status": b, "sent": c} for a, b, c in cur.fetchall()]
+                cur = con.execute("SELECT subject, status, sent, start_at, started_at FROM mailshot")
+                return [{"subject": a, "status": b, "sent": c, "start_at": d, "started_at": e} for a, b, c, d, e in cur]
 
         run([*mailshot, "lists", "create", "news"], env, work)
         (work / "subs.csv").write_text("email,nom\n" + "".join(f"s{i}@example.com,S {i}\n" for i in range(RECIPIENTS)))
@@ -132,8 +132,8 @@ def main(argv: list[str]) -> int:
         wait_http(f"{base}/health", 90)
         stage("server up")
         start("serve", [*mailshot, "serve"])
-        # Due shortly after `serve` registers the deployments (~10 s here), so dispatch finds it `init`.
-        at = (datetime.now(UTC) + timedelta(seconds=15)).strftime("%Y-%m-%dT%H:%M:%S")
+        # Due about when `serve` has registered the deployments (~7 s here), so dispatch finds it `init`.
+        at = (datetime.now(UTC) + timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S")
         scheduled = (
             run(
                 [
@@ -195,7 +195,6 @@ def main(argv: list[str]) -> int:
                 }
             },
         )
-        purge_run = api(base, "POST", f"/deployments/{purge['id']}/create_flow_run", {"parameters": {"dry_run": True}})
 
         def ended() -> list[dict[str, Any]] | None:
             rows = statuses()
@@ -206,6 +205,8 @@ def main(argv: list[str]) -> int:
         received = [p.read_bytes() for p in (work / "out").glob("*.eml")]
         by_subject = {r["subject"]: r for r in rows}
         assert by_subject["Scheduled"]["sent"] == RECIPIENTS, rows
+        when = {k: datetime.fromisoformat(by_subject["Scheduled"][k]) for k in ("start_at", "started_at")}
+        assert when["started_at"] >= when["start_at"], when  # not started early
         assert by_subject["From the form, {{ nom }}"]["sent"] == RECIPIENTS, rows
         assert len(received) == 2 * RECIPIENTS, len(received)
 
@@ -225,14 +226,9 @@ def main(argv: list[str]) -> int:
 
         scheduled_runs = wait_for("a scheduled dispatch run completes", dispatch_runs, 30)
         stage("scheduled dispatch run seen")
-        wait_for(
-            "purge-stats completes",
-            lambda: api(base, "GET", f"/flow_runs/{purge_run['id']}")["state_type"] == "COMPLETED",
-            60,
-        )
         print(
             f"sendings {scheduled} (scheduled) and the form's: {2 * RECIPIENTS} messages; "
-            f"{len(scheduled_runs)} scheduled dispatch run(s); purge-stats completed; {time.monotonic() - t0:.0f} s"
+            f"{len(scheduled_runs)} scheduled dispatch run(s); {time.monotonic() - t0:.0f} s"
         )
         print("schedule check: OK")
         ok = True
