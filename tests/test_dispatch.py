@@ -87,6 +87,21 @@ def test_dispatcher_starts_one_run_per_sending_and_not_twice(
     with session_scope(engine) as session:
         assert mailshots.get(session, mid).flow_run_id == run_id
 
+    # The run crashed (its machine died): the sending is resumed by a new run.
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(run_id), Crashed(), force=True)
+    third = dispatch_mailshots(deployment="send-mailshot/dispatch-test")
+    assert third["started"] == [mid]
+    with session_scope(engine) as session:
+        assert mailshots.get(session, mid).flow_run_id not in (None, run_id)
+        dispatch.record_run(session, mid, "4a1c7e0e-0000-4000-8000-000000000000")  # a run this server never knew
+    assert dispatch_mailshots(deployment="send-mailshot/dispatch-test")["started"] == [mid]
+
 
 def test_create_and_send_and_purge_flows(prefect_harness: None, flow_env: Settings, tmp_path: Path) -> None:
     """create-and-send validates and creates (scheduled: left to the dispatcher); purge-stats archives and reports."""

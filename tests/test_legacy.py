@@ -288,3 +288,31 @@ def test_a_table_without_its_key_columns_is_a_clear_error(maria: MariaServer, sq
     ):
         legacy.import_legacy(engine, url, "spip-lettres")
     assert _state(engine)["subscribers"] == {}
+
+
+def test_mailsubscribers_1x_listes_column(maria: MariaServer, sqlite_url: str) -> None:
+    """Mailsubscribers 1.x kept the lists in a comma-separated `listes` column: read too (original §8.1)."""
+    url = maria.create_database("site_ms1")
+    with maria.connect("site_ms1") as conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE spip_mailsubscribers (id_mailsubscriber bigint(21) NOT NULL AUTO_INCREMENT, "
+            "email varchar(255) NOT NULL DEFAULT '', nom text NOT NULL, listes text NOT NULL, optin text NOT NULL, "
+            "date datetime NOT NULL, statut varchar(20) NOT NULL DEFAULT 'prepa', jeton char(25) NOT NULL DEFAULT '', "
+            "lang varchar(10) NOT NULL DEFAULT '', PRIMARY KEY (id_mailsubscriber)) DEFAULT CHARSET=latin1"
+        )
+        cur.executemany(
+            "INSERT INTO spip_mailsubscribers (email, nom, listes, optin, date, statut) VALUES (%s, %s, %s, '', NOW(), %s)",
+            [
+                (b"v@example.net", "Val\xe9rie".encode("latin1"), b"newsletter,events", "valide"),
+                (b"p@example.net", b"", b"newsletter", "prop"),
+            ],
+        )
+    engine = engine_for(make_settings(sqlite_url))
+    legacy.import_legacy(engine, url, "mailshot")
+    state = _state(engine)
+    assert state["subscribers"]["v@example.net"] == ("Valérie", "valid")
+    assert state["subscriptions"] == [
+        ("p@example.net", "newsletter", "pending"),
+        ("v@example.net", "events", "valid"),
+        ("v@example.net", "newsletter", "valid"),
+    ]
