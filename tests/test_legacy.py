@@ -316,3 +316,22 @@ def test_mailsubscribers_1x_listes_column(maria: MariaServer, sqlite_url: str) -
         ("v@example.net", "events", "valid"),
         ("v@example.net", "newsletter", "valid"),
     ]
+
+
+def test_import_legacy_flow_reads_the_url_from_the_settings(
+    prefect_harness: None, sites: dict[str, str], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow takes the URL from MAILSHOT_LEGACY_URL (no password in the run's parameters); re-run: nothing new."""
+    from flows.import_legacy import import_legacy
+    from mailshot_core.config import get_settings
+
+    monkeypatch.setenv("MAILSHOT_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("MAILSHOT_LEGACY_URL", sites["spip-lettres"])
+    get_settings.cache_clear()
+    try:
+        first = import_legacy(source="spip-lettres")
+        again = import_legacy(source="spip-lettres")
+    finally:
+        get_settings.cache_clear()
+    assert first["created"]["sendings"] == 1 and first["problems"] == 5
+    assert sum(again["created"].values()) == 0 and again["existing"]["sendings"] == 1
