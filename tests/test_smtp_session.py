@@ -190,3 +190,25 @@ def test_withdrawing_an_announced_message_delivers_nothing_for_it(relay: DevRela
 
     asyncio.run(go())
     assert [m.rcpt_tos for m in relay.messages] == [["r0@example.org"], ["r1@example.org"]]
+
+
+def test_a_421_to_an_announced_envelope_is_not_lost_by_reconnecting(relay: DevRelay) -> None:
+    """The relay answers 421 to the envelope sent ahead and hangs up: the next send reports it as a
+    throttle (it drives the backoff) instead of silently reconnecting; the one after reconnects."""
+    from mailshot_core.config import SmtpTls
+    from mailshot_core.transports.base import OutgoingMessage, Throttled
+    from mailshot_core.transports.smtp import SmtpConfig, SmtpTransport
+
+    def msg(i: int, rcpt: str) -> OutgoingMessage:
+        return OutgoingMessage(i, "news@example.org", rcpt, _message(i), f"<{i}@x>")
+
+    async def go() -> None:
+        conn = await SmtpTransport(SmtpConfig(relay.host, relay.port, SmtpTls.NONE, timeout=TIMEOUT)).connect()
+        await conn.send(msg(0, "r0@example.org"), then=msg(1, "busy@example.org"))
+        with pytest.raises(Throttled):
+            await conn.send(msg(1, "busy@example.org"), then=msg(2, "r2@example.org"))
+        await conn.send(msg(2, "r2@example.org"))
+        await conn.close()
+
+    asyncio.run(go())
+    assert [m.rcpt_tos for m in relay.messages] == [["r0@example.org"], ["r2@example.org"]]

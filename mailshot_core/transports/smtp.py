@@ -125,6 +125,18 @@ class SmtpConnection:
             raise TransportUnavailable(f"cannot connect to relay {where}: {exc or type(exc).__name__}") from None
 
     async def send(self, message: OutgoingMessage, *, then: OutgoingMessage | None = None) -> SendResult:
+        envelope = (message.envelope_from, message.envelope_to)
+        if self._session is not None and not self._session.is_open and self._session.announced == envelope:
+            # The relay hung up after this message's envelope went out ahead of its data.  What it
+            # answered first (a 421 "slow down", a refused RCPT) must not be lost by reconnecting:
+            # the backoff and the recipient's fate depend on it.  No reply: the content never left,
+            # send it afresh on a new session.
+            try:
+                await self._session.send(*envelope, message.data)
+            except SmtpReplyError as exc:
+                raise _classify(exc.reply.code, exc.reply.text, exc.stage) from None
+            except SmtpDisconnected:
+                pass
         if self._session is None or not self._session.is_open:
             await self.open()
         session = self._session
