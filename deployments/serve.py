@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import serve
 
+from flows.apply_feedback import apply_feedback
 from flows.send_mailshot import send_mailshot, send_mailshot_fast
 from flows.send_test import send_test
 
@@ -39,6 +40,13 @@ def deployments() -> list[Any]:
             name=DEPLOYMENT,
             description="Send one [TEST] message of a sending to any address.",
             tags=["mailshot"],
+        ),
+        apply_feedback.to_deployment(
+            name=DEPLOYMENT,
+            description="Apply the ESP events received by the webhooks (statuses, counters, unsubscriptions).",
+            tags=["mailshot"],
+            cron="* * * * *",
+            concurrency_limit=1,
         ),
     ]
 
