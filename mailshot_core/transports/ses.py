@@ -166,7 +166,12 @@ class SesConnection(HttpConnection):
             raise Throttled(f"SES: {text}", response.status_code)
         if response.status_code >= 500:
             raise TemporaryError(f"SES: {text}", response.status_code)
-        if response.status_code in (400, 403, 404):
+        if response.status_code in (401, 403):
+            raise ConfigurationError(
+                f"SES refused our credentials (HTTP {response.status_code}): {text}", response.status_code
+            )
+        if response.status_code in (400, 404):
+            # Unverified sender, unknown configuration set, account paused: the operator must act.
             raise ConfigurationError(f"SES refused the call: {text}", response.status_code)
         raise call_error(self.provider, response)
 
