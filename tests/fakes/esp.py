@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import email
-from email.header import decode_header, make_header
 import itertools
 import json
 import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.header import decode_header, make_header
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
