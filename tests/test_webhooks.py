@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from fakes.webhooks import (
     sns_notification,
     webhook_settings,
 )
-from helpers import create, seed
-from mailshot_core import feedback, mailshots
+from helpers import create, drive, seed
+from mailshot_core import db, feedback, mailshots
 from mailshot_core.db import session_scope
 from mailshot_core.devrelay import DevRelay
 from mailshot_core.models import FeedbackEvent, Recipient, Subscriber
@@ -145,74 +146,91 @@ class Site:
     web: WebServer
     signer: SnsSigner
     mailshot_id: int
-    ids: dict[str, int]  # email -> recipient id
+    ids: dict[str, int]  # email -> recipient id of the sending `mailshot_id`
+    sendings: dict[str, tuple[int, dict[str, int]]]  # list name -> (sending, email -> recipient id)
 
 
-def _stored(engine: Engine) -> int:
+def _stored(engine: Engine, source: str | None = None) -> int:
+    query = select(func.count()).select_from(FeedbackEvent).where(FeedbackEvent.source != "smtp")
+    if source is not None:
+        query = query.where(FeedbackEvent.source == source)
     with engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count()).select_from(FeedbackEvent).where(FeedbackEvent.source != "smtp")
-            ).scalar_one()
-        )
+        return int(conn.execute(query).scalar_one())
+
+
+@contextmanager
+def _site(url: str, tmp: Path, lists: tuple[str, ...]) -> Iterator[Site]:
+    """One sending of 25 recipients per list (u<i>@<list>.example; u<i>@example.com for "news"), sent through the
+    dev relay, and the web app serving the webhooks."""
+    sock = free_socket()
+    signer = SnsSigner()
+    sendings = {}
+    with DevRelay() as relay:
+        settings = make_settings(url, relay, **webhook_settings(sock.getsockname()[1]))
+        engine = engine_for(settings)
+        for name in lists:
+            seed(engine, tmp, 25, list_name=name, domain="example.com" if name == "news" else f"{name}.example")
+            mid = create(engine, settings, lists=(name,))
+            drive(engine, settings, mid)
+            with session_scope(engine) as session:
+                rows = session.execute(select(Recipient.email, Recipient.id).where(Recipient.mailshot_id == mid)).all()
+            sendings[name] = (mid, {e: i for e, i in rows})
+    mid, ids = sendings[lists[0]]
+    with WebServer(settings, sock, signer) as web:
+        yield Site(engine, web, signer, mid, ids, sendings)
 
 
 @pytest.fixture
-def site(db_url: str, tmp_path: Path) -> Iterator[Site]:
-    """A sending of 25 recipients, all sent through the dev relay, and the web app serving webhooks."""
-    sock = free_socket()
-    signer = SnsSigner()
-    with DevRelay() as relay:
-        settings = make_settings(db_url, relay, **webhook_settings(sock.getsockname()[1]))
-        engine = engine_for(settings)
-        seed(engine, tmp_path, 25)
-        mid = create(engine, settings)
-        from helpers import drive
+def site(sqlite_url: str, tmp_path: Path) -> Iterator[Site]:
+    with _site(sqlite_url, tmp_path, ("news",)) as s:
+        yield s
 
-        drive(engine, settings, mid)
-    with session_scope(engine) as session:
-        ids = {
-            e: i
-            for e, i in session.execute(select(Recipient.email, Recipient.id).where(Recipient.mailshot_id == mid)).all()
-        }
-    with WebServer(settings, sock, signer) as web:
-        yield Site(engine, web, signer, mid, ids)
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def every_provider(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One database (SQLite, then PostgreSQL) with a sending per provider, shared by the round trips."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp}/mailshot.db"
+    else:
+        url = request.getfixturevalue("pg_server").create_database()
+    with _site(url, tmp, tuple(ROUND_TRIPS)) as s:
+        yield s
+    db.dispose_engines()
 
 
 @pytest.mark.parametrize("provider", list(ROUND_TRIPS))
-def test_every_documented_event_reaches_its_recipient(provider: str, site: Site) -> None:
+def test_every_documented_event_reaches_its_recipient(provider: str, every_provider: Site) -> None:
     """Each event type of the provider, posted to its webhook, gives the mapped status and counters;
     spam and unsubscribe events unsubscribe the address; posting again and re-applying change nothing."""
+    site = every_provider
+    mid, ids = site.sendings[provider]
     cases = ROUND_TRIPS[provider]
     build = BUILDERS[provider]
-    events = [
-        build(kind, f"u{i}@example.com", site.mailshot_id, site.ids[f"u{i}@example.com"], **extra)
-        for i, (kind, extra, _) in enumerate(cases)
-    ]
+    address = [f"u{i}@{provider}.example" for i in range(len(cases))]
+    events = [build(kind, address[i], mid, ids[address[i]], **extra) for i, (kind, extra, _) in enumerate(cases)]
     if provider == "ses":
         events = [sns_notification(site.signer, e) for e in events]
     for r in post(site.web, provider, events, site.signer):
         assert r.status_code == 200, r.text
-    assert _stored(site.engine) == len(events)
+    assert _stored(site.engine, provider) == len(events)
     for r in post(site.web, provider, events, site.signer):  # the provider retries: stored once
         assert r.status_code == 200 and r.json()["stored"] == 0
-    assert _stored(site.engine) == len(events)
+    assert _stored(site.engine, provider) == len(events)
 
     report = feedback.apply_all(site.engine)
     assert report.applied == len(events) and report.unmatched == 0 and report.deferred == 0
     with session_scope(site.engine) as session:
         status = dict(
-            session.execute(
-                select(Recipient.email, Recipient.status).where(Recipient.mailshot_id == site.mailshot_id)
-            ).all()
+            session.execute(select(Recipient.email, Recipient.status).where(Recipient.mailshot_id == mid)).all()
         )
-        m = mailshots.get(session, site.mailshot_id)
-        assert mailshots.stored_counters(m) == mailshots.recount(session, site.mailshot_id)
+        m = mailshots.get(session, mid)
+        assert mailshots.stored_counters(m) == mailshots.recount(session, mid)
         subs = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
     for i, (kind, _, expected) in enumerate(cases):
-        assert status[f"u{i}@example.com"] == expected, (kind, expected)
+        assert status[address[i]] == expected, (kind, expected)
         unsubscribed = expected in ("spam", "unsub")
-        assert (subs[f"u{i}@example.com"] == "unsubscribed") is unsubscribed, kind
+        assert (subs[address[i]] == "unsubscribed") is unsubscribed, kind
     expected_counts: dict[str, int] = {}
     for e in [*(c[2] for c in cases), *["sent"] * (25 - len(cases))]:
         for name in COUNTED[e]:
@@ -246,7 +264,7 @@ def test_late_events_never_move_a_recipient_backwards(site: Site) -> None:
     assert status["u0@example.com"] == "clic" and status["u1@example.com"] == "spam"
 
 
-def test_forged_and_unauthenticated_requests_get_403_and_store_nothing(site: Site, db_url: str) -> None:
+def test_forged_and_unauthenticated_requests_get_403_and_store_nothing(site: Site) -> None:
     """Wrong Basic password, wrong token, bad Mandrill signature, tampered or foreign SNS messages,
     a certificate URL that is not SNS's: 403, nothing stored."""
     mid, rid = site.mailshot_id, site.ids["u0@example.com"]
