@@ -41,10 +41,14 @@ class IncomingEvent:
     raw: str
 
 
-def _digest(event: Any) -> str:
+def _canonical(event: Any) -> str:
+    """The stored raw text of an event: compact JSON with sorted keys, so equal events are equal text."""
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(raw: str) -> str:
     """Identity of an event without a provider id: the same content is the same event (retries)."""
-    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
 
 
 def sub(event: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -111,6 +115,7 @@ def mailjet(body: bytes) -> list[IncomingEvent]:
     for i, ev in enumerate(_objects(_json(body, "Mailjet body"), "event")):
         where = f"event {i}"
         kind, email = _field(ev, "event", where), _field(ev, "email", where)
+        raw = _canonical(ev)
         mailshot_id = recipient_id = None
         payload = ev.get("Payload")
         if isinstance(payload, str) and payload.startswith("{"):
@@ -126,14 +131,14 @@ def mailjet(body: bytes) -> list[IncomingEvent]:
         events.append(
             IncomingEvent(
                 "mailjet",
-                _digest(ev),
+                _digest(raw),
                 kind[:KIND_LENGTH],
                 email,
                 mailshot_id,
                 recipient_id,
                 _when(ev.get("time")),
                 _detail(ev.get("error_related_to"), ev.get("error"), ev.get("url"), ev.get("source")),
-                json.dumps(ev),
+                raw,
             )
         )
     return events
@@ -157,6 +162,7 @@ def sparkpost(body: bytes) -> list[IncomingEvent]:
             if not isinstance(ev, dict):
                 raise MalformedPayload(f"{where}: msys.{cls} is not an object")
             kind = _field(ev, "type", f"{where} ({cls})")
+            raw = _canonical(ev)
             event_id = _field(ev, "event_id", f"{where} ({cls})")
             email = str(ev.get("rcpt_to") or ev.get("raw_rcpt_to") or "")
             meta = sub(ev, "rcpt_meta")
@@ -172,7 +178,7 @@ def sparkpost(body: bytes) -> list[IncomingEvent]:
                     _detail(
                         ev.get("bounce_class"), ev.get("raw_reason") or ev.get("reason"), ev.get("target_link_url")
                     ),
-                    json.dumps(ev),
+                    raw,
                 )
             )
     return events
@@ -207,18 +213,19 @@ def mandrill(body: bytes) -> list[IncomingEvent]:
                 continue  # sync and inbound events: not about a message we sent
             raise MalformedPayload(f"{where}: field 'msg' is missing or not an object")
         email = _field(msg, "email", f"{where} msg")
+        raw = _canonical(ev)
         meta = sub(msg, "metadata")
         events.append(
             IncomingEvent(
                 "mandrill",
-                _digest(ev),
+                _digest(raw),
                 kind[:KIND_LENGTH],
                 email,
                 _int(meta.get("mailshot_id")),
                 _int(meta.get("recipient_id")),
                 _when(ev.get("ts")),
                 _detail(msg.get("bounce_description"), msg.get("diag"), ev.get("url")),
-                json.dumps(ev),
+                raw,
             )
         )
     return events
@@ -236,6 +243,7 @@ def brevo(body: bytes) -> list[IncomingEvent]:
     for i, ev in enumerate(_objects(_json(body, "Brevo body"), "event")):
         where = f"event {i}"
         kind, email = _field(ev, "event", where), _field(ev, "email", where)
+        raw = _canonical(ev)
         match = _MAILIN_CUSTOM.search(str(ev.get("X-Mailin-custom") or ""))
         if match is None:
             tags = ev["tags"] if isinstance(ev.get("tags"), list) else [ev.get("tag")]
@@ -243,14 +251,14 @@ def brevo(body: bytes) -> list[IncomingEvent]:
         events.append(
             IncomingEvent(
                 "brevo",
-                _digest(ev),
+                _digest(raw),
                 kind[:KIND_LENGTH],
                 email,
                 int(match[1]) if match else None,
                 None,  # versions carry no per-recipient data: found by (sending, address)
                 _when(ev.get("ts_event") or ev.get("date")),
                 _detail(ev.get("reason"), ev.get("link")),
-                json.dumps(ev),
+                raw,
             )
         )
     return events
@@ -289,7 +297,7 @@ def ses_event(notification: Mapping[str, Any], where: str = "SNS message") -> In
         tag("recipient_id"),
         _when(notification.get("Timestamp")),
         _detail(bounce.get("bounceType"), bounce.get("bounceSubType"), bounced[0].get("diagnosticCode")),
-        json.dumps(message),
+        _canonical(message),
     )
 
 

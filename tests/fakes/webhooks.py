@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from mailshot_core.config import Settings
+from mailshot_core.transports.http import NODELAY
 from mailshot_core.web.app import create_app
 from mailshot_core.web.auth import mandrill_signature, sns_string_to_sign
 
@@ -33,7 +34,9 @@ CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-012345
 
 
 def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for sockets that say
+    # they are TCP; with proto 0 every response waited ~40 ms for a delayed ACK (measured).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
@@ -90,7 +93,7 @@ class WebServer:
         app = create_app(settings, fetch=signer.fetch)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.client = httpx.Client(base_url=self.url, timeout=30, transport=httpx.HTTPTransport(socket_options=NODELAY))
 
     def __enter__(self) -> WebServer:
         self.thread.start()
