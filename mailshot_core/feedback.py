@@ -26,7 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -315,22 +315,34 @@ def _pending(session: Session, after_id: int, limit: int) -> list[Any]:
 
 
 def _recipients_of(session: Session, events: list[Any]) -> tuple[dict[int, _Row], dict[tuple[int, str], _Row]]:
+    """The recipients the events are about, by id (from the provider's metadata) or by (sending, address).
+
+    PostgreSQL: the rows about to change are then locked in id order (a concurrent recovery, resend or
+    another apply run must not move them between read and write; one order, no deadlock between apply
+    runs).  Rows being handed over (claimed/sending) are not locked: their worker's ledger owns them
+    and their events wait.  SQLite: the transaction holds the database's write lock already.
+    """
     ids = {e.recipient_id for e in events if e.recipient_id is not None}
     pairs = {(e.mailshot_id, e.email) for e in events if e.recipient_id is None}
+    conditions = []
+    if ids:
+        conditions.append(_recipients.c.id.in_(ids))
+    if pairs:
+        conditions.append(tuple_(_recipients.c.mailshot_id, _recipients.c.email).in_(pairs))
     cols = (_recipients.c.id, _recipients.c.mailshot_id, _recipients.c.email, _recipients.c.status)
-    found: list[Any] = []
-    postgres = session.get_bind().dialect.name == "postgresql"
-    for condition in (
-        _recipients.c.id.in_(ids) if ids else None,
-        tuple_(_recipients.c.mailshot_id, _recipients.c.email).in_(pairs) if pairs else None,
-    ):
-        if condition is None:
-            continue
-        query = select(*cols).where(condition)
-        if postgres:  # a concurrent recovery or resend must not move the row between read and write
-            query = query.with_for_update()
-        found.extend(session.execute(query).all())
+    found = session.execute(select(*cols).where(or_(*conditions))).all()
     by_id = {r.id: _Row(r.id, r.mailshot_id, r.email, r.status, r.status) for r in found}
+    if session.get_bind().dialect.name == "postgresql":
+        settled = sorted(r.id for r in by_id.values() if r.status not in IN_FLIGHT)
+        if settled:
+            locked = session.execute(
+                select(_recipients.c.id, _recipients.c.status)
+                .where(_recipients.c.id.in_(settled))
+                .order_by(_recipients.c.id)
+                .with_for_update()
+            ).all()
+            for rid, status in locked:  # re-read under the lock
+                by_id[rid].status = by_id[rid].original = status
     return by_id, {(r.mailshot_id, r.email): r for r in by_id.values()}
 
 
