@@ -23,6 +23,7 @@ from mailshot_core.transports.http import (
     json_body,
     parts_of,
     secret,
+    shared_headers,
 )
 
 # Brevo takes up to 1,000 versions per call; each carries a whole rendered HTML, so fewer.
@@ -31,11 +32,7 @@ BATCH = 100
 
 def email_json(messages: Sequence[OutgoingMessage]) -> dict[str, Any]:
     first = parts_of(messages[0])
-    shared = {
-        name: value
-        for name, value in first.headers.items()
-        if all(parts_of(m).headers.get(name) == value for m in messages[1:])
-    }
+    shared = shared_headers(messages)  # no per-recipient headers in this API
     shared["X-Mailin-custom"] = f"mailshot_id:{first.mailshot_id}"
     body: dict[str, Any] = {
         "sender": {"email": first.from_email, "name": first.from_name},

@@ -147,6 +147,17 @@ class HttpConnection:
         await self.client.aclose()
 
 
+def shared_headers(messages: Sequence[OutgoingMessage]) -> dict[str, str]:
+    """The headers every message of a call has with the same value: all an API without per-recipient
+    headers (Mandrill, Brevo) can carry."""
+    first = parts_of(messages[0]).headers
+    return {
+        name: value
+        for name, value in first.items()
+        if all(parts_of(m).headers.get(name) == value for m in messages[1:])
+    }
+
+
 def campaign(parts: MessageParts) -> str:
     """The provider-side campaign/tag of a sending: what groups its statistics."""
     return f"mailshot-{parts.mailshot_id}"

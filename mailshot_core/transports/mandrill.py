@@ -34,6 +34,7 @@ from mailshot_core.transports.http import (
     json_body,
     parts_of,
     secret,
+    shared_headers,
 )
 
 # Above 10 recipients Mandrill always queues (rejections then come as `reject` events).
@@ -44,12 +45,7 @@ _REFUSED = {"rejected", "invalid"}
 
 def message_json(key: str, messages: Sequence[OutgoingMessage]) -> dict[str, Any]:
     first = parts_of(messages[0])
-    # Only headers every recipient shares: Mandrill's headers are per message, not per recipient.
-    shared = {
-        name: value
-        for name, value in first.headers.items()
-        if all(parts_of(m).headers.get(name) == value for m in messages[1:])
-    }
+    shared = shared_headers(messages)  # no per-recipient headers in this API
     if first.reply_to:
         shared["Reply-To"] = first.reply_to
     message: dict[str, Any] = {
