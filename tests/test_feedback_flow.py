@@ -64,3 +64,40 @@ def test_the_command_applies_the_inbox(env_settings: Settings, tmp_path: Path) -
     _one_open(env_settings, tmp_path)
     result = CliRunner().invoke(app, ["apply-feedback"])
     assert result.exit_code == 0 and "1 event(s) applied: 1 recipient(s) changed" in result.output
+
+
+def test_mailshot_web_serves_the_webhooks(sqlite_url: str, tmp_path: Path) -> None:
+    """`mailshot web --host --port` starts uvicorn on the app: probes answer 200, events need credentials."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from fakes.webhooks import free_socket
+
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "MAILSHOT_DATABASE_URL": sqlite_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailshot_core.cli", "web", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/webhooks/mailjet")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mailshot web did not start"
+                time.sleep(0.1)
+        assert r.status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/webhooks/mailjet", json=[{"event": "open"}]).status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
