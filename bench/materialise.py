@@ -16,11 +16,38 @@ import tempfile
 import time
 
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from mailshot_core import mailshots, subscribers
 from mailshot_core.config import load_settings
 from mailshot_core.db import get_engine, session_scope
 from mailshot_core.models import utcnow
+
+
+def fill_subscribers(engine: Engine, count: int, list_name: str) -> None:
+    """COUNT valid subscribers r<i>@example.com ("Reader i") on a new list, with set-based inserts."""
+    with session_scope(engine) as session:
+        mlist = subscribers.create_list(session, list_name)
+        now = utcnow()
+        chunk = 50_000
+        for start in range(0, count, chunk):
+            session.execute(
+                text(
+                    "INSERT INTO subscriber (email, nom, lang, status, created_at, updated_at) "
+                    "VALUES (:e, :n, 'en', 'valid', :t, :t)"
+                ),
+                [
+                    {"e": f"r{i}@example.com", "n": f"Reader {i}", "t": now}
+                    for i in range(start, min(start + chunk, count))
+                ],
+            )
+        session.execute(
+            text(
+                "INSERT INTO subscription (subscriber_id, list_id, status, created_at, updated_at) "
+                "SELECT id, :l, 'valid', :t, :t FROM subscriber"
+            ),
+            {"l": mlist.id, "t": now},
+        )
 
 
 def main() -> int:
@@ -32,28 +59,7 @@ def main() -> int:
     settings = load_settings(database_url=url)
     engine = get_engine(url)
     started = time.perf_counter()
-    with session_scope(engine) as session:
-        mlist = subscribers.create_list(session, "big")
-        now = utcnow()
-        chunk = 50_000
-        for start in range(0, args.count, chunk):
-            session.execute(
-                text(
-                    "INSERT INTO subscriber (email, nom, lang, status, created_at, updated_at) "
-                    "VALUES (:e, :n, 'en', 'valid', :t, :t)"
-                ),
-                [
-                    {"e": f"r{i}@example.com", "n": f"Reader {i}", "t": now}
-                    for i in range(start, min(start + chunk, args.count))
-                ],
-            )
-        session.execute(
-            text(
-                "INSERT INTO subscription (subscriber_id, list_id, status, created_at, updated_at) "
-                "SELECT id, :l, 'valid', :t, :t FROM subscriber"
-            ),
-            {"l": mlist.id, "t": now},
-        )
+    fill_subscribers(engine, args.count, "big")
     print(f"setup: {args.count:,} subscribers in {time.perf_counter() - started:.1f} s", flush=True)
     with session_scope(engine) as session:
         m = mailshots.create(

@@ -6,7 +6,8 @@ Against one local Postfix `smtp-sink` (C, accepts everything), measures in the s
   1. `smtp-source -s 10 -d`: Postfix's own C client, 10 sessions: the limit of this machine;
   2. a naive Python loop: Jinja2 + EmailMessage + smtplib, one connection: the floor;
   3. Mailshot: `mailshot send ID --fast` against a running `prefect server`, end to end
-     (personalised ~10 KB messages, per-recipient ledger in SQLite), reporting the sending
+     (personalised ~10 KB messages, per-recipient ledger in SQLite, --connections SMTP
+     connections per process), reporting the sending
      phase rate (from the sending's start/end times), the wall time of the command, and the
      peak RSS of its processes.
 Installs Debian's postfix package when smtp-sink is missing (needs root).
@@ -104,13 +105,15 @@ def bench_naive(port: int, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def bench_mailshot(port: int, count: int, processes: int, work: Path, api_url: str) -> dict[str, float]:
+def bench_mailshot(
+    port: int, count: int, processes: int, connections: int, work: Path, api_url: str
+) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSHOT_")}
     env.update(
         MAILSHOT_DATABASE_URL=f"sqlite:///{work}/bench.db",
         MAILSHOT_SMTP_HOST="127.0.0.1",
         MAILSHOT_SMTP_PORT=str(port),
-        MAILSHOT_SMTP_CONNECTIONS="8",
+        MAILSHOT_SMTP_CONNECTIONS=str(connections),
         MAILSHOT_BATCH_SIZE="2000",
         PREFECT_API_URL=api_url,
         PREFECT_LOGGING_LEVEL="WARNING",
@@ -181,6 +184,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, action="append", help="recipients (repeatable); default 10000")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="1 = normal mode, >1 = --fast")
+    parser.add_argument("--connections", type=int, default=16, help="SMTP connections per process")
     parser.add_argument("--naive-max", type=int, default=10000, help="cap the naive loop's message count")
     args = parser.parse_args()
     counts = args.count or [10000]
@@ -194,10 +198,11 @@ def main() -> int:
         for count in counts:
             limit = bench_smtp_source(source, port, count)
             naive = bench_naive(port, min(count, args.naive_max))
-            ms = bench_mailshot(port, count, args.processes, work, api_url)
+            ms = bench_mailshot(port, count, args.processes, args.connections, work, api_url)
             print(
                 f"N={count}: smtp-source {limit:,.0f} msg/s | naive loop {naive:,.0f} msg/s | "
-                f"mailshot ({'fast, ' + str(args.processes) + ' processes' if args.processes > 1 else 'normal'}) "
+                f"mailshot ({'fast, ' + str(args.processes) + ' processes' if args.processes > 1 else 'normal'}, "
+                f"{args.connections} connections each) "
                 f"{ms['rate']:,.0f} msg/s sending phase, {ms['wall_rate']:,.0f} msg/s wall "
                 f"({ms['wall']:.1f} s incl. start-up), peak RSS {ms['peak_rss_mb']:.0f} MB | "
                 f"mailshot/naive {ms['rate'] / naive:.2f}x, mailshot/limit {ms['rate'] / limit:.2f}x",

@@ -11,23 +11,26 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
-from prefect import Flow, Task, flow, get_run_logger, task
+from prefect import Flow, Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State, TaskRun
+from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from mailshot_core import mailshots
-from mailshot_core.config import get_settings
+from mailshot_core.config import Settings, get_settings
 from mailshot_core.db import get_engine, session_scope
 from mailshot_core.models import Mailshot, MailshotStatus
-from mailshot_core.sending import BatchReport, end_sending, next_step, send_batch, start_sending
+from mailshot_core.sending import BatchReport, end_sending, next_step, send_batch, send_batches, start_sending
 from mailshot_core.transports.base import TransportUnavailable
 
 # Waiting for retries is done in slices so that pause/cancel are seen within this many seconds.
@@ -66,9 +69,52 @@ def _relay_down(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> b
     task_run_name="batch {number}",
     cache_policy=NO_CACHE,
 )
-def send_batch_task(mailshot_id: int, number: int) -> BatchReport:
+def send_batch_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
+    with _connection_slots(transport) as settings:
+        return send_batch(get_engine(settings.database_url), settings, mailshot_id)
+
+
+@task(
+    name="send-batches",
+    retries=4,
+    retry_delay_seconds=[5.0, 15.0, 60.0, 180.0],
+    retry_jitter_factor=0.2,
+    retry_condition_fn=_relay_down,
+    task_run_name="worker {number}",
+    cache_policy=NO_CACHE,
+)
+def send_batches_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
+    """Fast mode: one task per process, sending batch after batch (its start-up is paid once)."""
+    with _connection_slots(transport) as settings:
+        return send_batches(get_engine(settings.database_url), settings, mailshot_id)
+
+
+def connection_limit_name(transport: str) -> str:
+    return f"mailshot-{transport}-connections"
+
+
+@contextmanager
+def _connection_slots(transport: str) -> Iterator[Settings]:
+    """Hold this task's connections in the cross-run cap (MAILSHOT_MAX_CONNECTIONS), if there is one.
+
+    A Prefect global concurrency limit, acquired once per task (100 ms a call: never per message),
+    strict so that a missing limit fails instead of silently not limiting.  The task then opens at most
+    as many connections as it holds slots.
+    """
     settings = get_settings()
-    return send_batch(get_engine(settings.database_url), settings, mailshot_id)
+    if settings.max_connections is None:
+        yield settings
+        return
+    width = min(settings.smtp_connections, settings.max_connections)
+    with concurrency(connection_limit_name(transport), occupy=width, strict=True):
+        yield settings.model_copy(update={"smtp_connections": width})
+
+
+def _ensure_connection_limit(settings: Settings, transport: str) -> None:
+    """Create or resize the cross-run connection cap to MAILSHOT_MAX_CONNECTIONS."""
+    if settings.max_connections is not None:
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(connection_limit_name(transport), settings.max_connections)
 
 
 def _pause_on_cancel(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> None:
@@ -97,8 +143,9 @@ def _counters_table(mailshot: Mailshot) -> list[dict[str, Any]]:
 def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     """Send sending MAILSHOT_ID to every recipient not yet served; resumable at any point.
 
-    ``parallel`` batches run at once (each with MAILSHOT_SMTP_CONNECTIONS connections); the
-    `fast` deployment runs them in separate processes to use every core.
+    ``parallel`` batches run at once (each with MAILSHOT_SMTP_CONNECTIONS connections).  With
+    ``parallel`` > 1 each task is a worker looping over batches until nothing is due; the `fast`
+    deployment runs them in separate processes to use every core.
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -106,6 +153,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     run_id = str(flow_run.id) if flow_run.id else None
 
     started = start_sending(engine, settings, mailshot_id, run_id=run_id)
+    _ensure_connection_limit(settings, started.transport)
     logger.info("sending %s: %s recipients, %s batch(es) at a time", mailshot_id, started.total, parallel)
     if started.in_doubt:
         logger.warning(
@@ -134,7 +182,8 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         step = next_step(engine, settings, mailshot_id)
         if step.action == "send" and len(running) < max(1, parallel):
             number += 1
-            running.append(send_batch_task.submit(mailshot_id, number))
+            worker = send_batches_task if parallel > 1 else send_batch_task
+            running.append(worker.submit(mailshot_id, number, started.transport))
             if parallel <= 1:
                 running[-1].wait()
             _update_progress(engine, mailshot_id, progress_id)

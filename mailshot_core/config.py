@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(30.0, gt=0, description="Seconds before an SMTP command times out.")
     smtp_connections: int = Field(4, ge=1, le=64, description="Parallel SMTP connections per sending process.")
     smtp_validate_certs: bool = Field(True, description="Verify the relay's TLS certificate.")
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Connections to the transport across all runs and machines "
+        "(a Prefect global concurrency limit; empty: no cross-run cap).",
+    )
     transport: str = Field(
         "smtp", description="Default transport for new sendings: smtp, mailjet, sparkpost, mandrill, brevo or ses."
     )

@@ -50,6 +50,27 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+@contextmanager
+def raw_write_transaction(engine: Engine, dbapi_conn: Any) -> Iterator[Any]:
+    """A write transaction straight on a DBAPI connection, yielding a cursor (hot path only).
+
+    The send ledger commits a group of recipient transitions every few milliseconds; SQLAlchemy's own
+    work per transaction (events, begin/commit bookkeeping) cost more than the database's.  Same
+    semantics as the engine's transactions: SQLite takes the write lock at BEGIN.
+    """
+    cursor = dbapi_conn.cursor()
+    try:
+        if is_sqlite(engine):
+            cursor.execute("BEGIN IMMEDIATE")
+        yield cursor
+        dbapi_conn.commit()
+    except BaseException:
+        dbapi_conn.rollback()
+        raise
+    finally:
+        cursor.close()
+
+
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

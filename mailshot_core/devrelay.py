@@ -214,6 +214,14 @@ class _Handler:
         # the pending faults of an abandoned transaction automatically.
         self._pending: weakref.WeakKeyDictionary[Envelope, list[Outcome]] = weakref.WeakKeyDictionary()
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._relay.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
@@ -338,6 +346,21 @@ class _Controller(Controller):
             self.port = self.server.sockets[0].getsockname()[1]
         super()._trigger_server()  # type: ignore[no-untyped-call]
 
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class _CountingSMTP(SMTP):
+    """aiosmtpd's server protocol, counting open sessions (tests check connection caps with it)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.event_handler._relay._session_change(+1)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.event_handler._relay._session_change(-1)
+
 
 # --------------------------------------------------------------------------------------------------
 # Relay
@@ -353,6 +376,10 @@ class DevRelay:
     this off so a long-running relay does not grow without bound.
     ``faults``: a :class:`FaultPlan`; ``auth``: ``(login, password)`` to require AUTH PLAIN/LOGIN;
     ``delay``: seconds to sleep before answering end of DATA, to widen the window crash tests hit.
+
+    ``pipelining``: advertise PIPELINING (RFC 2920) like production relays do, so clients send
+    MAIL, RCPT and DATA in one write (aiosmtpd reads pipelined commands one by one anyway); False
+    makes clients wait for each reply.
     """
 
     def __init__(
@@ -365,6 +392,7 @@ class DevRelay:
         delay: float = 0.0,
         host: str = DEFAULT_HOST,
         port: int = 0,
+        pipelining: bool = True,
     ) -> None:
         if delay < 0:
             raise ValueError("delay must be >= 0")
@@ -373,6 +401,7 @@ class DevRelay:
         self.faults = faults
         self.auth = auth
         self.delay = delay
+        self.pipelining = pipelining
         self.host = host
         self._requested_port = port
         self._bound_port: int | None = None
@@ -380,6 +409,8 @@ class DevRelay:
         self._cond = threading.Condition()
         self._messages: list[ReceivedMessage] = []
         self._received = 0
+        self._open_sessions = 0
+        self._peak_sessions = 0
         self._next_n = 1
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -440,6 +471,19 @@ class DevRelay:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _session_change(self, delta: int) -> None:
+        with self._cond:
+            self._open_sessions += delta
+            self._peak_sessions = max(self._peak_sessions, self._open_sessions)
+
+    @property
+    def peak_sessions(self) -> int:
+        """The most SMTP sessions that were open at the same time."""
+        with self._cond:
+            return self._peak_sessions
 
     # -- received messages ---------------------------------------------------------------------
 

@@ -15,13 +15,16 @@ Header values with CR or LF are refused (header injection): :func:`check_header_
 from __future__ import annotations
 
 import binascii
+import functools
 import re
+import time
 from dataclasses import dataclass
 from email.charset import Charset
 from email.header import Header
 from email.utils import formatdate
+from typing import Any
 
-from mailshot_core.render import RenderedContent
+from mailshot_core.render import CompiledMailshot, Personalisation, RenderedContent, Skeleton, Slot
 from mailshot_core.tokens import RecipientRef, verp_address
 from mailshot_core.transports.base import OutgoingMessage
 
@@ -174,6 +177,103 @@ def _qp(text: str) -> bytes:
     return encoded.replace(b"\n", b"\r\n")
 
 
+def _qp_piece(text: str) -> bytes:
+    """Quoted-printable of one piece of a part, ending with a line break or a soft line break.
+
+    Pieces so ended can be concatenated into a valid body: each starts on a fresh line, and no line
+    grows past 76 characters (RFC 2045 §6.7).  Soft breaks vanish when decoding, so the reader sees
+    exactly the text :func:`_qp` of the whole part would give.
+    """
+    encoded = _qp(text)
+    if not encoded or encoded.endswith(b"\r\n"):
+        return encoded
+    start = encoded.rfind(b"\n") + 1
+    if len(encoded) - start <= 75:
+        return encoded + b"=\r\n"
+    cut = start + 75  # the last line has 76 characters: move its tail to a line of its own
+    if encoded[cut - 1 : cut] == b"=":
+        cut -= 1
+    elif encoded[cut - 2 : cut - 1] == b"=":
+        cut -= 2  # never split an =XX escape
+    return encoded[:cut] + b"=\r\n" + encoded[cut:] + b"=\r\n"
+
+
+@functools.lru_cache(maxsize=64)
+def _sending_headers(env: Envelope) -> tuple[bytes, bytes, bytes]:
+    """The headers every message of a sending shares, serialised once: (From, Reply-To, List-Id ...)."""
+    sender = _address("From", "sender", env.from_name, env.from_email)
+    reply_to = _structured("Reply-To", check_header_value("reply-to address", env.reply_to)) if env.reply_to else b""
+    tail = _structured("List-Id", _list_id(env.list_id))
+    tail += b"Precedence: bulk\r\n"
+    tail += f"X-Mailshot-Id: {env.mailshot_id}\r\n".encode()
+    return sender, reply_to, tail
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(second: int) -> bytes:
+    return _header("Date", formatdate(second, usegmt=True))
+
+
+def _head(
+    env: Envelope, recipient_id: int, to_email: str, to_name: str, subject: str, url_unsubscribe: str, test: bool
+) -> tuple[bytearray, str]:
+    sender, reply_to, tail = _sending_headers(env)
+    mid = message_id(env.mailshot_id, recipient_id, env.domain, test)
+    head = bytearray(sender)
+    head += _address("To", "recipient", to_name, to_email)
+    head += _header("Subject", check_header_value("subject", subject))
+    head += _date_header(int(time.time()))
+    head += _header("Message-ID", mid)
+    head += reply_to
+    targets = []
+    if url_unsubscribe:
+        targets.append(f"<{check_header_value('unsubscribe URL', url_unsubscribe)}>")
+    if env.unsubscribe_mailto:
+        targets.append(f"<mailto:{env.unsubscribe_mailto}?subject=unsubscribe>")
+    if targets:
+        head += _structured("List-Unsubscribe", ", ".join(targets))
+        if url_unsubscribe.startswith(("https://", "http://")):
+            head += b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    head += tail
+    head += f"X-Mailshot-Recipient: {recipient_id}\r\nMIME-Version: 1.0\r\n".encode()
+    return head, mid
+
+
+_TEXT_PART = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+_HTML_PART = b'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+
+
+def _assemble(
+    env: Envelope, recipient_id: int, to_email: str, test: bool, head: bytearray, mid: str, text: bytes, html: bytes
+) -> OutgoingMessage:
+    """The message from its header block and its quoted-printable parts (``html`` empty: text only)."""
+    if html:
+        # "=_" cannot occur in quoted-printable text ('=' is always encoded), so no part can contain it.
+        boundary = f"=_mailshot_{env.mailshot_id}_{recipient_id}".encode()
+        head += b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n'
+        body = b"".join(
+            (b"--", boundary, b"\r\n", _TEXT_PART, b"\r\n", text, b"\r\n--", boundary, b"\r\n", _HTML_PART, b"\r\n")
+        )
+        body += html + b"\r\n--" + boundary + b"--\r\n"
+    else:
+        head += _TEXT_PART + b"\r\n"
+        body = text
+        if not body.endswith(b"\r\n"):  # end with one line break, not an extra empty line
+            body += b"\r\n"
+    envelope_from = env.from_email
+    if env.bounce_address and not test:
+        envelope_from = verp_address(env.secret_key, env.bounce_address, RecipientRef(env.mailshot_id, recipient_id))
+    elif env.bounce_address:
+        envelope_from = env.bounce_address
+    return OutgoingMessage(
+        recipient_id=recipient_id,
+        envelope_from=envelope_from,
+        envelope_to=to_email,
+        data=bytes(head) + body,
+        message_id=mid,
+    )
+
+
 def build_message(
     env: Envelope,
     recipient_id: int,
@@ -191,50 +291,66 @@ def build_message(
     microseconds.  tests/test_message.py parses the output with the stdlib parser to prove it is a
     well-formed message with the same headers.
     """
-    mid = message_id(env.mailshot_id, recipient_id, env.domain, test)
-    head = bytearray()
-    head += _address("From", "sender", env.from_name, env.from_email)
-    head += _address("To", "recipient", to_name, to_email)
-    head += _header("Subject", check_header_value("subject", content.subject))
-    head += _header("Date", formatdate(usegmt=True))
-    head += _header("Message-ID", mid)
-    if env.reply_to:
-        head += _structured("Reply-To", check_header_value("reply-to address", env.reply_to))
-    targets = []
-    if url_unsubscribe:
-        targets.append(f"<{check_header_value('unsubscribe URL', url_unsubscribe)}>")
-    if env.unsubscribe_mailto:
-        targets.append(f"<mailto:{env.unsubscribe_mailto}?subject=unsubscribe>")
-    if targets:
-        head += _structured("List-Unsubscribe", ", ".join(targets))
-        if url_unsubscribe.startswith(("https://", "http://")):
-            head += _header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-    head += _structured("List-Id", _list_id(env.list_id))
-    head += b"Precedence: bulk\r\n"
-    head += f"X-Mailshot-Id: {env.mailshot_id}\r\nX-Mailshot-Recipient: {recipient_id}\r\n".encode()
-    head += b"MIME-Version: 1.0\r\n"
-    text_part = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
-    text_part += _qp(content.text or "")
-    if content.html:
-        boundary = f"=_mailshot_{env.mailshot_id}_{recipient_id}".encode()
-        head += b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n'
-        body = b"--" + boundary + b"\r\n" + text_part + b"\r\n--" + boundary + b"\r\n"
-        body += b'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
-        body += _qp(content.html) + b"\r\n--" + boundary + b"--\r\n"
-    else:
-        head += text_part.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-        body = _qp(content.text or "")
-        if not body.endswith(b"\r\n"):  # end with one line break, not an extra empty line
-            body += b"\r\n"
-    envelope_from = env.from_email
-    if env.bounce_address and not test:
-        envelope_from = verp_address(env.secret_key, env.bounce_address, RecipientRef(env.mailshot_id, recipient_id))
-    elif env.bounce_address:
-        envelope_from = env.bounce_address
-    return OutgoingMessage(
-        recipient_id=recipient_id,
-        envelope_from=envelope_from,
-        envelope_to=to_email,
-        data=bytes(head) + body,
-        message_id=mid,
-    )
+    head, mid = _head(env, recipient_id, to_email, to_name, content.subject, url_unsubscribe, test)
+    html = _qp(content.html) if content.html else b""
+    return _assemble(env, recipient_id, to_email, test, head, mid, _qp(content.text or ""), html)
+
+
+class _EncodedPart:
+    """One part's skeleton with its static pieces quoted-printable-encoded once."""
+
+    def __init__(self, skeleton: Skeleton) -> None:
+        self.skeleton = skeleton
+        pieces = [p for p in skeleton.pieces if p != ""]
+        self.pieces: list[bytes] = [_qp_piece(p) if isinstance(p, str) else b"" for p in pieces]
+        # Where each slot goes, so a message is a list copy, a few assignments and one join.
+        self.slots = [(i, p.name) for i, p in enumerate(pieces) if isinstance(p, Slot)]
+        self.names = sorted({name for _, name in self.slots})
+        self.has_static_text = len(self.slots) < len(pieces)
+
+    def encode(self, context: dict[str, Any]) -> bytes:
+        """The part for one recipient; empty when it renders to nothing (no HTML part then)."""
+        values = {n: self.skeleton.value(n, context) for n in self.names}
+        if not self.has_static_text and not any(values.values()):
+            return b""
+        encoded = {n: _qp_piece(v) for n, v in values.items()}
+        out = self.pieces.copy()
+        for i, name in self.slots:
+            out[i] = encoded[name]
+        return b"".join(out)
+
+
+class MessageBuilder:
+    """Builds one sending's messages; the static text of simple templates is encoded once.
+
+    Quoted-printable encoding of a ~10 KB newsletter's two parts cost more per message than the whole
+    SMTP exchange (bench/RESULTS.md).  When the templates are only text and ``{{ variable }}`` slots
+    (:class:`render.Skeleton`), each static piece is encoded here once, and a message costs the
+    encoding of its few personal values plus a join.  Other templates go through Jinja2 and
+    :func:`build_message`.  Both give the same decoded message (tests/test_message.py).
+    """
+
+    def __init__(self, env: Envelope, compiled: CompiledMailshot) -> None:
+        self.env = env
+        self.compiled = compiled
+        self._parts: tuple[Skeleton, _EncodedPart, _EncodedPart] | None = None
+        if compiled.skeletons is not None:
+            subject, html, text = compiled.skeletons
+            self._parts = (subject, _EncodedPart(html), _EncodedPart(text))
+
+    def build(self, recipient_id: int, to_email: str, who: Personalisation, *, test: bool = False) -> OutgoingMessage:
+        """Raises TemplateError (render) or HeaderError (a value unusable in a header)."""
+        context = who.as_context()
+        if self._parts is None or any("\r" in str(v) for v in context.values()):
+            # A value with a CR could pair with a LF of the static text: only a whole-part encoding
+            # normalises that exactly as build_message does.
+            content = self.compiled.render(who)
+            if test:
+                content = RenderedContent(f"[TEST] {content.subject}", content.html, content.text)
+            return build_message(self.env, recipient_id, to_email, who.nom, content, who.url_unsubscribe, test=test)
+        subject_skeleton, html, text = self._parts
+        subject = " ".join(subject_skeleton.render(context).split())
+        if test:
+            subject = f"[TEST] {subject}"
+        head, mid = _head(self.env, recipient_id, to_email, who.nom, subject, who.url_unsubscribe, test)
+        return _assemble(self.env, recipient_id, to_email, test, head, mid, text.encode(context), html.encode(context))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.exceptions import TemplateError as JinjaError
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import escape
 
 VARIABLES = ("email", "nom", "listes", "lang", "status", "url_unsubscribe")
 
@@ -55,6 +56,15 @@ class Personalisation:
         }
 
 
+_SAMPLE = Personalisation(
+    email="sample@example.org",
+    nom="Sample <Name> & co",
+    listes=("sample", "other"),
+    lang="en",
+    url_unsubscribe="https://example.org/u/sample?a=1&b=2",
+)
+
+
 @dataclass(frozen=True)
 class RenderedContent:
     subject: str
@@ -82,7 +92,48 @@ def expand_shorthand(source: str) -> str:
     return _SHORTHAND.sub(r"{{ \1 }}", source)
 
 
-def _compile(env: SandboxedEnvironment, source: str, part: str) -> Any:
+class Slot(NamedTuple):
+    """A ``{{ variable }}`` in a template's :attr:`Skeleton.pieces`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """A template that is only text and ``{{ variable }}`` slots, as its pieces in order.
+
+    Most newsletters are such templates.  Their static text can be prepared once per sending (message.py
+    quoted-printable-encodes it once), leaving only the slots' values to encode per recipient.
+    Templates with blocks, filters or expressions have no skeleton and are rendered by Jinja2.
+    """
+
+    pieces: tuple[str | Slot, ...]
+    escaped: bool  # HTML: values are HTML-escaped, as autoescaping does
+
+    def value(self, name: str, context: dict[str, Any]) -> str:
+        text = str(context[name])
+        return str(escape(text)) if self.escaped else text
+
+    def render(self, context: dict[str, Any]) -> str:
+        return "".join(p if isinstance(p, str) else self.value(p.name, context) for p in self.pieces)
+
+
+def _skeleton(ast: nodes.Template, escaped: bool) -> Skeleton | None:
+    pieces: list[str | Slot] = []
+    for node in ast.body:
+        if not isinstance(node, nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                pieces.append(str(child.data))
+            elif isinstance(child, nodes.Name) and child.ctx == "load" and child.name in VARIABLES:
+                pieces.append(Slot(child.name))
+            else:
+                return None
+    return Skeleton(tuple(pieces), escaped)
+
+
+def _compile_with_skeleton(env: SandboxedEnvironment, source: str, part: str) -> tuple[Any, Skeleton | None]:
     source = expand_shorthand(source)
     try:
         ast = env.parse(source)
@@ -97,16 +148,24 @@ def _compile(env: SandboxedEnvironment, source: str, part: str) -> Any:
         raise TemplateError(
             f"{part} template: unknown variable {', '.join(unknown)} (available: {', '.join(VARIABLES)})"
         )
-    return template
+    skeleton = _skeleton(ast, escaped=bool(env.autoescape))
+    # Belt and braces: the skeleton must render exactly what Jinja2 renders, or it is not used.
+    if skeleton is not None and skeleton.render(_SAMPLE.as_context()) != template.render(_SAMPLE.as_context()):
+        skeleton = None
+    return template, skeleton
 
 
 class CompiledMailshot:
     """The three templates of one sending, compiled once."""
 
     def __init__(self, subject: str, html: str, text: str) -> None:
-        self._subject = _compile(_text_env, subject, "subject")
-        self._html = _compile(_html_env, html, "HTML")
-        self._text = _compile(_text_env, text, "text")
+        self._subject, subject_skeleton = _compile_with_skeleton(_text_env, subject, "subject")
+        self._html, html_skeleton = _compile_with_skeleton(_html_env, html, "HTML")
+        self._text, text_skeleton = _compile_with_skeleton(_text_env, text, "text")
+        self.skeletons: tuple[Skeleton, Skeleton, Skeleton] | None = None
+        """(subject, HTML, text) when all three templates have one (:class:`Skeleton`)."""
+        if subject_skeleton is not None and html_skeleton is not None and text_skeleton is not None:
+            self.skeletons = (subject_skeleton, html_skeleton, text_skeleton)
 
     def render(self, who: Personalisation) -> RenderedContent:
         context = who.as_context()
@@ -124,15 +183,7 @@ class CompiledMailshot:
 
     def check(self) -> None:
         """Render once with sample values: catches runtime errors (bad filters, ...) before sending."""
-        self.render(
-            Personalisation(
-                email="sample@example.org",
-                nom="Sample Name",
-                listes=("sample",),
-                lang="en",
-                url_unsubscribe="https://example.org/u/sample",
-            )
-        )
+        self.render(_SAMPLE)
 
 
 def html_to_text(html: str) -> str:

@@ -21,24 +21,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import cast
+from typing import Any, ClassVar, cast
 
-from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection as DbConnection
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from mailshot_core import mailshots
 from mailshot_core.config import Settings
-from mailshot_core.db import session_scope
-from mailshot_core.message import Envelope, HeaderError, build_message
+from mailshot_core.db import raw_write_transaction, session_scope
+from mailshot_core.message import Envelope, HeaderError, MessageBuilder
 from mailshot_core.models import (
-    FeedbackEvent,
     Mailshot,
     MailshotStatus,
     Recipient,
     RecipientStatus,
-    SendWorker,
     utcnow,
 )
 from mailshot_core.ratelimit import Pacer
@@ -84,8 +81,7 @@ class SendContext:
     """What every message of one sending shares: compiled templates, envelope, links."""
 
     mailshot_id: int
-    compiled: CompiledMailshot
-    envelope: Envelope
+    builder: MessageBuilder
     base_url: str
     secret_key: bytes
 
@@ -96,20 +92,20 @@ class SendContext:
         first_list = mailshots.list_identifiers(mailshot)[0]
         domain = settings.list_domain
         title = list_title.replace("\\", "").replace('"', "")
+        envelope = Envelope(
+            mailshot_id=mailshot.id,
+            from_name=mailshot.from_name,
+            from_email=mailshot.from_email or settings.from_email,
+            list_id=f'"{title}" <{first_list}.{domain}>',
+            domain=domain,
+            secret_key=key,
+            reply_to=settings.reply_to,
+            bounce_address=settings.bounce_address,
+            unsubscribe_mailto=settings.unsubscribe_mailto,
+        )
         return cls(
             mailshot_id=mailshot.id,
-            compiled=CompiledMailshot(mailshot.subject, mailshot.html, mailshot.text),
-            envelope=Envelope(
-                mailshot_id=mailshot.id,
-                from_name=mailshot.from_name,
-                from_email=mailshot.from_email or settings.from_email,
-                list_id=f'"{title}" <{first_list}.{domain}>',
-                domain=domain,
-                secret_key=key,
-                reply_to=settings.reply_to,
-                bounce_address=settings.bounce_address,
-                unsubscribe_mailto=settings.unsubscribe_mailto,
-            ),
+            builder=MessageBuilder(envelope, CompiledMailshot(mailshot.subject, mailshot.html, mailshot.text)),
             base_url=settings.base_url,
             secret_key=key,
         )
@@ -120,10 +116,7 @@ class SendContext:
     def message_for(
         self, recipient_id: int, email: str, who: Personalisation, *, test: bool = False
     ) -> OutgoingMessage:
-        content = self.compiled.render(who)
-        if test:
-            content = type(content)(f"[TEST] {content.subject}", content.html, content.text)
-        return build_message(self.envelope, recipient_id, email, who.nom, content, who.url_unsubscribe, test=test)
+        return self.builder.build(recipient_id, email, who, test=test)
 
 
 _contexts: dict[tuple[str, int, str], SendContext] = {}
@@ -224,6 +217,7 @@ class Ledger:
     _flushing: asyncio.Task[None] | None = None
     _error: BaseException | None = None
     _last_beat: datetime | None = None
+    _connection: DbConnection | None = None
 
     async def start(self, recipient_id: int) -> bool:
         """Durably mark the recipient as handed over; False if it was cancelled meanwhile."""
@@ -258,6 +252,9 @@ class Ledger:
             self._kick()
             while self._flushing is not None:
                 await self._flushing
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         if self._error is not None:
             raise self._error
 
@@ -293,42 +290,42 @@ class Ledger:
     def _write(self, starts: list[int], outcomes: list[Outcome]) -> set[int]:
         """One transaction for everything waiting: results first, then the guarded starts.
 
-        Core statements, not ORM: this runs once per group of messages on the hot path, and the ORM's
-        per-statement work here held the GIL longer than the SMTP exchange itself (profiled).
+        Driver SQL on the raw DBAPI cursor, prepared once per dialect (:class:`_LedgerSql`): this runs
+        once per group of messages on the hot path, and building, caching and compiling SQLAlchemy
+        statements there cost more than the database's own work (bench/RESULTS.md).
         """
         now = self.clock()
         granted: set[int] = set()
-        with self.engine.begin() as conn:
+        sql = _LedgerSql.of(self.engine)
+        if self._connection is None:  # one connection for the whole batch, closed by close()
+            self._connection = self.engine.connect()
+        with raw_write_transaction(self.engine, self._connection.connection.dbapi_connection) as cursor:
             if outcomes:
-                self._write_outcomes(conn, outcomes, now)
+                self._write_outcomes(cursor, sql, outcomes, now)
             if starts:
                 # Guarded: a cancel may have turned a row into `kill` since the claim.
-                granted = set(
-                    conn.execute(_START_SENDING, {"ids": starts, "b_token": self.token, "b_now": now}).scalars()
-                )
+                cursor.execute(sql.start(len(starts)), (sql.time(now), self.token, *starts))
+                granted = {row[0] for row in cursor.fetchall()}
                 self.report.skipped += len(starts) - len(granted)
             if self._last_beat is None or (now - self._last_beat).total_seconds() >= HEARTBEAT_EVERY / 4:
-                conn.execute(_HEARTBEAT, {"b_token": self.token, "b_now": now})
+                cursor.execute(sql.heartbeat, (sql.time(now), self.token))
                 self._last_beat = now
         return granted
 
-    def _write_outcomes(self, conn: DbConnection, outcomes: list[Outcome], now: datetime) -> None:
+    def _write_outcomes(self, cursor: Any, sql: _LedgerSql, outcomes: list[Outcome], now: datetime) -> None:
         # Only rows this worker still holds: if another run took them over (it believed this worker
         # dead and marked them `unknown`), their fate stays as that run recorded it, and the counters
         # stay equal to a recount.  The row lock (FOR UPDATE / BEGIN IMMEDIATE) keeps it true until commit.
-        owned_query = select(_recipients.c.id).where(
-            _recipients.c.id.in_([o.recipient_id for o in outcomes]), _recipients.c.claim_token == self.token
-        )
-        if conn.dialect.name == "postgresql":
-            owned_query = owned_query.with_for_update()
-        owned = set(conn.execute(owned_query).scalars())
+        cursor.execute(sql.owned(len(outcomes)), (self.token, *(o.recipient_id for o in outcomes)))
+        owned = {row[0] for row in cursor.fetchall()}
         if len(owned) < len(outcomes):
             log.warning(
                 "%d result(s) dropped: their recipients were taken over by another run", len(outcomes) - len(owned)
             )
-        rows: list[dict[str, object]] = []
+        rows: list[tuple[object, ...]] = []
         moves: list[tuple[str, str]] = []
         events: list[dict[str, object]] = []
+        stamp = sql.time(now)
         for o in outcomes:
             if o.recipient_id not in owned:
                 continue
@@ -369,65 +366,104 @@ class Ledger:
                         "email": o.email,
                         "kind": "reject" if o.policy_block else "hard_bounce",
                         "detail": f"{o.code or ''} {o.text or ''}".strip(),
-                        "received_at": now,
-                        "applied_at": now,
+                        "received_at": stamp,
+                        "applied_at": stamp,
                     }
                 )
             else:  # DEFERRED: not handed over, no try consumed
                 status, tries = S.TODO, o.tries
             moves.append((o.from_status, status))
+            sent = status == S.SENT
             rows.append(
-                {
-                    "b_id": o.recipient_id,
-                    "b_status": status,
-                    "b_tries": tries,
-                    "b_throttled": throttled,
-                    "b_next": next_at,
-                    "b_sent_at": now if status == S.SENT else None,
-                    "b_message_id": o.message_id if status == S.SENT else None,
-                    "b_code": o.code if status != S.SENT else None,
-                    "b_error": (o.text or None) if status != S.SENT else None,
-                }
+                (
+                    status.value,
+                    tries,
+                    throttled,
+                    sql.time(next_at) if next_at is not None else None,
+                    stamp if sent else None,
+                    o.message_id if sent else None,
+                    None if sent else o.code,
+                    None if sent else (o.text or None),
+                    o.recipient_id,
+                )
             )
         if rows:
-            conn.execute(_RECORD_OUTCOME, rows)
+            cursor.executemany(sql.record, rows)
         if events:
-            conn.execute(_feedback_events.insert(), events)
-        mailshots.apply_counter_deltas(conn, self.mailshot_id, mailshots.counter_deltas(moves))
+            cursor.executemany(sql.event, [tuple(e[c] for c in _EVENT_COLUMNS) for e in events])
+        delta = mailshots.counter_deltas(moves)
+        if delta:
+            cursor.execute(sql.counters(tuple(delta)), (*delta.values(), stamp, self.mailshot_id))
 
 
-_recipients = Recipient.__table__  # type: ignore[attr-defined]
-_feedback_events = FeedbackEvent.__table__  # type: ignore[attr-defined]
-_workers = SendWorker.__table__  # type: ignore[attr-defined]
-# claimed -> sending for the rows of this worker that are still claimed (a cancel turns them into kill);
-# RETURNING says which ones may go (SQLite >= 3.35 and PostgreSQL).
-_START_SENDING = (
-    update(_recipients)
-    .where(
-        _recipients.c.id.in_(bindparam("ids", expanding=True)),
-        _recipients.c.status == S.CLAIMED,
-        _recipients.c.claim_token == bindparam("b_token"),
-    )
-    .values(status=S.SENDING, last_attempt_at=bindparam("b_now"))
-    .returning(_recipients.c.id)
-)
-_HEARTBEAT = update(_workers).where(_workers.c.token == bindparam("b_token")).values(heartbeat_at=bindparam("b_now"))
-# One executemany per flush for all results (Core, not ORM: no identity-map work on the hot path).
-_RECORD_OUTCOME = (
-    update(_recipients)
-    .where(_recipients.c.id == bindparam("b_id"))
-    .values(
-        status=bindparam("b_status"),
-        tries=bindparam("b_tries"),
-        throttled=bindparam("b_throttled"),
-        next_attempt_at=bindparam("b_next"),
-        sent_at=bindparam("b_sent_at"),
-        message_id=bindparam("b_message_id"),
-        last_error_code=bindparam("b_code"),
-        last_error=bindparam("b_error"),
-        claim_token=None,
-    )
-)
+_EVENT_COLUMNS = ("source", "mailshot_id", "recipient_id", "email", "kind", "detail", "received_at", "applied_at")
+
+
+class _LedgerSql:
+    """The ledger's statements as driver SQL for one dialect, with its placeholder and time format."""
+
+    _by_dialect: ClassVar[dict[str, _LedgerSql]] = {}
+
+    def __init__(self, engine: Engine) -> None:
+        self.postgres = engine.dialect.name == "postgresql"
+        self._mark = "%s" if engine.dialect.paramstyle in ("format", "pyformat") else "?"
+        # How the dialect stores a datetime (SQLite: UTC text in SQLAlchemy's format; psycopg: natively).
+        column_type = Recipient.__table__.c.sent_at.type  # type: ignore[attr-defined]
+        self._time_processor = column_type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+        m = self._mark
+        self.record = self._sql(
+            "UPDATE recipient SET status = ?, tries = ?, throttled = ?, next_attempt_at = ?, sent_at = ?, "
+            "message_id = ?, last_error_code = ?, last_error = ?, claim_token = NULL WHERE id = ?"
+        )
+        self.heartbeat = self._sql("UPDATE send_worker SET heartbeat_at = ? WHERE token = ?")
+        self._start = self._sql(
+            f"UPDATE recipient SET status = '{S.SENDING.value}', last_attempt_at = ? "
+            f"WHERE claim_token = ? AND status = '{S.CLAIMED.value}' AND id IN ({{ids}}) RETURNING id"
+        )
+        self._owned = self._sql("SELECT id FROM recipient WHERE claim_token = ? AND id IN ({ids})") + (
+            " FOR UPDATE" if self.postgres else ""
+        )
+        self.event = self._sql(
+            f"INSERT INTO feedback_event ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
+        )
+        self._counters: dict[tuple[str, ...], str] = {}
+        self._marks = [", ".join([m] * n) for n in range(_MAX_MARKS + 1)]
+
+    @classmethod
+    def of(cls, engine: Engine) -> _LedgerSql:
+        key = f"{engine.dialect.name}:{engine.dialect.driver}"
+        sql = cls._by_dialect.get(key)
+        if sql is None:
+            sql = cls._by_dialect[key] = cls(engine)
+        return sql
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._mark)
+
+    def _ids(self, n: int) -> str:
+        return self._marks[n] if n <= _MAX_MARKS else ", ".join([self._mark] * n)
+
+    def time(self, value: datetime) -> object:
+        return self._time_processor(value) if self._time_processor is not None else value
+
+    def start(self, n: int) -> str:
+        """claimed -> sending for those of ``n`` rows this worker still holds; RETURNING says which may go."""
+        return self._start.format(ids=self._ids(n))
+
+    def owned(self, n: int) -> str:
+        return self._owned.format(ids=self._ids(n))
+
+    def counters(self, names: tuple[str, ...]) -> str:
+        """Add to the named counters (names come from mailshots.COUNTERS, never from input)."""
+        sql = self._counters.get(names)
+        if sql is None:
+            assert set(names) <= set(mailshots.COUNTERS)
+            changes = ", ".join(f"{name} = {name} + ?" for name in names)
+            sql = self._counters[names] = self._sql(f"UPDATE mailshot SET {changes}, updated_at = ? WHERE id = ?")
+        return sql
+
+
+_MAX_MARKS = 256
 
 
 # --- one batch --------------------------------------------------------------------------------------
@@ -508,12 +544,16 @@ async def _connection_loop(
 
 def _esp_message(ctx: SendContext, rcpt: mailshots.ClaimedRecipient) -> OutgoingMessage:
     """The recipient's message as bytes *and* fields: rendered once by our sandbox for every transport."""
+    from mailshot_core.message import build_message
     from mailshot_core.transports.parts import with_parts
 
     who = Personalisation(rcpt.email, rcpt.nom, rcpt.listes, rcpt.lang, rcpt.status, ctx.unsubscribe_url(rcpt.id))
-    content = ctx.compiled.render(who)
-    msg = build_message(ctx.envelope, rcpt.id, rcpt.email, who.nom, content, who.url_unsubscribe)
-    return with_parts(msg, ctx.envelope, who.nom, content)
+    # Rendered once, kept as fields for the API and serialised by the plain builder (the MIME is only
+    # read back for its bulk headers, and used as is by SES): MessageBuilder's pre-encoded fast path
+    # gives bytes only.
+    content = ctx.builder.compiled.render(who)
+    msg = build_message(ctx.builder.env, rcpt.id, rcpt.email, who.nom, content, who.url_unsubscribe)
+    return with_parts(msg, ctx.builder.env, who.nom, content)
 
 
 def _reply_outcome(
@@ -694,6 +734,22 @@ def send_batch(
     return report
 
 
+def send_batches(engine: Engine, settings: Settings, mailshot_id: int, *, clock: Clock = utcnow) -> BatchReport:
+    """Batch after batch until nothing is due now or the sending stops: fast mode's worker.
+
+    A fast-mode task runs in a process of its own, whose start (imports, task run, templates) costs far
+    more than a batch's own set-up; looping here pays it once per worker instead of once per batch.
+    Each batch is still its own worker in the database (claims, heartbeat, recovery), and pause or
+    cancel is seen between batches.  Raises what :func:`send_batch` raises.
+    """
+    total = BatchReport()
+    while True:
+        report = send_batch(engine, settings, mailshot_id, clock=clock)
+        total.add(report)
+        if report.stopped or report.claimed == 0:
+            return total
+
+
 # --- test send --------------------------------------------------------------------------------------
 
 
@@ -761,6 +817,7 @@ def send_test(
 @dataclass(frozen=True)
 class Started:
     total: int
+    transport: str
     released: int  # claims of dead workers put back in the queue
     in_doubt: int  # messages of dead workers whose fate is unknown
 
@@ -799,10 +856,10 @@ def start_sending(
         )
         if not mailshot.materialised:
             mailshots.materialise(session, mailshot)
-        total = mailshot.total
+        total, transport = mailshot.total, mailshot.transport
     # Validate the templates and settings before the first batch (errors surface here, not mid-way).
     context_for(engine, settings, mailshot_id)
-    return Started(total, released, in_doubt)
+    return Started(total, transport, released, in_doubt)
 
 
 @dataclass(frozen=True)

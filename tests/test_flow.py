@@ -170,3 +170,29 @@ def test_fast_mode_sends_batches_in_parallel_processes(
     assert result["this_run"]["claimed"] == 1200
     recipients = [email.message_from_bytes(d)["To"] for d in relay_process.messages()]
     assert len(recipients) == len(set(recipients)) == 1200
+
+
+def test_max_connections_caps_sessions_across_parallel_batches(
+    prefect_harness: None, env_settings: object, relay: DevRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAILSHOT_MAX_CONNECTIONS is a Prefect global concurrency limit held by each batch: three batches
+    of 2 connections each may not have more than 4 sessions open together (6 without the cap)."""
+    from prefect import get_client
+
+    from flows.send_mailshot import connection_limit_name, send_mailshot
+
+    monkeypatch.setenv("MAILSHOT_MAX_CONNECTIONS", "4")
+    monkeypatch.setenv("MAILSHOT_SMTP_CONNECTIONS", "2")
+    monkeypatch.setenv("MAILSHOT_BATCH_SIZE", "200")
+    get_settings.cache_clear()
+    relay.delay = 0.005  # batches last long enough to overlap
+    settings = make_settings(env_settings.database_url)  # type: ignore[attr-defined]
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 600)
+    mid = create(engine, settings)
+    result = send_mailshot(mid, parallel=3)
+    assert result["status"] == MailshotStatus.END and result["sent"] == 600
+    assert 2 <= relay.peak_sessions <= 4
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(connection_limit_name("smtp"))
+    assert limit.limit == 4 and limit.active_slots == 0

@@ -324,3 +324,83 @@ def test_same_values_as_the_stdlib(subject: str, from_name: str, to_name: str, t
     if reference.is_multipart() and len(reference.get_payload()) == 2:
         # The stdlib always ends a text part with a newline; ours keeps the text as it was.
         assert body_of(ours, "plain").rstrip("\n") == body_of(reference, "plain").rstrip("\n")
+
+
+# --- MessageBuilder: the pre-encoded skeleton gives the same message as rendering everything -----------
+
+SIMPLE_HTML = (
+    "<html><body><p>Dear {{ nom }},</p>\n"
+    + "<p>A long paragraph with = signs, accents (é, ☀️) and trailing spaces   \n" * 3
+    + '<p>{{ nom }}{{ email }} <a href="{{ url_unsubscribe }}">Unsubscribe</a> {{ listes }} {{ lang }}</p>'
+    + "x" * 300
+    + "{{ nom }}</body></html>"
+)
+SIMPLE_TEXT = "Dear {{ nom }},\n.a line starting with a dot\n{{ url_unsubscribe }}\nLists: {{ listes }}"
+
+values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=120)
+
+
+def _parts(data: bytes) -> tuple[str, str, str]:
+    msg = parse(data)
+    return str(msg["Subject"]), body_of(msg, "plain"), body_of(msg, "html")
+
+
+def _assert_wire_limits(data: bytes) -> None:
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76, "a quoted-printable line exceeds 76 characters"
+    assert b"\n" not in body.replace(b"\r\n", b"")
+
+
+def test_simple_templates_have_a_skeleton_and_others_do_not() -> None:
+    from mailshot_core.render import CompiledMailshot
+
+    assert CompiledMailshot("Hi {{ nom }}", SIMPLE_HTML, SIMPLE_TEXT).skeletons is not None
+    assert CompiledMailshot("Hi @nom@", "<p>@email@</p>", "").skeletons is not None
+    assert CompiledMailshot("Hi {{ nom|upper }}", SIMPLE_HTML, SIMPLE_TEXT).skeletons is None
+    assert CompiledMailshot("Hi", "{% if nom %}{{ nom }}{% endif %}", "").skeletons is None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nom=values, listes=st.lists(values.filter(bool), max_size=3), lang=values)
+def test_skeleton_and_full_rendering_give_the_same_message(nom: str, listes: list[str], lang: str) -> None:
+    from mailshot_core.message import MessageBuilder
+    from mailshot_core.render import CompiledMailshot, Personalisation
+
+    compiled = CompiledMailshot("Hello {{ nom }} ({{ lang }})", SIMPLE_HTML, SIMPLE_TEXT)
+    builder = MessageBuilder(envelope(), compiled)
+    who = Personalisation("bob@example.org", nom, tuple(listes), lang, "valid", UNSUB)
+    try:
+        full = build_message(envelope(), 42, who.email, nom, compiled.render(who), UNSUB)
+    except HeaderError:
+        with pytest.raises(HeaderError):
+            builder.build(42, who.email, who)
+        return
+    fast = builder.build(42, who.email, who)
+    assert fast.data != full.data  # really the skeleton path (its soft line breaks differ)
+    assert _parts(fast.data) == _parts(full.data)
+    _assert_wire_limits(fast.data)
+
+
+def test_a_value_with_a_carriage_return_takes_the_full_path() -> None:
+    from mailshot_core.message import MessageBuilder
+    from mailshot_core.render import CompiledMailshot, Personalisation
+
+    compiled = CompiledMailshot("Hello", "<p>{{ lang }}</p>", "{{ lang }}\nnext")
+    who = Personalisation("bob@example.org", "Bob", (), "a\r", "valid", UNSUB)
+    fast = MessageBuilder(envelope(), compiled).build(42, who.email, who)
+    full = build_message(envelope(), 42, who.email, "Bob", compiled.render(who), UNSUB)
+    assert _parts(fast.data)[1:] == _parts(full.data)[1:]
+
+
+def test_an_html_template_of_slots_only_is_omitted_when_they_are_empty() -> None:
+    """Like the full path: an HTML part that renders to nothing gives a text-only message."""
+    from mailshot_core.message import MessageBuilder
+    from mailshot_core.render import CompiledMailshot, Personalisation
+
+    compiled = CompiledMailshot("Hello", "{{ lang }}", "text {{ nom }}")
+    builder = MessageBuilder(envelope(), compiled)
+    assert compiled.skeletons is not None
+    empty = parse(builder.build(1, "a@example.org", Personalisation("a@example.org", "A", (), "")).data)
+    assert empty.get_content_type() == "text/plain" and lf(empty.get_content()) == "text A"
+    full = parse(builder.build(2, "a@example.org", Personalisation("a@example.org", "A", (), "fr")).data)
+    assert full.get_content_type() == "multipart/alternative" and body_of(full, "html") == "fr"

@@ -1,4 +1,4 @@
-"""SMTP transport on aiosmtplib: one session per connection, reused for many messages.
+"""SMTP transport: one session per connection, reused for many messages (smtp_session.py).
 
 Replies are classified here (RFC 5321 §4.2.1, RFC 3463): 4xx and dropped
 connections are temporary, 5xx at RCPT or end of DATA permanent for the recipient,
@@ -9,11 +9,10 @@ a new one.
 
 from __future__ import annotations
 
+import functools
 import re
 import ssl
 from dataclasses import dataclass
-
-import aiosmtplib
 
 from mailshot_core.config import Settings, SmtpTls
 from mailshot_core.transports.base import (
@@ -25,6 +24,7 @@ from mailshot_core.transports.base import (
     Throttled,
     TransportUnavailable,
 )
+from mailshot_core.transports.smtp_session import SmtpDisconnected, SmtpReplyError, SmtpSession
 
 # Replies meaning "you are not allowed to send": 530 auth required, 534/535/538 auth failures.
 _AUTH_CODES = frozenset({530, 534, 535, 538})
@@ -78,89 +78,70 @@ def _classify(code: int, text: str, stage: str) -> Exception:
     return TemporaryError(f"unexpected reply at {stage}: {text}", code)
 
 
+@functools.cache
+def _tls_context(validate_certs: bool) -> ssl.SSLContext:
+    """One TLS context per process and policy: loading the system's CA store costs ~50 ms."""
+    context = ssl.create_default_context()
+    if not validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class SmtpConnection:
     """One SMTP session; reconnects lazily after the relay closed it."""
 
     def __init__(self, config: SmtpConfig) -> None:
         self._config = config
-        self._client: aiosmtplib.SMTP | None = None
+        self._session: SmtpSession | None = None
 
     async def open(self) -> None:
         cfg = self._config
-        context = None
-        if cfg.tls is not SmtpTls.NONE and not cfg.validate_certs:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        client = aiosmtplib.SMTP(
-            hostname=cfg.host,
-            port=cfg.port,
-            timeout=cfg.timeout,
-            use_tls=cfg.tls is SmtpTls.TLS,
-            # aiosmtplib upgrades opportunistically when start_tls is None: "none" must mean none.
-            start_tls=cfg.tls is SmtpTls.STARTTLS,
-            validate_certs=cfg.validate_certs,
-            tls_context=context,
-        )
+        where = f"{cfg.host}:{cfg.port}"
         try:
-            await client.connect()
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            raise TransportUnavailable(f"relay {cfg.host}:{cfg.port} refused the session: {exc}") from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TransportUnavailable(f"cannot connect to relay {cfg.host}:{cfg.port}: {exc}") from None
-        if cfg.user:
-            try:
-                await client.login(cfg.user, cfg.password or "")
-            except aiosmtplib.SMTPAuthenticationError as exc:
-                await _quietly_close(client)
+            self._session = await SmtpSession.open(
+                cfg.host,
+                cfg.port,
+                timeout=cfg.timeout,
+                implicit_tls=cfg.tls is SmtpTls.TLS,
+                starttls=cfg.tls is SmtpTls.STARTTLS,
+                tls_context=_tls_context(cfg.validate_certs) if cfg.tls is not SmtpTls.NONE else None,
+                login=(cfg.user, cfg.password or "") if cfg.user else None,
+            )
+        except ssl.SSLError as exc:
+            raise ConfigurationError(
+                f"TLS with relay {where} failed: {exc.reason or exc} "
+                "(a self-signed certificate needs MAILSHOT_SMTP_VALIDATE_CERTS=false)"
+            ) from None
+        except SmtpReplyError as exc:
+            if exc.stage == "AUTH":
                 raise ConfigurationError(
-                    f"SMTP authentication failed for user {cfg.user!r} on {cfg.host}:{cfg.port}: "
-                    f"{exc.code} {exc.message}",
-                    exc.code,
+                    f"SMTP authentication failed for user {cfg.user!r} on {where}: {exc.reply}", exc.reply.code
                 ) from None
-            except aiosmtplib.SMTPException as exc:
-                await _quietly_close(client)
-                raise ConfigurationError(f"SMTP login impossible on {cfg.host}:{cfg.port}: {exc}") from None
-        self._client = client
+            if exc.stage == "STARTTLS":
+                raise ConfigurationError(f"STARTTLS impossible on {where}: {exc.reply}", exc.reply.code) from None
+            raise TransportUnavailable(f"relay {where} refused the session at {exc.stage}: {exc.reply}") from None
+        except (OSError, TimeoutError, SmtpDisconnected) as exc:
+            raise TransportUnavailable(f"cannot connect to relay {where}: {exc or type(exc).__name__}") from None
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        if self._client is None or not self._client.is_connected:
+        if self._session is None or not self._session.is_open:
             await self.open()
-        client = self._client
-        assert client is not None
+        session = self._session
+        assert session is not None
         try:
-            errors, reply = await client.sendmail(message.envelope_from, [message.envelope_to], message.data)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            raise _classify(refused.code, refused.message, "RCPT TO") from None
-        except aiosmtplib.SMTPSenderRefused as exc:
-            raise _classify(exc.code, exc.message, "MAIL FROM") from None
-        except aiosmtplib.SMTPDataError as exc:
-            raise _classify(exc.code, exc.message, "DATA") from None
-        except aiosmtplib.SMTPResponseException as exc:
-            if exc.code == 421:
-                await _quietly_close(client)
-            raise _classify(exc.code, exc.message, "SMTP") from None
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            await _quietly_close(client)
+            reply = await session.send(message.envelope_from, message.envelope_to, message.data)
+        except SmtpReplyError as exc:
+            raise _classify(exc.reply.code, exc.reply.text, exc.stage) from None
+        except (SmtpDisconnected, OSError) as exc:
+            session.abort()
             raise TemporaryError(f"connection lost: {exc}") from None
-        if errors:  # only possible with several recipients; kept for completeness
-            code, text = next(iter(errors.values()))
-            raise _classify(code, text, "RCPT TO")
-        return SendResult(code=250, text=reply)
+        return SendResult(code=reply.code, text=reply.text)
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            if client.is_connected:
-                try:
-                    await client.quit()
-                except (aiosmtplib.SMTPException, OSError):
-                    client.close()
-
-
-async def _quietly_close(client: aiosmtplib.SMTP) -> None:
-    client.close()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.quit()
 
 
 class SmtpTransport:
