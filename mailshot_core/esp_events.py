@@ -67,7 +67,10 @@ def _int(value: Any) -> int | None:
 
 def _when(value: Any) -> datetime | None:
     if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit()):
-        return datetime.fromtimestamp(float(value), UTC)
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):  # a timestamp out of any calendar: not given
+            return None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -94,7 +94,10 @@ def _sparkpost_bounce(ev: Mapping[str, Any]) -> Effect:
     # Bounce classes (SparkPost "Bounce classification codes"): 10 invalid recipient, 30 no RCPT,
     # 90 unsubscribe are hard; 50-54 are blocks (our reputation or content, not the address) and 25/80
     # administrative: rejections; the rest are soft (SparkPost's own advice: only hard/admin suppress).
-    cls = int(ev.get("bounce_class") or 1)
+    try:
+        cls = int(ev.get("bounce_class") or 1)
+    except (TypeError, ValueError):
+        cls = 1  # "Undetermined"
     if cls == 90:
         return E.UNSUB
     if cls in (10, 30):
@@ -208,7 +211,12 @@ def classify(source: str, kind: str, raw: str | None) -> Effect:
         event = json.loads(raw or "{}")
     except json.JSONDecodeError:
         event = {}
-    return rule(event if isinstance(event, dict) else {})
+    try:
+        return rule(event if isinstance(event, dict) else {})
+    except (TypeError, ValueError, AttributeError) as exc:
+        # One odd event must not stop the inbox (it would be retried, and fail, every minute).
+        log.warning("feedback: %s %s event not understood (%s): ignored", source, kind, exc)
+        return E.IGNORE
 
 
 # --- 1. store -----------------------------------------------------------------------------------------
@@ -225,6 +233,13 @@ class StoreReport:
 def _insert_ignore(dialect: str) -> Any:
     module = postgresql if dialect == "postgresql" else sqlite
     return module.insert(_events).on_conflict_do_nothing(index_elements=["source", "provider_event_id"])
+
+
+def _long_id(event_id: str) -> str:
+    """An id longer than the column: stored as its digest (still one row per id)."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
 def store(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None = None) -> StoreReport:
@@ -244,7 +259,7 @@ def store(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None 
                 (e.source, e.event_id),
                 {
                     "source": e.source,
-                    "provider_event_id": e.event_id,
+                    "provider_event_id": e.event_id if len(e.event_id) <= 255 else _long_id(e.event_id),
                     "mailshot_id": e.mailshot_id,
                     "recipient_id": e.recipient_id,
                     "email": e.email.strip().lower()[:320],
