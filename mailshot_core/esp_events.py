@@ -46,7 +46,7 @@ def _canonical(event: Any) -> str:
     return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _digest(raw: str) -> str:
+def digest(raw: str) -> str:
     """Identity of an event without a provider id: the same content is the same event (retries)."""
     return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
 
@@ -134,7 +134,7 @@ def mailjet(body: bytes) -> list[IncomingEvent]:
         events.append(
             IncomingEvent(
                 "mailjet",
-                _digest(raw),
+                digest(raw),
                 kind[:KIND_LENGTH],
                 email,
                 mailshot_id,
@@ -221,7 +221,7 @@ def mandrill(body: bytes) -> list[IncomingEvent]:
         events.append(
             IncomingEvent(
                 "mandrill",
-                _digest(raw),
+                digest(raw),
                 kind[:KIND_LENGTH],
                 email,
                 _int(meta.get("mailshot_id")),
@@ -254,7 +254,7 @@ def brevo(body: bytes) -> list[IncomingEvent]:
         events.append(
             IncomingEvent(
                 "brevo",
-                _digest(raw),
+                digest(raw),
                 kind[:KIND_LENGTH],
                 email,
                 int(match[1]) if match else None,

@@ -34,7 +34,7 @@ from sqlmodel import Session
 from mailshot_core import mailshots, subscribers
 from mailshot_core.db import session_scope
 from mailshot_core.errors import NotFound
-from mailshot_core.esp_events import IncomingEvent, sub
+from mailshot_core.esp_events import IncomingEvent, digest, sub
 from mailshot_core.models import FeedbackEvent, Mailshot, Recipient, RecipientStatus, utcnow
 
 log = logging.getLogger("mailshot.feedback")
@@ -235,13 +235,6 @@ def _insert_ignore(dialect: str) -> Any:
     return module.insert(_events).on_conflict_do_nothing(index_elements=["source", "provider_event_id"])
 
 
-def _long_id(event_id: str) -> str:
-    """An id longer than the column: stored as its digest (still one row per id)."""
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
-
-
 def store(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None = None) -> StoreReport:
     """Write events to the inbox in one transaction; a duplicate (same source and id) is stored once."""
     events = list(events)
@@ -259,7 +252,9 @@ def store(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None 
                 (e.source, e.event_id),
                 {
                     "source": e.source,
-                    "provider_event_id": e.event_id if len(e.event_id) <= 255 else _long_id(e.event_id),
+                    "provider_event_id": e.event_id
+                    if len(e.event_id) <= 255
+                    else digest(e.event_id),  # still one row per id
                     "mailshot_id": e.mailshot_id,
                     "recipient_id": e.recipient_id,
                     "email": e.email.strip().lower()[:320],
