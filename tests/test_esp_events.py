@@ -56,14 +56,14 @@ def _check(reader: Any, body: bytes) -> None:
 
 
 @pytest.mark.parametrize("provider", list(esp_events.READERS))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(body=bodies)
 def test_readers_accept_or_explain(provider: str, body: bytes) -> None:
     """Any body: events, or MalformedPayload with a reason."""
     _check(esp_events.READERS[provider], body)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(events=st.lists(near_events, max_size=3))
 def test_mandrill_form_accepts_or_explains(events: list[dict[str, Any]]) -> None:
     from urllib.parse import urlencode
@@ -71,7 +71,7 @@ def test_mandrill_form_accepts_or_explains(events: list[dict[str, Any]]) -> None
     _check(esp_events.mandrill, urlencode({"mandrill_events": json.dumps(events)}).encode())
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     message=json_values,
     record=st.dictionaries(st.sampled_from(["eventType", "mail", "bounce", "notificationType"]), json_values),
@@ -84,7 +84,7 @@ def test_ses_records_accept_or_explain(message: Any, record: dict[str, Any]) -> 
             assert str(exc)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     source=st.sampled_from(["mailjet", "sparkpost", "mandrill", "brevo", "ses", "smtp"]),
     kind=st.sampled_from(["bounce", "out_of_band", "Bounce", "Complaint", "open", "weird"]),

@@ -108,7 +108,8 @@ def _sending(
     return settings, engine, create(engine, settings)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+# SparkPost and Brevo answer 401 like Mailjet (the shared call_error path); Mandrill and SES differ.
+@pytest.mark.parametrize("provider", ["mailjet", "mandrill", "ses"])
 def test_bad_credentials_pause_the_sending_without_consuming_tries(provider: str, tmp_path: Path) -> None:
     """401/403 (or Mandrill's Invalid_Key) pause the sending with a message naming the provider."""
     server = FakeEspServer(provider)
