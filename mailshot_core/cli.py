@@ -310,7 +310,11 @@ def send(
     mailshot_id: int,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     fast: Annotated[
-        bool, typer.Option(help="Fast mode: one batch per core at once, in separate processes (no pacing change).")
+        bool,
+        typer.Option(
+            help="Fast mode: one batch worker per core at once, in separate processes (on Dask when "
+            "MAILSHOT_DASK_ADDRESS is set); pacing still applies."
+        ),
     ] = False,
 ) -> None:
     """Run the send-mailshot flow for sending ID now, in this process, with a progress bar."""
@@ -319,7 +323,15 @@ def send(
         mailshots.get(session, mailshot_id)
     import os
 
+    from prefect import Flow
+
     from flows.send_mailshot import send_mailshot, send_mailshot_fast
+
+    flow_fn: Flow[..., dict[str, Any]] = send_mailshot_fast if fast else send_mailshot
+    if fast and get_settings().dask_address:
+        from flows.send_mailshot_dask import send_mailshot_dask
+
+        flow_fn = send_mailshot_dask
 
     result: dict[str, Any] = {}
     done = threading.Event()
@@ -329,7 +341,6 @@ def send(
     else:
         watcher = None
     try:
-        flow_fn = send_mailshot_fast if fast else send_mailshot
         result = flow_fn(mailshot_id, parallel=(os.cpu_count() or 2) if fast else 1)
     finally:
         done.set()

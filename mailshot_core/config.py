@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     )
     rate_per_hour: int | None = Field(None, gt=0, description="Default cap: messages per hour.")
     rate_per_minute: int | None = Field(None, gt=0, description="Default cap: messages per minute.")
+    dask_address: str | None = Field(
+        None,
+        description="Fast mode on Dask (extra `mailshot[dask]`): a scheduler address (tcp://host:8786), "
+        "or `local` for a local cluster of one process per core; empty: a local process pool.",
+    )
     batch_size: int = Field(500, ge=1, le=100_000, description="Recipients per batch (one Prefect task run).")
     claim_lease: float = Field(
         300.0, ge=60, description="Seconds without a heartbeat after which a worker's claims are recovered."

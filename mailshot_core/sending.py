@@ -469,6 +469,36 @@ _MAX_MARKS = 256
 # --- one batch --------------------------------------------------------------------------------------
 
 
+Prepared = tuple[mailshots.ClaimedRecipient, OutgoingMessage]
+
+
+def _prepare_next(
+    queue: asyncio.Queue[mailshots.ClaimedRecipient], ledger: Ledger, ctx: SendContext
+) -> Prepared | None:
+    """The next recipient of the queue with its message; None when the queue is empty.
+
+    A recipient whose message cannot be built (a template error at run time, a name unusable in a
+    header) is recorded as failed here and skipped.
+    """
+    while True:
+        try:
+            rcpt = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        who = Personalisation(
+            email=rcpt.email,
+            nom=rcpt.nom,
+            listes=rcpt.listes,
+            lang=rcpt.lang,
+            status=rcpt.status,
+            url_unsubscribe=ctx.unsubscribe_url(rcpt.id),
+        )
+        try:
+            return rcpt, ctx.message_for(rcpt.id, rcpt.email, who)
+        except (TemplateError, HeaderError) as exc:
+            ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
+
+
 async def _connection_loop(
     transport: Transport,
     queue: asyncio.Queue[mailshots.ClaimedRecipient],
@@ -477,39 +507,33 @@ async def _connection_loop(
     stop: asyncio.Event,
     pacer: Pacer | None,
 ) -> None:
+    """Send queued recipients over one connection until the queue is empty or ``stop`` is set.
+
+    The next message is prepared before the current one is handed over, so the transport may start it
+    early (SMTP pipelines its envelope with the current data).  Its content still goes out only after its
+    start is committed.  Not with a pace: its slot may be minutes away.
+    """
     conn: Connection | None = None
     backoff = 0.0
+    current: Prepared | None = None
+    upcoming: Prepared | None = None
     try:
         while not stop.is_set():
-            try:
-                rcpt = queue.get_nowait()
-            except asyncio.QueueEmpty:
+            current, upcoming = upcoming or _prepare_next(queue, ledger, ctx), None
+            if current is None:
                 return
-            who = Personalisation(
-                email=rcpt.email,
-                nom=rcpt.nom,
-                listes=rcpt.listes,
-                lang=rcpt.lang,
-                status=rcpt.status,
-                url_unsubscribe=ctx.unsubscribe_url(rcpt.id),
-            )
-            try:
-                msg = ctx.message_for(rcpt.id, rcpt.email, who)
-            except (TemplateError, HeaderError) as exc:
-                ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
-                continue
+            rcpt, msg = current
             if conn is None:
-                try:
-                    conn = await transport.connect()
-                except BaseException:
-                    queue.put_nowait(rcpt)  # not attempted: released with the rest
-                    raise
+                conn = await transport.connect()
             if pacer is not None:
                 await ledger.wait_until(await asyncio.to_thread(pacer.next_slot))
             if not await ledger.start(rcpt.id):
+                await conn.withdraw()  # its envelope may be on the wire already
                 continue
+            current = None  # attempted from here on: no longer to give back
+            upcoming = None if pacer is not None else _prepare_next(queue, ledger, ctx)
             try:
-                reply = await conn.send(msg)
+                reply = await conn.send(msg, then=upcoming[1] if upcoming is not None else None)
             except (TransportUnavailable, ConfigurationError) as exc:
                 # Reconnecting failed, or the relay refuses us: this message never left, no try consumed.
                 ledger.record(Outcome.of(rcpt, Result.DEFERRED, code=exc.code, text=exc.text))
@@ -533,6 +557,10 @@ async def _connection_loop(
                 )
     except BaseException:
         stop.set()
+        # Not attempted: other connections may still send them; otherwise their claims are released.
+        for prepared in (current, upcoming):
+            if prepared is not None:
+                queue.put_nowait(prepared[0])
         raise
     finally:
         if conn is not None:

@@ -9,6 +9,7 @@ sequential ids in URLs do not let anyone enumerate other subscribers' links.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -21,9 +22,16 @@ class RecipientRef:
     recipient_id: int
 
 
+@functools.lru_cache(maxsize=16)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC already keyed: copying it skips the key schedule, done once per message otherwise."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _mac(key: bytes, purpose: str, message: str, size: int) -> str:
-    digest = hmac.new(key, f"{purpose}:{message}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:size]).decode().rstrip("=")
+    mac = _keyed(key).copy()
+    mac.update(f"{purpose}:{message}".encode())
+    return base64.urlsafe_b64encode(mac.digest()[:size]).decode().rstrip("=")
 
 
 # --- unsubscribe / tracking tokens ---------------------------------------------------------------

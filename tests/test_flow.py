@@ -196,3 +196,28 @@ def test_max_connections_caps_sessions_across_parallel_batches(
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(connection_limit_name("smtp"))
     assert limit.limit == 4 and limit.active_slots == 0
+
+
+@pytest.mark.slow
+def test_fast_mode_on_a_local_dask_cluster(
+    prefect_harness: None,
+    env_settings: object,
+    relay_process: RelayProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MAILSHOT_DASK_ADDRESS=local: the batch workers run on Dask worker processes; one message each."""
+    monkeypatch.setenv("MAILSHOT_SMTP_PORT", str(relay_process.port))
+    monkeypatch.setenv("MAILSHOT_BATCH_SIZE", "200")
+    monkeypatch.setenv("MAILSHOT_DASK_ADDRESS", "local")
+    get_settings.cache_clear()
+    from flows.send_mailshot_dask import send_mailshot_dask
+
+    settings = make_settings(env_settings.database_url)  # type: ignore[attr-defined]
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 800)
+    mid = create(engine, settings)
+    result = send_mailshot_dask(mid, parallel=2)
+    assert result["status"] == MailshotStatus.END and result["sent"] == 800
+    recipients = [email.message_from_bytes(d)["To"] for d in relay_process.messages()]
+    assert len(recipients) == len(set(recipients)) == 800

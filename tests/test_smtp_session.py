@@ -151,3 +151,42 @@ def test_multiline_replies_split_across_packets_are_joined() -> None:
         session.abort()
 
     _raw_server(handler)(client)
+
+
+def test_the_next_envelope_rides_with_the_data(relay: DevRelay) -> None:
+    """``then``: with PIPELINING the next message's MAIL/RCPT/DATA go out with this message's data, and
+    the next send reads their replies; a refusal of the announced envelope surfaces on that send."""
+    envelopes = [f"r{i}@example.org" for i in range(3)] + ["refused@example.org", "r4@example.org"]
+
+    async def go() -> None:
+        session = await _open(relay)
+        for i, rcpt in enumerate(envelopes):
+            following = ("news@example.org", envelopes[i + 1]) if i + 1 < len(envelopes) else None
+            if rcpt == "refused@example.org":
+                with pytest.raises(SmtpReplyError) as caught:
+                    await session.send("news@example.org", rcpt, _message(i), then=following)
+                assert caught.value.stage == "RCPT TO"
+                continue
+            await session.send("news@example.org", rcpt, _message(i), then=following)
+            assert session.announced == (following if relay.pipelining else None)
+        await session.quit()
+
+    asyncio.run(go())
+    assert [m.rcpt_tos for m in relay.messages] == [[r] for r in envelopes if r != "refused@example.org"]
+    assert [m.data for m in relay.messages] == [_message(i) for i in (0, 1, 2, 4)]
+
+
+def test_withdrawing_an_announced_message_delivers_nothing_for_it(relay: DevRelay) -> None:
+    async def go() -> None:
+        session = await _open(relay)
+        await session.send("news@example.org", "r0@example.org", _message(0), then=("news@example.org", "x@y.org"))
+        session.withdraw()
+        assert session.announced is None
+        assert session.is_open is not relay.pipelining  # the relay may be waiting for data: hang up
+        await session.quit()
+        again = await _open(relay)
+        await again.send("news@example.org", "r1@example.org", _message(1))
+        await again.quit()
+
+    asyncio.run(go())
+    assert [m.rcpt_tos for m in relay.messages] == [["r0@example.org"], ["r1@example.org"]]

@@ -103,7 +103,14 @@ class TransportUnavailable(TemporaryError):
 class Connection(Protocol):
     """One channel to the transport (an SMTP session, an HTTP client), used by one sender at a time."""
 
-    async def send(self, message: OutgoingMessage) -> SendResult: ...
+    async def send(self, message: OutgoingMessage, *, then: OutgoingMessage | None = None) -> SendResult:
+        """Hand ``message`` over.  ``then`` is the message this connection sends next, when known: a
+        transport may prepare it early (SMTP pipelines its envelope), never hand over its content."""
+        ...
+
+    async def withdraw(self) -> None:
+        """The ``then`` of the last :meth:`send` will not be sent after all."""
+        ...
 
     async def close(self) -> None: ...
 

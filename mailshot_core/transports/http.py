@@ -137,11 +137,15 @@ class HttpConnection:
     async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | TransportError]:
         raise NotImplementedError
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def send(self, message: OutgoingMessage, *, then: OutgoingMessage | None = None) -> SendResult:
+        # ``then`` is ignored: an HTTP API has nothing to prepare ahead (no envelope to pipeline).
         (reply,) = await self.send_many([message])
         if isinstance(reply, TransportError):
             raise reply
         return reply
+
+    async def withdraw(self) -> None:
+        """Nothing of a next message is ever on the wire early over HTTP: nothing to take back."""
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -124,19 +124,24 @@ class SmtpConnection:
         except (OSError, TimeoutError, SmtpDisconnected) as exc:
             raise TransportUnavailable(f"cannot connect to relay {where}: {exc or type(exc).__name__}") from None
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def send(self, message: OutgoingMessage, *, then: OutgoingMessage | None = None) -> SendResult:
         if self._session is None or not self._session.is_open:
             await self.open()
         session = self._session
         assert session is not None
+        following = (then.envelope_from, then.envelope_to) if then is not None else None
         try:
-            reply = await session.send(message.envelope_from, message.envelope_to, message.data)
+            reply = await session.send(message.envelope_from, message.envelope_to, message.data, then=following)
         except SmtpReplyError as exc:
             raise _classify(exc.reply.code, exc.reply.text, exc.stage) from None
         except (SmtpDisconnected, OSError) as exc:
             session.abort()
             raise TemporaryError(f"connection lost: {exc}") from None
         return SendResult(code=reply.code, text=reply.text)
+
+    async def withdraw(self) -> None:
+        if self._session is not None:
+            self._session.withdraw()
 
     async def close(self) -> None:
         if self._session is not None:
