@@ -146,6 +146,10 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     ``parallel`` batches run at once (each with MAILSHOT_SMTP_CONNECTIONS connections).  With
     ``parallel`` > 1 each task is a worker looping over batches until nothing is due; the `fast`
     deployment runs them in separate processes to use every core.
+
+    Args:
+        mailshot_id: The sending to send (`mailshot status` lists them; create-and-send creates one).
+        parallel: How many batches (fast mode: batch workers) run at once.
     """
     logger = get_run_logger()
     settings = get_settings()

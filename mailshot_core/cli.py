@@ -408,6 +408,74 @@ def apply_feedback() -> None:
     )
 
 
+# --- issue 7: purge, legacy import ----------------------------------------------------------------------
+
+
+@app.command("purge")
+def purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Archive sendings ended longer ago than this ('12 months', '90d'); default MAILSHOT_PURGE_AFTER."
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be archived.")] = False,
+) -> None:
+    """Archive finished sendings: recipient rows deleted, counters kept, the most recent one never archived."""
+    from mailshot_core import purge as purging
+    from mailshot_core.duration import DurationError, parse_duration
+
+    try:
+        age = parse_duration(older_than if older_than is not None else _settings().purge_after)
+    except DurationError as exc:
+        raise InvalidInput(f"--older-than: {exc}") from None
+    report = purging.purge(_engine(), age, dry_run=dry_run)
+    table = Table("id", "was", "ended", "recipient rows", "sent", "failed", "subject")
+    for a in report.archived:
+        ended = f"{a.ended_at:%Y-%m-%d}" if a.ended_at else ""
+        table.add_row(
+            str(a.id),
+            a.status,
+            ended,
+            str(a.recipients),
+            str(a.counters["sent"]),
+            str(a.counters["failed"]),
+            a.subject[:50],
+        )
+    if report.archived:
+        out.print(table)
+    if report.kept_latest is not None:
+        out.print(f"sending {report.kept_latest} is the most recent finished sending: never archived")
+    for mailshot_id in report.repaired:
+        err.print(f"sending {mailshot_id}: counters differed from its recipient rows; the recount was kept")
+    out.print(report.summary())
+
+
+@app.command("import-legacy")
+def import_legacy(
+    url: Annotated[
+        str | None,
+        typer.Option(help="SPIP site's database: mysql://user:password@host/db (default MAILSHOT_LEGACY_URL)."),
+    ] = None,
+    source: Annotated[
+        str, typer.Option(help="spip-listes, spip-lettres, mailshot (Mailshot + Mailsubscribers) or all.")
+    ] = "all",
+    prefix: Annotated[str, typer.Option(help="Table prefix of the SPIP site.")] = "spip_",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be imported; change nothing.")] = False,
+) -> None:
+    """Import subscribers, lists and sendings of a SPIP site (idempotent: a second run imports nothing twice)."""
+    from mailshot_core import legacy
+
+    settings = _settings()
+    target = url or (settings.legacy_url.get_secret_value() if settings.legacy_url else None)
+    if not target:
+        raise InvalidInput("--url: give the SPIP site's database URL (or set MAILSHOT_LEGACY_URL)")
+    report = legacy.import_legacy(_engine(), target, source, prefix=prefix, dry_run=dry_run)
+    for problem in report.problems:
+        err.print(f"not imported or changed: {problem}", markup=False)
+    out.print(report.summary(), markup=False)
+
+
 @app.command("relay")
 def relay(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 1025,

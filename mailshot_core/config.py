@@ -138,6 +138,25 @@ class Settings(BaseSettings):
         300.0, ge=60, description="Seconds without a heartbeat after which a worker's claims are recovered."
     )
 
+    # --- issue 7: purge, dispatcher ---
+    purge_after: str = Field(
+        "12 months",
+        description="Finished or cancelled sendings older than this are archived by purge-stats "
+        "(recipient rows deleted, counters kept), e.g. '12 months', '90d'.",
+    )
+    start_expiry: str = Field(
+        "6h",
+        description="A scheduled sending not started this long after its start time is cancelled by "
+        "dispatch-mailshots instead of going out late, e.g. '6h', '30min'.",
+    )
+    dispatch_interval: int = Field(
+        60, ge=5, le=3600, description="Seconds between two dispatch-mailshots runs under `mailshot serve`."
+    )
+    legacy_url: SecretStr | None = Field(
+        None,
+        description="Default database URL of the SPIP site for import-legacy (kept out of Prefect's run history).",
+    )
+
     @field_validator("from_email", "reply_to", "unsubscribe_mailto", "bounce_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
@@ -146,6 +165,14 @@ class Settings(BaseSettings):
         if "@" not in value or any(c in value for c in "\r\n <>"):
             raise ValueError("not an email address")  # the value is shown by describe_validation_error
         return value
+
+    @field_validator("purge_after", "start_expiry")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from mailshot_core.duration import parse_duration
+
+        parse_duration(value)  # DurationError (a ValueError) names the problem
+        return value.strip()
 
     @field_validator("base_url")
     @classmethod

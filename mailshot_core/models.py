@@ -203,3 +203,38 @@ class SendPace(SQLModel, table=True):
 
     identity: str = Field(primary_key=True, max_length=120)
     tat: datetime
+
+
+# --- issue 7: archive evidence, legacy import (purge.py, legacy.py) ---------------------------------
+
+
+class DeliveryOutcome(SQLModel, table=True):
+    """The fate of one address in one archived sending: what purge.py keeps of a recipient row.
+
+    Archiving deletes the recipient rows; the auto-unsubscribe rule (MAX_FAIL: the last N deliveries
+    to an address all failed, each in a sending that succeeded for someone else) still needs, per
+    address, the status of its recent deliveries.  A sending's own success is its kept ``sent``
+    counter.  Only the most recent outcomes per address are kept (purge.OUTCOMES_KEPT).
+    """
+
+    __tablename__ = "delivery_outcome"
+    __table_args__ = (Index("ix_delivery_outcome_email_at", "email", "at"),)
+
+    email: str = Field(primary_key=True, max_length=320)
+    mailshot_id: int = Field(primary_key=True, foreign_key="mailshot.id", index=True)
+    subscriber_id: int | None = None
+    status: str = Field(max_length=10)  # the recipient status at archive time (sent, fail, bounce, read ...)
+    tries: int = 0
+    at: datetime | None = None  # last attempt (or sent_at)
+
+
+class LegacyImport(SQLModel, table=True):
+    """Which row of a legacy SPIP database became which sending: a re-run imports nothing twice."""
+
+    __tablename__ = "legacy_import"
+
+    source: str = Field(primary_key=True, max_length=20)  # spip-listes, spip-lettres, mailshot
+    legacy_table: str = Field(primary_key=True, max_length=64)  # without the prefix: courriers, lettres ...
+    legacy_id: str = Field(primary_key=True, max_length=64)
+    target_id: int
+    imported_at: datetime = Field(default_factory=utcnow)
