@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import serve
 
+from flows.apply_feedback import apply_feedback
 from flows.send_mailshot import send_mailshot, send_mailshot_fast
 from flows.send_test import send_test
 
@@ -41,6 +42,15 @@ def deployments() -> list[Any]:
             name=DEPLOYMENT,
             description="Send one [TEST] message of a sending to any address.",
             tags=["mailshot"],
+        ),
+        # Every minute; a tick that finds the previous one running is skipped, not queued (concurrent
+        # runs would be safe, feedback.py, but pointless).
+        apply_feedback.to_deployment(
+            name=DEPLOYMENT,
+            description="Apply the ESP events received by the webhooks (statuses, counters, unsubscriptions).",
+            tags=["mailshot", "scheduled"],
+            cron="* * * * *",
+            concurrency_limit=_one_at_a_time(),
         ),
         *operations_deployments(),
     ]
@@ -111,6 +121,12 @@ def operations_deployments() -> list[Any]:
             tags=["mailshot"],
         ),
     ]
+
+
+def _one_at_a_time() -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
 def serve_all(limit: int = 4) -> None:

@@ -383,6 +383,31 @@ def serve() -> None:
     serve_all()
 
 
+@app.command("web")
+def web(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the web app (ESP webhooks at /webhooks/PROVIDER) with uvicorn; put it behind HTTPS."""
+    import uvicorn
+
+    from mailshot_core.web.app import create_app
+
+    uvicorn.run(create_app(_settings(), engine=_engine()), host=host, port=port, log_level="info")
+
+
+@app.command("apply-feedback")
+def apply_feedback() -> None:
+    """Apply the stored ESP events now (what the apply-feedback flow does every minute)."""
+    from mailshot_core.feedback import apply_all
+
+    r = apply_all(_engine())
+    out.print(
+        f"{r.applied} event(s) applied: {r.changed} recipient(s) changed, {r.unsubscribed} unsubscribed, "
+        f"{r.unmatched} without a matching recipient, {r.deferred} waiting for a send in progress"
+    )
+
+
 # --- issue 7: purge, legacy import ----------------------------------------------------------------------
 
 

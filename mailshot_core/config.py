@@ -57,7 +57,50 @@ class Settings(BaseSettings):
         description="Connections to the transport across all runs and machines "
         "(a Prefect global concurrency limit; empty: no cross-run cap).",
     )
-    transport: str = Field("smtp", description="Default transport for new sendings.")
+    transport: str = Field(
+        "smtp", description="Default transport for new sendings: smtp, mailjet, sparkpost, mandrill, brevo or ses."
+    )
+
+    # ESP transports (transports/*.py) and their webhooks (web/webhooks.py).  *_url settings point the
+    # API clients elsewhere (EU endpoints, or the fake servers of the tests).
+    esp_connections: int = Field(4, ge=1, le=32, description="Parallel HTTP connections per batch to an ESP API.")
+    esp_timeout: float = Field(60.0, gt=0, description="Seconds before an ESP API call times out.")
+    mailjet_api_key: str | None = Field(None, description="Mailjet API key (Send API v3.1, Basic auth user).")
+    mailjet_api_secret: SecretStr | None = Field(None, description="Mailjet API secret key.")
+    mailjet_url: str = Field("https://api.mailjet.com", description="Mailjet API base URL.")
+    mailjet_webhook_secret: SecretStr | None = Field(
+        None, description="Password (Basic auth) or ?token= expected on POST /webhooks/mailjet."
+    )
+    sparkpost_api_key: SecretStr | None = Field(None, description="SparkPost API key.")
+    sparkpost_url: str = Field(
+        "https://api.sparkpost.com", description="SparkPost API base URL (EU: https://api.eu.sparkpost.com)."
+    )
+    sparkpost_webhook_secret: SecretStr | None = Field(
+        None, description="Password (Basic auth) or ?token= expected on POST /webhooks/sparkpost."
+    )
+    mandrill_api_key: SecretStr | None = Field(None, description="Mandrill (Mailchimp Transactional) API key.")
+    mandrill_url: str = Field("https://mandrillapp.com", description="Mandrill API base URL.")
+    mandrill_webhook_key: SecretStr | None = Field(
+        None, description="Mandrill webhook key: verifies X-Mandrill-Signature on POST /webhooks/mandrill."
+    )
+    mandrill_webhook_url: str | None = Field(
+        None, description="URL registered at Mandrill, signed as is (default MAILSHOT_BASE_URL/webhooks/mandrill)."
+    )
+    brevo_api_key: SecretStr | None = Field(None, description="Brevo API key (api-key header).")
+    brevo_url: str = Field("https://api.brevo.com", description="Brevo API base URL.")
+    brevo_webhook_secret: SecretStr | None = Field(
+        None, description="Password (Basic auth), bearer token or ?token= expected on POST /webhooks/brevo."
+    )
+    ses_region: str = Field("eu-west-1", description="Amazon SES region.")
+    ses_access_key_id: str | None = Field(None, description="AWS access key id for SES (SigV4).")
+    ses_secret_access_key: SecretStr | None = Field(None, description="AWS secret access key for SES.")
+    ses_url: str | None = Field(None, description="SES API base URL (default https://email.REGION.amazonaws.com).")
+    ses_configuration_set: str | None = Field(
+        None, description="SES configuration set whose event destination is the SNS topic of the webhook."
+    )
+    ses_topic_arns: str = Field(
+        "", description="Comma-separated SNS topic ARNs accepted on POST /webhooks/ses (empty: refuse all)."
+    )
 
     from_email: str = Field("newsletter@example.org", description="Default sender address.")
     from_name: str = Field("Newsletter", description="Default sender display name.")

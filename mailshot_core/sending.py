@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy.engine import Connection as DbConnection
 from sqlalchemy.engine import Engine
@@ -43,14 +43,19 @@ from mailshot_core.render import CompiledMailshot, Personalisation, TemplateErro
 from mailshot_core.tokens import RecipientRef, make_token
 from mailshot_core.transports import get_transport
 from mailshot_core.transports.base import (
+    BatchConnection,
+    BatchTransport,
     ConfigurationError,
     Connection,
     OutgoingMessage,
     PermanentError,
+    SendResult,
     TemporaryError,
     Throttled,
     Transport,
+    TransportError,
     TransportUnavailable,
+    batch_size_of,
 )
 
 log = logging.getLogger("mailshot.sending")
@@ -562,6 +567,122 @@ async def _connection_loop(
             await conn.close()
 
 
+# --- the batched path (ESP APIs) --------------------------------------------------------------------
+
+
+def _esp_message(ctx: SendContext, rcpt: mailshots.ClaimedRecipient) -> OutgoingMessage:
+    """The recipient's message as bytes *and* fields: rendered once by our sandbox for every transport."""
+    from mailshot_core.message import build_message
+    from mailshot_core.transports.parts import with_parts
+
+    who = Personalisation(rcpt.email, rcpt.nom, rcpt.listes, rcpt.lang, rcpt.status, ctx.unsubscribe_url(rcpt.id))
+    # Rendered once, kept as fields for the API and serialised by the plain builder (the MIME is only
+    # read back for its bulk headers, and used as is by SES): MessageBuilder's pre-encoded fast path
+    # gives bytes only.
+    content = ctx.builder.compiled.render(who)
+    msg = build_message(ctx.builder.env, rcpt.id, rcpt.email, who.nom, content, who.url_unsubscribe)
+    return with_parts(msg, ctx.builder.env, who.nom, content)
+
+
+def _reply_outcome(
+    rcpt: mailshots.ClaimedRecipient, msg: OutgoingMessage, reply: SendResult | TransportError
+) -> Outcome:
+    """What one recipient's part of an API call means for its row."""
+    if isinstance(reply, SendResult):
+        # The provider's id when it gives one per recipient: its events quote it.
+        mid = reply.transport_id or msg.message_id
+        return Outcome.of(rcpt, Result.SENT, code=reply.code, text=reply.text, message_id=mid)
+    if isinstance(reply, Throttled):
+        return Outcome.of(rcpt, Result.THROTTLED, code=reply.code, text=reply.text)
+    if isinstance(reply, PermanentError):
+        return Outcome.of(rcpt, Result.PERMANENT, code=reply.code, text=reply.text, policy_block=reply.is_policy_block)
+    if isinstance(reply, ConfigurationError | TransportUnavailable):
+        return Outcome.of(rcpt, Result.DEFERRED, code=reply.code, text=reply.text)
+    return Outcome.of(rcpt, Result.TEMPORARY, code=reply.code, text=reply.text)
+
+
+async def _batch_loop(
+    transport: Transport,
+    queue: asyncio.Queue[mailshots.ClaimedRecipient],
+    ledger: Ledger,
+    ctx: SendContext,
+    stop: asyncio.Event,
+    pacer: Pacer | None,
+) -> None:
+    """One ESP connection: up to ``batch_size`` messages per API call.
+
+    All messages of a call become ``sending`` in one flush before the call (one ledger transaction),
+    so after a kill at most ``batch_size`` x connections rows are in doubt, instead of one per
+    connection on the SMTP path (docs/ARCHITECTURE.md).
+    """
+    size = batch_size_of(transport)
+    conn: BatchConnection | None = None
+    backoff = 0.0
+    try:
+        while not stop.is_set():
+            chunk: list[tuple[mailshots.ClaimedRecipient, OutgoingMessage]] = []
+            while len(chunk) < size:
+                try:
+                    rcpt = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                try:
+                    chunk.append((rcpt, _esp_message(ctx, rcpt)))
+                except (TemplateError, HeaderError) as exc:
+                    ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
+            if not chunk:
+                return
+            if conn is None:
+                try:
+                    conn = await cast(BatchTransport, transport).connect()
+                except BaseException:
+                    for rcpt, _ in chunk:
+                        queue.put_nowait(rcpt)  # not attempted: released with the rest
+                    raise
+            if pacer is not None:
+                slot = None
+                for _ in chunk:  # one paced slot per message: the cadence counts messages, not calls
+                    slot = await asyncio.to_thread(pacer.next_slot)
+                assert slot is not None
+                await ledger.wait_until(slot)
+            granted = await asyncio.gather(*(ledger.start(rcpt.id) for rcpt, _ in chunk))
+            chunk = [item for item, ok in zip(chunk, granted, strict=True) if ok]
+            if not chunk:
+                continue
+            try:
+                replies = await conn.send_many([msg for _, msg in chunk])
+            except (TransportUnavailable, ConfigurationError) as exc:
+                for rcpt, _ in chunk:  # the call never reached the provider, or it refuses us
+                    ledger.record(Outcome.of(rcpt, Result.DEFERRED, code=exc.code, text=exc.text))
+                raise
+            except Throttled as exc:
+                for rcpt, _ in chunk:
+                    ledger.record(Outcome.of(rcpt, Result.THROTTLED, code=exc.code, text=exc.text))
+                backoff = min(backoff * 2, CONNECTION_BACKOFF[1]) if backoff else CONNECTION_BACKOFF[0]
+                if pacer is not None:
+                    pacer.slow_down()
+                await asyncio.sleep(max(backoff, min(exc.retry_after or 0.0, CONNECTION_BACKOFF[1])))
+                continue
+            except TemporaryError as exc:
+                for rcpt, _ in chunk:
+                    ledger.record(Outcome.of(rcpt, Result.TEMPORARY, code=exc.code, text=exc.text))
+                continue
+            backoff = 0.0
+            refused: ConfigurationError | None = None
+            for (rcpt, msg), reply in zip(chunk, replies, strict=True):
+                ledger.record(_reply_outcome(rcpt, msg, reply))
+                if isinstance(reply, ConfigurationError):
+                    refused = refused or reply
+            if refused is not None:
+                raise refused
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if conn is not None:
+            await conn.close()
+
+
 async def _send_claimed(
     transport: Transport,
     claimed: list[mailshots.ClaimedRecipient],
@@ -574,8 +695,10 @@ async def _send_claimed(
         queue.put_nowait(rcpt)
     stop = asyncio.Event()
     width = max(1, min(transport.parallelism, len(claimed)))
+    # ESP transports take many messages per call: their own loop (see _batch_loop).
+    loop = _batch_loop if batch_size_of(transport) > 1 else _connection_loop
     results = await asyncio.gather(
-        *(_connection_loop(transport, queue, ledger, ctx, stop, pacer) for _ in range(width)),
+        *(loop(transport, queue, ledger, ctx, stop, pacer) for _ in range(width)),
         return_exceptions=True,
     )
     await ledger.close()

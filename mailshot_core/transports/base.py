@@ -17,8 +17,29 @@ transport, into the three outcomes the send pipeline acts on (DESIGN §4.3):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class MessageParts:
+    """The same message as fields, for HTTP APIs that assemble the MIME themselves (ESPs).
+
+    Rendered by our own sandbox like the SMTP bytes, so variables behave the same on every transport.
+    """
+
+    mailshot_id: int
+    from_email: str
+    from_name: str
+    to_email: str
+    to_name: str
+    subject: str
+    html: str
+    text: str
+    reply_to: str | None
+    headers: Mapping[str, str]  # List-Unsubscribe(-Post), List-Id, Precedence, X-Mailshot-*: as in the MIME
+    test: bool = False  # a [TEST] message: kept out of the provider's campaign (deduplication, stats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +51,7 @@ class OutgoingMessage:
     envelope_to: str
     data: bytes
     message_id: str
+    parts: MessageParts | None = None  # set on the batched (ESP) path only
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +77,10 @@ class TemporaryError(TransportError):
 class Throttled(TemporaryError):
     """The relay asks us to slow down (421, 4.7.x, greylisting, "too many"...): our pace, not the
     recipient's fault, so the attempt does not count towards MAILSHOT_MAX_TRY."""
+
+    def __init__(self, text: str, code: int | None = None, *, retry_after: float | None = None) -> None:
+        super().__init__(text, code)
+        self.retry_after = retry_after  # seconds the server asked us to wait (HTTP Retry-After), if it said
 
 
 class PermanentError(TransportError):
@@ -96,3 +122,31 @@ class Transport(Protocol):
     parallelism: int
 
     async def connect(self) -> Connection: ...
+
+
+class BatchConnection(Protocol):
+    """A channel to an API that takes many messages per call (ESPs).
+
+    ``send_many`` returns one item per message, in order: the acceptance, or the error for that
+    recipient alone.  A failure of the whole call raises instead (429 -> Throttled honouring
+    Retry-After, 5xx/timeout -> TemporaryError, 401/403 -> ConfigurationError).
+    """
+
+    async def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendResult | TransportError]: ...
+
+    async def close(self) -> None: ...
+
+
+class BatchTransport(Protocol):
+    """A transport whose connections send ``batch_size`` messages per call."""
+
+    name: str
+    parallelism: int
+    batch_size: int
+
+    async def connect(self) -> BatchConnection: ...
+
+
+def batch_size_of(transport: object) -> int:
+    """Messages per call: 1 (the per-message path) unless the transport batches."""
+    return int(getattr(transport, "batch_size", 1))

@@ -1,0 +1,45 @@
+"""The FastAPI application factory: ``create_app(settings)`` -> the app ``mailshot web`` serves.
+
+Each feature is a router of its own (``webhooks.py`` ...) sharing one :class:`WebContext` (settings,
+engine, outbound fetcher) kept in ``app.state``; the schema is migrated when the engine is opened,
+like every other entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from sqlalchemy.engine import Engine
+
+from mailshot_core.config import Settings, get_settings
+from mailshot_core.db import get_engine
+from mailshot_core.web.auth import Fetch, SnsVerifier, https_get
+
+
+@dataclass(frozen=True)
+class WebContext:
+    settings: Settings
+    engine: Engine
+    sns: SnsVerifier
+    fetch: Fetch  # outbound GETs (SNS certificates, subscription confirmations): injectable for tests
+
+
+def context(request: Request) -> WebContext:
+    ctx: WebContext = request.app.state.mailshot
+    return ctx
+
+
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, fetch: Fetch | None = None
+) -> FastAPI:
+    from mailshot_core.web import webhooks
+
+    settings = settings or get_settings()
+    engine = engine or get_engine(settings.database_url)
+    fetch = fetch or https_get
+    topics = {arn.strip() for arn in settings.ses_topic_arns.split(",") if arn.strip()}
+    app = FastAPI(title="Mailshot", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch), fetch)
+    app.include_router(webhooks.router)
+    return app
