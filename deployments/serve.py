@@ -13,6 +13,7 @@ from typing import Any
 from prefect import serve
 
 from flows.apply_feedback import apply_feedback
+from flows.ingest_bounces import ingest_bounces
 from flows.send_mailshot import send_mailshot, send_mailshot_fast
 from flows.send_test import send_test
 
@@ -46,6 +47,13 @@ def deployments() -> list[Any]:
             description="Apply the ESP events received by the webhooks (statuses, counters, unsubscriptions).",
             tags=["mailshot"],
             cron="* * * * *",
+            concurrency_limit=1,
+        ),
+        ingest_bounces.to_deployment(
+            name=DEPLOYMENT,
+            description="Read the bounce mailbox (IMAP or Maildir) into feedback events; processed mail is moved.",
+            tags=["mailshot"],
+            cron="*/10 * * * *",
             concurrency_limit=1,
         ),
     ]

@@ -390,7 +390,7 @@ def apply_feedback() -> None:
     """Apply the stored ESP events now (what the apply-feedback flow does every minute)."""
     from mailshot_core.feedback import apply_all
 
-    r = apply_all(_engine())
+    r = apply_all(_engine(), max_fail=_settings().max_fail)
     out.print(
         f"{r.applied} event(s) applied: {r.changed} recipient(s) changed, {r.unsubscribed} unsubscribed, "
         f"{r.unmatched} without a matching recipient, {r.deferred} waiting for a send in progress"
