@@ -171,7 +171,10 @@ def _arf_failures(msg: Message, original: Message | None) -> list[Failure] | Non
 
 
 def _flufl_failures(msg: Message) -> list[Failure]:
-    temporary, permanent = all_failures(msg)
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # its detectors re-raise on odd input (e.g. Yale's on a message without From)
+        return []
 
     def text(a: bytes | str) -> str:
         return (a.decode("utf-8", "replace") if isinstance(a, bytes) else a).strip().lower()
