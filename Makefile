@@ -18,11 +18,15 @@ demo: $(STAMP)
 demo-stop:
 	-test -f .demo/prefect-server.pid && kill $$(cat .demo/prefect-server.pid) && rm -f .demo/prefect-server.pid
 
-# Debian packages the tests need: PostgreSQL (started by the tests themselves on a free port).
+# Debian packages the tests need: PostgreSQL and Dovecot (IMAP), started by the tests themselves on free ports.
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing PostgreSQL from Debian's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@if ! command -v dovecot >/dev/null 2>&1 && ! test -x /usr/sbin/dovecot; then \
+	  echo "installing Dovecot from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; \
 	fi
 
 lint: $(STAMP)

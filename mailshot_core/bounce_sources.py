@@ -113,6 +113,9 @@ class ImapBox:
         except imaplib.IMAP4.error as exc:
             self.close()
             raise BounceSourceError(f"{where}: login as {user!r} refused: {exc}") from None
+        # imaplib keeps the capabilities announced before login; servers announce more after (MOVE...).
+        typ, data = self.imap.capability()
+        self.caps = set(data[0].decode().upper().split()) if typ == "OK" and isinstance(data[0], bytes) else set()
         typ, data = self.imap.select(_quote(self.folder))
         if typ != "OK":
             self.close()
@@ -125,7 +128,7 @@ class ImapBox:
         return list(data)
 
     def keys(self) -> list[str]:
-        found = self._uid("SEARCH", "ALL")
+        found = self._uid("SEARCH", "UNDELETED")
         first = found[0] if found else b""
         return [uid.decode() for uid in first.split()] if isinstance(first, bytes) else []
 
@@ -142,13 +145,13 @@ class ImapBox:
         if typ != "OK" and b"exist" not in b" ".join(d for d in data if isinstance(d, bytes)).lower():
             raise BounceSourceError(f"IMAP: cannot create folder {self.processed!r}: {data}")
         uids = ",".join(keys)
-        if "MOVE" in self.imap.capabilities:  # RFC 6851: atomic
+        if "MOVE" in self.caps:  # RFC 6851: atomic
             self._uid("MOVE", uids, _quote(self.processed))
             return
         # Copy, then flag and expunge only these UIDs (UIDPLUS), never someone else's deleted mail.
         self._uid("COPY", uids, _quote(self.processed))
         self._uid("STORE", uids, "+FLAGS.SILENT", r"(\Deleted)")
-        if "UIDPLUS" in self.imap.capabilities:
+        if "UIDPLUS" in self.caps:
             self._uid("EXPUNGE", uids)
 
     def close(self) -> None:

@@ -22,9 +22,7 @@ def dsn(
     original: bytes | None = None,
 ) -> bytes:
     """A Postfix-style multipart/report DSN addressed to ``to`` (the envelope sender we used)."""
-    quoted = (
-        f"--B\nContent-Type: text/rfc822-headers\n\n{_headers_of(original)}\n\n" if original is not None else ""
-    )
+    quoted = f"--B\nContent-Type: text/rfc822-headers\n\n{_headers_of(original)}\n\n" if original is not None else ""
     text = f"""\
 From: MAILER-DAEMON@mx.example.net (Mail Delivery System)
 To: {to}
