@@ -112,3 +112,42 @@ def test_four_sendings_unsubscribe_exactly_the_addresses_the_rule_names(
     for mailshot_id in (ids[0], ids[2], ids[3]):
         assert f"sending {mailshot_id} fail" in " ".join(out.split())
     assert "hard_bounce" in out and "max-fail" in out
+
+
+@pytest.mark.parametrize(("failing", "paused"), [(0.7, True), (0.3, False)])
+def test_circuit_breaker_pauses_a_sending_that_fails_for_most(
+    db_url: str, tmp_path: Path, failing: float, paused: bool
+) -> None:
+    """Over MAILSHOT_MAX_FAIL_RATIO (50 %) of >= 100 attempts by this run failed: paused, with the reason."""
+    from datetime import timedelta
+
+    from helpers import seed
+    from mailshot_core import mailshots, sending
+    from mailshot_core.models import utcnow
+
+    since = utcnow() - timedelta(seconds=1)
+    with DevRelay(faults=FaultPlan(random_fault=(failing, UNKNOWN), seed=1)) as relay:
+        settings = make_settings(db_url, relay, batch_size=50)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 200)
+        mailshot_id = create(engine, settings)
+        sending.start_sending(engine, settings, mailshot_id)
+        reason = None
+        for batch in range(3):
+            if sending.next_step(engine, settings, mailshot_id).action != "send":
+                break  # what the flow does: a paused sending gets no more batches
+            sending.send_batch(engine, settings, mailshot_id)
+            with session_scope(engine) as session:
+                reason = reason or fail_rule.breaker(session, mailshot_id, since, settings.max_fail_ratio)
+            if batch < 1:  # 50 attempts: too few to judge
+                assert reason is None
+        assert (reason is not None) == paused
+        with session_scope(engine) as session:
+            m = mailshots.get(session, mailshot_id)
+            assert (m.status == "pause") == paused
+            # Judged on this run's attempts only: after a resume, the old failures do not trip it again.
+            assert fail_rule.breaker(session, mailshot_id, utcnow(), settings.max_fail_ratio) is None
+        if paused:
+            assert reason is not None and "MAILSHOT_MAX_FAIL_RATIO=50%" in reason and "relay" in reason
+            assert sending.next_step(engine, settings, mailshot_id).action == "stopped"
+            assert sum(1 for s, _ in recipients(engine, mailshot_id).values() if s == "todo") == 100  # not burnt
