@@ -101,6 +101,8 @@ def evidence(session: Session, email: str, max_fail: int) -> list[Evidence] | No
         effects = _effects(session, r.mailshot_id, email)
         if effects and all(effect is Effect.REJECT for _, effect, _ in effects):
             return None  # refused for our own reasons (policy, content): not the address's fault
+        if not effects and r.tries == 0:
+            return None  # failed after relay throttling only (sending.MAX_THROTTLED): our pace, not the address
         counted = [(i, text) for i, effect, text in effects if effect is not Effect.REJECT]
         why = "; ".join(text for _, text in counted) or f"{r.tries} tries, last error: {r.last_error or 'none'}"
         proof.append(Evidence(r.mailshot_id, r.status, why[:300], tuple(i for i, _ in counted)))
