@@ -177,3 +177,25 @@ def test_ingest_bounces_is_deployed_every_ten_minutes() -> None:
     assert ingest_bounces.name == "ingest-bounces"
     prefect_yaml = (REPO / "prefect.yaml").read_text()
     assert "entrypoint: flows/ingest_bounces.py:ingest_bounces" in prefect_yaml
+
+
+def test_the_flow_reads_a_maildir(prefect_harness: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest-bounces flow itself (Prefect run): a Maildir with one non-bounce is read, nothing moved."""
+    import mailbox
+
+    from flows.ingest_bounces import ingest_bounces
+    from mailshot_core.db import get_engine as engine_of
+
+    engine_of(sqlite_url)  # migrated
+    path = os.path.join(os.getcwd(), "bounces")
+    box = mailbox.Maildir(path, create=True)
+    box.add(b"From: reader@example.net\nSubject: hi\n\nthanks\n")
+    monkeypatch.setenv("MAILSHOT_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("MAILSHOT_BOUNCE_MAILDIR", path)
+    get_settings.cache_clear()
+    try:
+        result = ingest_bounces()
+    finally:
+        get_settings.cache_clear()
+    assert (result["seen"], result["processed"], len(result["left"])) == (1, 0, 1)
+    assert len(box) == 1
