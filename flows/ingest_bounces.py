@@ -23,7 +23,12 @@ def ingest_bounces() -> dict[str, Any]:
     settings = get_settings()
     logger = get_run_logger()
     with open_source(settings) as box:
-        report = ingest(get_engine(settings.database_url), settings.secret_key.get_secret_value().encode(), box)
+        report = ingest(
+            get_engine(settings.database_url),
+            settings.secret_key.get_secret_value().encode(),
+            box,
+            trust_message_id=settings.bounce_address is None,  # VERP off: the quoted Message-ID is all there is
+        )
     logger.info(
         "%s message(s) read: %s processed, %s new event(s), %s left in the mailbox",
         report.seen,

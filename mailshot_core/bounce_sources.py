@@ -7,10 +7,11 @@ processed folder.  Nothing is ever deleted: a message that could not be processe
 no failure found, a forged VERP address, unknown recipient) stays where it is and is reported with
 the reason, for a human to look at.
 
-Matching (who bounced): the signed VERP return path names the recipient; without one, the
-Message-ID of the returned copy of our message (unique per recipient, message.message_id) and
-the failed address must both match.  A VERP-looking address with a bad signature is never
-trusted, even when the report names a real subscriber: it changes nothing.
+Matching (who bounced): the signed VERP return path names the recipient.  A VERP-looking address
+with a bad signature is never trusted, even when the report names a real subscriber: it changes
+nothing.  Only when VERP is off (no MAILSHOT_BOUNCE_ADDRESS) is the Message-ID of the returned copy
+of our message (one per recipient, message.message_id) matched, together with the failed address:
+those ids are predictable, so with VERP on, a bounce without a valid signature is never acted on.
 """
 
 from __future__ import annotations
@@ -198,8 +199,13 @@ def _detail(report: bounces.BounceReport, failure: bounces.Failure | None) -> st
     return " ".join(x for x in (report.format, failure.status or "", failure.email, failure.diagnostic) if x)[:1000]
 
 
-def events_for(conn: Connection, report: bounces.BounceReport, raw: bytes) -> list[IncomingEvent] | str:
-    """The events a parsed bounce stands for, or why it cannot be processed."""
+def events_for(
+    conn: Connection, report: bounces.BounceReport, raw: bytes, *, trust_message_id: bool = False
+) -> list[IncomingEvent] | str:
+    """The events a parsed bounce stands for, or why it cannot be processed.
+
+    ``trust_message_id``: match by the quoted Message-ID when there is no VERP (VERP off only).
+    """
     ident = report.message_id or digest(raw.decode("utf-8", "replace"))
     if report.verp is None and report.forged_verp:
         return f"VERP address {report.forged_verp} has no valid signature (forged or not ours): ignored"
@@ -215,6 +221,8 @@ def events_for(conn: Connection, report: bounces.BounceReport, raw: bytes) -> li
         effect = report.effect
         failure = next((f for f in report.failures if f.effect is effect), None)
         matched = [(row, effect, failure)]
+    elif not trust_message_id:
+        return "no signed VERP address (with MAILSHOT_BOUNCE_ADDRESS set, only VERP bounces are trusted)"
     else:
         wanted = _norm_id(report.original_message_id)
         if not wanted:
@@ -249,8 +257,13 @@ def events_for(conn: Connection, report: bounces.BounceReport, raw: bytes) -> li
     ]
 
 
-def ingest(engine: Engine, key: bytes, box: Mailbox, limit: int = 1000) -> IngestReport:
-    """Read up to ``limit`` messages, store their events, then move the processed ones."""
+def ingest(
+    engine: Engine, key: bytes, box: Mailbox, *, trust_message_id: bool = False, limit: int = 1000
+) -> IngestReport:
+    """Read up to ``limit`` messages, store their events, then move the processed ones.
+
+    ``trust_message_id``: see :func:`events_for` (the flow passes "VERP is off").
+    """
     result = IngestReport()
     processed: list[str] = []
     events: list[IncomingEvent] = []
@@ -264,7 +277,7 @@ def ingest(engine: Engine, key: bytes, box: Mailbox, limit: int = 1000) -> Inges
                 result.left.append((msg_key, f"cannot be parsed: {exc!r}"))
                 continue
             result.by_format[report.format] = result.by_format.get(report.format, 0) + 1
-            found = events_for(conn, report, raw)
+            found = events_for(conn, report, raw, trust_message_id=trust_message_id)
             if isinstance(found, str) and found:
                 result.left.append((msg_key, found))
                 continue

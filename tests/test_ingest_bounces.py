@@ -12,6 +12,7 @@ import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from conftest import REPO, engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from imapserver import PASSWORD, USER, ImapServer, ImapServerError
 from mailshot_core import mailshots
-from mailshot_core.bounce_sources import BounceSourceError, ImapBox, ingest, open_source
+from mailshot_core.bounce_sources import BounceSourceError, ImapBox, MaildirBox, ingest, open_source
 from mailshot_core.config import get_settings
 from mailshot_core.db import get_engine, session_scope
 from mailshot_core.devrelay import DevRelay
@@ -73,7 +74,12 @@ def _ingest_bounces() -> dict[str, Any]:
     """What the ingest-bounces flow does (without Prefect's test server: ~40 s to start on this machine)."""
     settings = get_settings()
     with open_source(settings) as box:
-        report = ingest(get_engine(settings.database_url), settings.secret_key.get_secret_value().encode(), box)
+        report = ingest(
+            get_engine(settings.database_url),
+            settings.secret_key.get_secret_value().encode(),
+            box,
+            trust_message_id=settings.bounce_address is None,
+        )
     return asdict(report)
 
 
@@ -199,3 +205,27 @@ def test_the_flow_reads_a_maildir(prefect_harness: None, sqlite_url: str, monkey
         get_settings.cache_clear()
     assert (result["seen"], result["processed"], len(result["left"])) == (1, 0, 1)
     assert len(box) == 1
+
+
+def test_without_verp_the_quoted_message_id_and_address_must_match(sqlite_url: str, tmp_path: Path) -> None:
+    """VERP off: a bounce quoting our Message-ID for that recipient counts; with VERP on it is not trusted."""
+    import mailbox
+
+    settings = make_settings(sqlite_url)
+    engine = engine_for(settings)
+    emails = seed(engine, tmp_path, 2)
+    with DevRelay() as relay:
+        mailshot_id = create(engine, make_settings(sqlite_url, relay))
+        drive(engine, make_settings(sqlite_url, relay), mailshot_id)
+        sent = {m.rcpt_tos[0]: m for m in relay.messages}
+    assert sent[emails[0]].envelope_from == "news@example.org"  # no VERP
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    original = sent[emails[0]].data
+    box.add(dsn("news@example.org", emails[0], "5.1.1", "550 5.1.1 unknown", original=original))
+    box.add(dsn("news@example.org", emails[1], "5.1.1", "550 5.1.1 unknown", original=original))  # wrong pair
+    strict = ingest(engine, b"test-secret", MaildirBox(tmp_path / "bounces", "done"), trust_message_id=False)
+    assert (strict.processed, len(strict.left)) == (0, 2)
+    report = ingest(engine, b"test-secret", MaildirBox(tmp_path / "bounces", "done"), trust_message_id=True)
+    assert (report.processed, report.events, len(report.left)) == (1, 1, 1)
+    apply_all(engine)
+    assert recipients(engine, mailshot_id) == {emails[0]: ("bounce", 1), emails[1]: ("sent", 1)}
