@@ -158,9 +158,12 @@ def subs_show(email: str) -> None:
     for mid, subject, status, tries, last, error in h.sendings:
         table.add_row(str(mid), subject[:40], status, str(tries), f"{last:%Y-%m-%d %H:%M}" if last else "", error or "")
     out.print(table)
-    table = Table("when", "source", "sending", "event", "detail", title="Feedback events")
+    # The id column: the MAX_FAIL reason cites events by id (fail_rule.describe).
+    table = Table("id", "when", "source", "sending", "event", "detail", title="Feedback events")
     for e in h.events:
-        table.add_row(f"{e.received_at:%Y-%m-%d %H:%M}", e.source, str(e.mailshot_id or ""), e.kind, e.detail or "")
+        table.add_row(
+            str(e.id), f"{e.received_at:%Y-%m-%d %H:%M}", e.source, str(e.mailshot_id or ""), e.kind, e.detail or ""
+        )
     out.print(table)
 
 

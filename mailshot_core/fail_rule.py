@@ -109,11 +109,14 @@ def evidence(session: Session, email: str, max_fail: int) -> list[Evidence] | No
     return proof
 
 
+def _cite(ids: tuple[int, ...]) -> str:
+    if not ids:
+        return ""
+    return f"; event{'s' if len(ids) > 1 else ''} " + ", ".join(map(str, ids))
+
+
 def describe(proof: list[Evidence], max_fail: int) -> str:
-    parts = [
-        f"sending {p.mailshot_id} {p.status} ({p.why}{'; events ' + ', '.join(map(str, p.event_ids)) if p.event_ids else ''})"
-        for p in proof
-    ]
+    parts = [f"sending {p.mailshot_id} {p.status} ({p.why}{_cite(p.event_ids)})" for p in proof]
     return f"MAILSHOT_MAX_FAIL={max_fail}: the last {len(proof)} sendings failed, each delivered to others: " + (
         " | ".join(parts)
     )

@@ -8,6 +8,7 @@ that failed for everyone, or a sender-side block (5.7.x), never counts against i
 from __future__ import annotations
 
 import mailbox
+import re
 import sys
 from pathlib import Path
 
@@ -112,6 +113,11 @@ def test_four_sendings_unsubscribe_exactly_the_addresses_the_rule_names(
     for mailshot_id in (ids[0], ids[2], ids[3]):
         assert f"sending {mailshot_id} fail" in " ".join(out.split())
     assert "hard_bounce" in out and "max-fail" in out
+    with session_scope(engine) as session:  # the events the reason cites are g's failures, shown above
+        history = subscribers.history(session, f"g@{D}")
+        cited = {int(i) for i in re.findall(r"event (\d+)", history.subscriber.unsubscribe_reason or "")}
+        failures = {e.id for e in history.events if e.kind == "hard_bounce"}
+    assert cited == failures and len(cited) == 3
 
 
 @pytest.mark.parametrize(("failing", "paused"), [(0.7, True), (0.3, False)])
