@@ -12,9 +12,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from mailshot_core.bounce_sources import ingest, open_source
+from mailshot_core.bounce_sources import ingest_configured
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine
 
 
 @flow(name="ingest-bounces", log_prints=False)
@@ -22,13 +21,7 @@ def ingest_bounces() -> dict[str, Any]:
     """Read the bounce mailbox once; returns the counts and the messages left in it."""
     settings = get_settings()
     logger = get_run_logger()
-    with open_source(settings) as box:
-        report = ingest(
-            get_engine(settings.database_url),
-            settings.secret_key.get_secret_value().encode(),
-            box,
-            trust_message_id=settings.bounce_address is None,  # VERP off: the quoted Message-ID is all there is
-        )
+    report = ingest_configured(settings)
     logger.info(
         "%s message(s) read: %s processed, %s new event(s), %s left in the mailbox",
         report.seen,

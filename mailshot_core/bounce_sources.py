@@ -290,3 +290,16 @@ def ingest(
     for msg_key, why in result.left:
         log.warning("bounce %s left in the mailbox: %s", msg_key, why)
     return result
+
+
+def ingest_configured(settings: Settings) -> IngestReport:
+    """One pass over the configured mailbox (the flow and `mailshot ingest-bounces`)."""
+    from mailshot_core.db import get_engine
+
+    with open_source(settings) as box:
+        return ingest(
+            get_engine(settings.database_url),
+            settings.secret_key.get_secret_value().encode(),
+            box,
+            trust_message_id=settings.bounce_address is None,  # VERP off: the quoted Message-ID is all there is
+        )

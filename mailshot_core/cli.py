@@ -400,6 +400,17 @@ def apply_feedback() -> None:
     )
 
 
+@app.command("ingest-bounces")
+def ingest_bounces() -> None:
+    """Read the bounce mailbox now (what the ingest-bounces flow does every 10 minutes); then apply-feedback."""
+    from mailshot_core.bounce_sources import ingest_configured
+
+    r = ingest_configured(_settings())
+    for key, why in r.left:
+        err.print(f"message {key} left in the mailbox: {why}", markup=False)
+    out.print(f"{r.seen} message(s) read: {r.processed} processed, {r.events} new event(s), {len(r.left)} left")
+
+
 @app.command("relay")
 def relay(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 1025,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import imaplib
 import os
 import ssl
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,8 @@ from conftest import REPO, engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from imapserver import PASSWORD, USER, ImapServer, ImapServerError
 from mailshot_core import mailshots
-from mailshot_core.bounce_sources import BounceSourceError, ImapBox, MaildirBox, ingest, open_source
+from mailshot_core.bounce_sources import BounceSourceError, ImapBox, MaildirBox, ingest, ingest_configured
+from mailshot_core.cli import main
 from mailshot_core.config import get_settings
 from mailshot_core.db import get_engine, session_scope
 from mailshot_core.devrelay import DevRelay
@@ -72,15 +74,7 @@ def _empty(server: ImapServer) -> None:
 
 def _ingest_bounces() -> dict[str, Any]:
     """What the ingest-bounces flow does (without Prefect's test server: ~40 s to start on this machine)."""
-    settings = get_settings()
-    with open_source(settings) as box:
-        report = ingest(
-            get_engine(settings.database_url),
-            settings.secret_key.get_secret_value().encode(),
-            box,
-            trust_message_id=settings.bounce_address is None,
-        )
-    return asdict(report)
+    return asdict(ingest_configured(get_settings()))
 
 
 def _apply_feedback() -> dict[str, Any]:
@@ -90,7 +84,11 @@ def _apply_feedback() -> dict[str, Any]:
 
 
 def test_send_bounce_into_dovecot_ingest_then_apply(
-    dovecot: ImapServer, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+    dovecot: ImapServer,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _empty(dovecot)
     env = {
@@ -151,8 +149,12 @@ def test_send_bounce_into_dovecot_ingest_then_apply(
         assert mailshots.recount(session, mailshot_id) == mailshots.stored_counters(mailshots.get(session, mailshot_id))
     assert (_count(client, "INBOX"), _count(client, "mailshot-processed")) == (2, 5)  # nothing deleted
 
-    again = _ingest_bounces()  # what could not be processed is reported again, nothing else changes
-    assert (again["seen"], again["processed"], again["events"]) == (2, 0, 0)
+    # `mailshot ingest-bounces` again: what could not be processed is reported again, nothing else changes.
+    monkeypatch.setattr(sys, "argv", ["mailshot", "ingest-bounces"])
+    main()
+    out, err = capsys.readouterr()
+    assert "2 message(s) read: 0 processed, 0 new event(s), 2 left" in out
+    assert "has no valid signature" in err and "no delivery failure found" in err
     assert _apply_feedback()["applied"] == 0
     client.logout()
     get_settings.cache_clear()
