@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from mailshot_core.bounce_sources import ingest_configured
+from mailshot_core.bounce_sources import IngestReport, ingest_configured
 from mailshot_core.config import get_settings
 
 
@@ -21,6 +21,12 @@ def ingest_bounces() -> dict[str, Any]:
     """Read the bounce mailbox once; returns the counts and the messages left in it."""
     settings = get_settings()
     logger = get_run_logger()
+    if not (settings.bounce_imap_host or settings.bounce_maildir):
+        # Sites on an ESP get bounces by webhook: the schedule must not fail every 10 minutes for them.
+        logger.info(
+            "no bounce mailbox configured (MAILSHOT_BOUNCE_IMAP_HOST or MAILSHOT_BOUNCE_MAILDIR): nothing to do"
+        )
+        return asdict(IngestReport())
     report = ingest_configured(settings)
     logger.info(
         "%s message(s) read: %s processed, %s new event(s), %s left in the mailbox",
