@@ -18,8 +18,8 @@ demo: $(STAMP)
 demo-stop:
 	-test -f .demo/prefect-server.pid && kill $$(cat .demo/prefect-server.pid) && rm -f .demo/prefect-server.pid
 
-# Debian packages the tests need: PostgreSQL, and MariaDB for the legacy SPIP import (both started by
-# the tests themselves on a free port; the packages' own services are not used).
+# Debian packages the tests need: PostgreSQL, MariaDB (the legacy SPIP import) and Dovecot (IMAP),
+# all started by the tests themselves on free ports; the packages' own services are not used.
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing PostgreSQL from Debian's packages"; \
@@ -28,6 +28,10 @@ system-deps:
 	@if ! command -v mariadb-install-db >/dev/null 2>&1; then \
 	  echo "installing MariaDB from Debian's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null; \
+	fi
+	@if ! command -v dovecot >/dev/null 2>&1 && ! test -x /usr/sbin/dovecot; then \
+	  echo "installing Dovecot from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; \
 	fi
 
 lint: $(STAMP)

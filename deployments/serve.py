@@ -14,6 +14,7 @@ from typing import Any
 from prefect import serve
 
 from flows.apply_feedback import apply_feedback
+from flows.ingest_bounces import ingest_bounces
 from flows.send_mailshot import send_mailshot, send_mailshot_fast
 from flows.send_test import send_test
 
@@ -119,6 +120,13 @@ def operations_deployments() -> list[Any]:
             name=DEPLOYMENT,
             description="Create a sending from this form and start it (or schedule it with start_at).",
             tags=["mailshot"],
+        ),
+        ingest_bounces.to_deployment(
+            name=DEPLOYMENT,
+            description="Read the bounce mailbox (IMAP or Maildir) into feedback events; processed mail is moved.",
+            tags=["mailshot"],
+            cron="*/10 * * * *",
+            concurrency_limit=1,
         ),
     ]
 

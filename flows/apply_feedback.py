@@ -20,7 +20,7 @@ from mailshot_core.feedback import apply_all
 def apply_feedback() -> dict[str, Any]:
     """Apply every pending feedback event; returns the counts."""
     settings = get_settings()
-    report = apply_all(get_engine(settings.database_url))
+    report = apply_all(get_engine(settings.database_url), max_fail=settings.max_fail)
     get_run_logger().info(
         "%s event(s) applied, %s recipient(s) changed, %s unsubscribed, %s unmatched, %s deferred",
         report.applied,

@@ -26,10 +26,10 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from mailshot_core import mailshots
+from mailshot_core import fail_rule, mailshots
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.db import get_engine, session_scope
-from mailshot_core.models import Mailshot, MailshotStatus
+from mailshot_core.models import Mailshot, MailshotStatus, utcnow
 from mailshot_core.sending import BatchReport, end_sending, next_step, send_batch, send_batches, start_sending
 from mailshot_core.transports.base import TransportUnavailable
 
@@ -156,6 +156,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     engine = get_engine(settings.database_url)
     run_id = str(flow_run.id) if flow_run.id else None
 
+    since = utcnow()  # the circuit breaker judges this run's attempts only (fail_rule.breaker)
     started = start_sending(engine, settings, mailshot_id, run_id=run_id)
     _ensure_connection_limit(settings, started.transport)
     logger.info("sending %s: %s recipients, %s batch(es) at a time", mailshot_id, started.total, parallel)
@@ -183,6 +184,8 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         if totals.stopped:
             logger.error("sending %s stopped: %s", mailshot_id, totals.stopped)
             break
+        with session_scope(engine) as session:  # pauses the sending: next_step then says "stopped"
+            fail_rule.breaker(session, mailshot_id, since, settings.max_fail_ratio)
         step = next_step(engine, settings, mailshot_id)
         if step.action == "send" and len(running) < max(1, parallel):
             number += 1
@@ -206,6 +209,10 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     for future in running:  # a pause or cancel lets the batches in flight finish
         totals.add(future.result())
     mailshot = end_sending(engine, mailshot_id, finished=finished)
+    with session_scope(engine) as session:  # this sending's SMTP-time failures (feedback events: apply-feedback)
+        unsubscribed = fail_rule.check_sending(session, mailshot_id, settings.max_fail)
+    if unsubscribed:
+        logger.info("%s address(es) unsubscribed by the MAILSHOT_MAX_FAIL rule", unsubscribed)
     _update_progress(engine, mailshot_id, progress_id)
     create_table_artifact(
         key=f"mailshot-{mailshot_id}-counters",

@@ -158,9 +158,12 @@ def subs_show(email: str) -> None:
     for mid, subject, status, tries, last, error in h.sendings:
         table.add_row(str(mid), subject[:40], status, str(tries), f"{last:%Y-%m-%d %H:%M}" if last else "", error or "")
     out.print(table)
-    table = Table("when", "source", "sending", "event", "detail", title="Feedback events")
+    # The id column: the MAX_FAIL reason cites events by id (fail_rule.describe).
+    table = Table("id", "when", "source", "sending", "event", "detail", title="Feedback events")
     for e in h.events:
-        table.add_row(f"{e.received_at:%Y-%m-%d %H:%M}", e.source, str(e.mailshot_id or ""), e.kind, e.detail or "")
+        table.add_row(
+            str(e.id), f"{e.received_at:%Y-%m-%d %H:%M}", e.source, str(e.mailshot_id or ""), e.kind, e.detail or ""
+        )
     out.print(table)
 
 
@@ -401,7 +404,7 @@ def apply_feedback() -> None:
     """Apply the stored ESP events now (what the apply-feedback flow does every minute)."""
     from mailshot_core.feedback import apply_all
 
-    r = apply_all(_engine())
+    r = apply_all(_engine(), max_fail=_settings().max_fail)
     out.print(
         f"{r.applied} event(s) applied: {r.changed} recipient(s) changed, {r.unsubscribed} unsubscribed, "
         f"{r.unmatched} without a matching recipient, {r.deferred} waiting for a send in progress"
@@ -474,6 +477,20 @@ def import_legacy(
     for problem in report.problems:
         err.print(f"not imported or changed: {problem}", markup=False)
     out.print(report.summary(), markup=False)
+
+
+# --- issue 5: bounce mail -------------------------------------------------------------------------------
+
+
+@app.command("ingest-bounces")
+def ingest_bounces() -> None:
+    """Read the bounce mailbox now (what the ingest-bounces flow does every 10 minutes); then apply-feedback."""
+    from mailshot_core.bounce_sources import ingest_configured
+
+    r = ingest_configured(_settings())
+    for key, why in r.left:
+        err.print(f"message {key} left in the mailbox: {why}", markup=False)
+    out.print(f"{r.seen} message(s) read: {r.processed} processed, {r.events} new event(s), {len(r.left)} left")
 
 
 @app.command("relay")

@@ -133,6 +133,34 @@ class Settings(BaseSettings):
         description="Fast mode on Dask (extra `mailshot[dask]`): a scheduler address (tcp://host:8786), "
         "or `local` for a local cluster of one process per core; empty: a local process pool.",
     )
+    max_fail: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="An address whose last N sendings all failed or bounced (each sending having "
+        "succeeded for someone else) is unsubscribed from all lists.",
+    )
+    max_fail_ratio: int = Field(
+        50,
+        ge=1,
+        le=100,
+        description="Circuit breaker: a sending whose failures exceed this percentage of at least 100 "
+        "attempts is paused.",
+    )
+    bounce_maildir: str | None = Field(None, description="Maildir collecting bounces, read by ingest-bounces.")
+    bounce_imap_host: str | None = Field(
+        None, description="IMAP server of the bounce mailbox (TLS), read by ingest-bounces."
+    )
+    bounce_imap_port: int = Field(993, ge=1, le=65535, description="IMAP port (implicit TLS).")
+    bounce_imap_user: str | None = Field(None, description="IMAP login of the bounce mailbox.")
+    bounce_imap_password: SecretStr | None = Field(None, description="IMAP password of the bounce mailbox.")
+    bounce_imap_folder: str = Field("INBOX", description="Folder holding new bounces.")
+    bounce_processed_folder: str = Field(
+        "mailshot-processed", description="Folder (IMAP, or Maildir++ subfolder) processed bounces are moved to."
+    )
+    bounce_imap_ca_file: str | None = Field(
+        None, description="CA certificate file for the IMAP server (default: the system's trust store)."
+    )
     batch_size: int = Field(500, ge=1, le=100_000, description="Recipients per batch (one Prefect task run).")
     claim_lease: float = Field(
         300.0, ge=60, description="Seconds without a heartbeat after which a worker's claims are recovered."

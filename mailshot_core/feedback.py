@@ -357,9 +357,18 @@ def _recipients_of(session: Session, events: list[Any]) -> tuple[dict[int, _Row]
 
 
 def apply_pending(
-    engine: Engine, *, after_id: int = 0, limit: int = 500, clock: Callable[[], datetime] = utcnow
+    engine: Engine,
+    *,
+    after_id: int = 0,
+    limit: int = 500,
+    clock: Callable[[], datetime] = utcnow,
+    max_fail: int | None = None,
 ) -> ApplyReport:
-    """Apply up to ``limit`` unapplied events with id > ``after_id`` in one transaction."""
+    """Apply up to ``limit`` unapplied events with id > ``after_id`` in one transaction.
+
+    ``max_fail``: also apply the MAX_FAIL rule (fail_rule.py) to the addresses that moved to
+    fail/bounce, in the same transaction (None: the rule is not checked).
+    """
     report = ApplyReport()
     now = clock()
     with session_scope(engine) as session:
@@ -411,6 +420,11 @@ def apply_pending(
             report.changed = len(moved)
         for row, effect, source in unsubscribe:
             report.unsubscribed += _unsubscribe(session, row, effect, source)
+        if max_fail is not None:
+            from mailshot_core import fail_rule  # it reads this module's mapping tables
+
+            failed = {r.email for r in moved if r.status in (S.FAIL, S.BOUNCE)}
+            report.unsubscribed += fail_rule.check_addresses(session, failed, max_fail)
         if done:
             # Guarded by `applied_at IS NULL`: the row count is what *this* run applied, so the sum over
             # all runs equals the number of events, never more (tests/test_feedback_load.py).
@@ -447,12 +461,14 @@ def _unsubscribe(session: Session, row: _Row, effect: Effect, source: str) -> in
     return 1 if changed else 0
 
 
-def apply_all(engine: Engine, *, limit: int = 500, clock: Callable[[], datetime] = utcnow) -> ApplyReport:
+def apply_all(
+    engine: Engine, *, limit: int = 500, clock: Callable[[], datetime] = utcnow, max_fail: int | None = None
+) -> ApplyReport:
     """Apply every pending event, ``limit`` per transaction; deferred ones wait for the next run."""
     total = ApplyReport()
     after = 0
     while True:
-        report = apply_pending(engine, after_id=after, limit=limit, clock=clock)
+        report = apply_pending(engine, after_id=after, limit=limit, clock=clock, max_fail=max_fail)
         total.add(report)
         if report.last_id == 0:
             return total
