@@ -25,14 +25,16 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 from sqlmodel import Session
 
 from mailshot_core import mailshots, subscribers
 from mailshot_core.errors import NotFound
 from mailshot_core.feedback import Effect, classify
 from mailshot_core.models import (
+    DeliveryOutcome,
     FeedbackEvent,
     Mailshot,
     MailshotStatus,
@@ -46,6 +48,8 @@ log = logging.getLogger("mailshot.fail_rule")
 S = RecipientStatus
 _r = Recipient.__table__  # type: ignore[attr-defined]
 _e = FeedbackEvent.__table__  # type: ignore[attr-defined]
+_o = DeliveryOutcome.__table__  # type: ignore[attr-defined]
+_m = Mailshot.__table__  # type: ignore[attr-defined]
 FAILED = (S.FAIL, S.BOUNCE)
 # A sending "succeeded for someone" when one of its recipients got the message.
 DELIVERED = (S.SENT, S.READ, S.CLIC, S.SPAM, S.UNSUB)
@@ -77,26 +81,41 @@ def _effects(session: Session, mailshot_id: int, email: str) -> list[tuple[int, 
     return found
 
 
-def _succeeded_for_others(session: Session, mailshot_id: int, email: str) -> bool:
+def _succeeded_for_others(session: Session, mailshot_id: int, email: str, archived: bool) -> bool:
+    if archived:  # its recipient rows are gone (purge.py); its kept counter says whether anyone got it
+        sent = session.execute(select(_m.c.sent).where(_m.c.id == mailshot_id)).scalar()
+        return bool(sent)
     found = session.execute(
         select(_r.c.id).where(_r.c.mailshot_id == mailshot_id, _r.c.email != email, _r.c.status.in_(DELIVERED)).limit(1)
     ).first()
     return found is not None
 
 
+def _last_outcomes(session: Session, email: str, count: int) -> list[Any]:
+    """The address's last ``count`` settled outcomes, from live recipient rows and from the outcomes
+    purge.py keeps of archived sendings (``delivery_outcome``), most recent sending first."""
+    live = select(_r.c.mailshot_id, _r.c.status, _r.c.tries, _r.c.last_error, literal(False).label("archived")).where(
+        _r.c.email == email, _r.c.status.in_(SETTLED)
+    )
+    kept = select(
+        _o.c.mailshot_id,
+        _o.c.status,
+        _o.c.tries,
+        literal(None, String).label("last_error"),
+        literal(True).label("archived"),
+    ).where(_o.c.email == email, _o.c.status.in_(SETTLED))
+    both = union_all(live, kept).subquery()
+    return list(session.execute(select(both).order_by(both.c.mailshot_id.desc()).limit(count)).all())
+
+
 def evidence(session: Session, email: str, max_fail: int) -> list[Evidence] | None:
     """The proof that ``email`` must be unsubscribed, or None when the rule does not name it."""
-    rows = session.execute(
-        select(_r.c.mailshot_id, _r.c.status, _r.c.tries, _r.c.last_error)
-        .where(_r.c.email == email, _r.c.status.in_(SETTLED))
-        .order_by(_r.c.mailshot_id.desc())
-        .limit(max_fail)
-    ).all()
+    rows = _last_outcomes(session, email, max_fail)
     if len(rows) < max_fail:
         return None
     proof = []
     for r in rows:
-        if r.status not in FAILED or not _succeeded_for_others(session, r.mailshot_id, email):
+        if r.status not in FAILED or not _succeeded_for_others(session, r.mailshot_id, email, bool(r.archived)):
             return None
         effects = _effects(session, r.mailshot_id, email)
         if effects and all(effect is Effect.REJECT for _, effect, _ in effects):

@@ -157,3 +157,34 @@ def test_circuit_breaker_pauses_a_sending_that_fails_for_most(
             assert reason is not None and "MAILSHOT_MAX_FAIL_RATIO=50%" in reason and "relay" in reason
             assert sending.next_step(engine, settings, mailshot_id).action == "stopped"
             assert sum(1 for s, _ in recipients(engine, mailshot_id).values() if s == "todo") == 100  # not burnt
+
+
+def test_the_rule_still_sees_sendings_archived_by_the_purge(db_url: str, tmp_path: Path) -> None:
+    """After purge.py deleted the recipient rows of old sendings, their kept outcomes (delivery_outcome)
+    and counters still count: three failures in three sendings delivered to others, two of them archived."""
+    from datetime import timedelta
+
+    from mailshot_core import purge
+    from mailshot_core.duration import parse_duration
+    from mailshot_core.models import utcnow
+
+    settings = make_settings(db_url)
+    engine = engine_for(settings)
+    with session_scope(engine) as session:
+        subscribers.create_list(session, "news")
+        for name in ("ok", "dead"):
+            subscribers.add_subscriber(session, f"{name}@{D}", "news")
+    ids = []
+    for _ in range(3):
+        with DevRelay(faults=FaultPlan({f"dead@{D}": UNKNOWN})) as relay:
+            run = make_settings(db_url, relay)
+            ids.append(create(engine, run, ("news",)))
+            drive(engine, run, ids[-1])
+    report = purge.purge(engine, parse_duration("1d"), now=utcnow() + timedelta(days=30))
+    assert sorted(a.id for a in report.archived) == ids[:2]  # the most recent one is kept
+    with session_scope(engine) as session:
+        assert fail_rule.check_addresses(session, [f"dead@{D}", f"ok@{D}"], 3) == 1
+    assert (_status(engine, "dead"), _status(engine, "ok")) == ("unsubscribed", "valid")
+    with session_scope(engine) as session:
+        reason = subscribers.get_subscriber(session, f"dead@{D}").unsubscribe_reason or ""
+    assert all(f"sending {i} fail" in reason for i in ids)
