@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from materialise import fill_subscribers
-from throughput import BIN, HTML, ensure_smtp_sink, free_port, start_prefect, start_sink
+from throughput import BIN, create_newsletter, ensure_smtp_sink, free_port, mailshot_env, start_prefect, start_sink
 
 from mailshot_core.db import get_engine
 
@@ -77,26 +77,9 @@ def main() -> int:
         started = time.perf_counter()
         fill_subscribers(get_engine(f"sqlite:///{db}"), args.count, "big")
         print(f"setup: {args.count:,} subscribers in {time.perf_counter() - started:.0f} s", flush=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSHOT_")}
-        env.update(
-            MAILSHOT_DATABASE_URL=f"sqlite:///{db}",
-            MAILSHOT_SMTP_HOST="127.0.0.1",
-            MAILSHOT_SMTP_PORT=str(port),
-            MAILSHOT_SMTP_CONNECTIONS=str(args.connections),
-            MAILSHOT_BATCH_SIZE="2000",
-            PREFECT_API_URL=api_url,
-            PREFECT_LOGGING_LEVEL="WARNING",
-        )
+        env = mailshot_env(db, port, args.connections, api_url)
         mailshot = str(BIN / "mailshot")
-        (work / "body.html").write_text(HTML)
-        out = subprocess.run(
-            [mailshot, "create", "--subject", "Hello {{ nom }}", "--html", str(work / "body.html"), "--list", "big"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        mid = out.strip().splitlines()[-1]
+        mid = create_newsletter(env, work, "big")
         peak_process, peak_tree = 0.0, 0.0
         cmd = [mailshot, "send", mid, "--no-progress", *(["--fast"] if args.processes > 1 else [])]
         launched = datetime.now(UTC).replace(tzinfo=None)

@@ -105,12 +105,11 @@ def bench_naive(port: int, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def bench_mailshot(
-    port: int, count: int, processes: int, connections: int, work: Path, api_url: str
-) -> dict[str, float]:
+def mailshot_env(db: Path, port: int, connections: int, api_url: str) -> dict[str, str]:
+    """The environment of the `mailshot` commands: SQLite ledger, the sink, a running Prefect server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSHOT_")}
     env.update(
-        MAILSHOT_DATABASE_URL=f"sqlite:///{work}/bench.db",
+        MAILSHOT_DATABASE_URL=f"sqlite:///{db}",
         MAILSHOT_SMTP_HOST="127.0.0.1",
         MAILSHOT_SMTP_PORT=str(port),
         MAILSHOT_SMTP_CONNECTIONS=str(connections),
@@ -118,10 +117,38 @@ def bench_mailshot(
         PREFECT_API_URL=api_url,
         PREFECT_LOGGING_LEVEL="WARNING",
     )
+    return env
+
+
+def create_newsletter(env: dict[str, str], work: Path, list_name: str) -> str:
+    """`mailshot create` of the ~10 KB newsletter to one list; returns the sending's id."""
+    (work / "body.html").write_text(HTML)
+    out = subprocess.run(
+        [
+            str(BIN / "mailshot"),
+            "create",
+            "--subject",
+            "Hello {{ nom }}",
+            "--html",
+            str(work / "body.html"),
+            "--list",
+            list_name,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+def bench_mailshot(
+    port: int, count: int, processes: int, connections: int, work: Path, api_url: str
+) -> dict[str, float]:
+    env = mailshot_env(work / "bench.db", port, connections, api_url)
     mailshot = [str(BIN / "mailshot")]
     csv = work / f"subs-{count}.csv"
     csv.write_text("email,nom,lang\n" + "".join(f"reader{i}@example.com,Reader {i},en\n" for i in range(count)))
-    (work / "body.html").write_text(HTML)
     subprocess.run([*mailshot, "lists", "create", f"l{count}"], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
         [*mailshot, "subscribers", "import", str(csv), "--list", f"l{count}"],
@@ -129,14 +156,7 @@ def bench_mailshot(
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    out = subprocess.run(
-        [*mailshot, "create", "--subject", "Hello {{ nom }}", "--html", str(work / "body.html"), "--list", f"l{count}"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    mid = out.strip().splitlines()[-1]
+    mid = create_newsletter(env, work, f"l{count}")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     cmd = [*mailshot, "send", mid, "--no-progress", *(["--fast"] if processes > 1 else [])]

@@ -60,29 +60,23 @@ def _relay_down(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> b
     return False
 
 
-@task(
-    name="send-batch",
-    retries=4,
-    retry_delay_seconds=[5.0, 15.0, 60.0, 180.0],
-    retry_jitter_factor=0.2,
-    retry_condition_fn=_relay_down,
-    task_run_name="batch {number}",
-    cache_policy=NO_CACHE,
-)
+# Both batch tasks: retried only when the relay could not be reached, never cached.
+_BATCH_TASK: dict[str, Any] = {
+    "retries": 4,
+    "retry_delay_seconds": [5.0, 15.0, 60.0, 180.0],
+    "retry_jitter_factor": 0.2,
+    "retry_condition_fn": _relay_down,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="send-batch", task_run_name="batch {number}", **_BATCH_TASK)
 def send_batch_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
     with _connection_slots(transport) as settings:
         return send_batch(get_engine(settings.database_url), settings, mailshot_id)
 
 
-@task(
-    name="send-batches",
-    retries=4,
-    retry_delay_seconds=[5.0, 15.0, 60.0, 180.0],
-    retry_jitter_factor=0.2,
-    retry_condition_fn=_relay_down,
-    task_run_name="worker {number}",
-    cache_policy=NO_CACHE,
-)
+@task(name="send-batches", task_run_name="worker {number}", **_BATCH_TASK)
 def send_batches_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
     """Fast mode: one task per process, sending batch after batch (its start-up is paid once)."""
     with _connection_slots(transport) as settings:
