@@ -12,8 +12,6 @@ This module does not import pytest.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import pwd
 import shutil
@@ -24,10 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import self_signed
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 HOST = "127.0.0.1"
@@ -43,33 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
-
-
-def _certificate(directory: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailshot-test-imap")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (directory / "key.pem").chmod(0o600)
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return directory / "cert.pem"
 
 
 class ImapServer:
@@ -133,7 +101,7 @@ service imap-login {{
     def start(self, timeout: float = 20.0) -> None:
         if not os.access(DOVECOT, os.X_OK):
             raise ImapServerError("dovecot not found: install the Debian package dovecot-imapd (make system-deps)")
-        _certificate(self.dir)
+        self_signed(self.dir, "mailshot-test-imap")
         conf = self._config()
         self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
