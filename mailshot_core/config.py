@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -105,10 +105,23 @@ class Settings(BaseSettings):
     from_email: str = Field("newsletter@example.org", description="Default sender address.")
     from_name: str = Field("Newsletter", description="Default sender display name.")
     reply_to: str | None = Field(None, description="Optional Reply-To address.")
-    base_url: str = Field("http://localhost:8000", description="Public URL of `mailshot web` (unsubscribe links).")
+    base_url: str = Field(
+        "http://localhost:8000", description="Public URL of `mailshot web` (unsubscribe and tracking links)."
+    )
     secret_key: SecretStr = Field(
         SecretStr(DEFAULT_SECRET),
         description="Key signing unsubscribe tokens and VERP addresses. Set your own in production.",
+    )
+    tracking: Literal["smtp", "all", "off"] = Field(
+        "smtp",
+        description="Open pixel and click redirects served by `mailshot web`, decided when a sending is created: "
+        "`smtp` for sendings through the SMTP relay (ESPs track themselves), `all`, or `off`.",
+    )
+    tracking_machine_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="An open or click this soon after the message left is counted as a machine's "
+        "(mail proxies, link scanners), not a person's.",
     )
     unsubscribe_mailto: str | None = Field(None, description="Address added as a mailto: List-Unsubscribe target.")
     bounce_address: str | None = Field(

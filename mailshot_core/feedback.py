@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +56,10 @@ class Effect(StrEnum):
     REJECT = "reject"  # refused before delivery (policy, block list, invalid)
     SPAM = "spam"
     UNSUB = "unsub"
+    # An open or click that looks like a machine's (tracking.machine_reason): no status change, counted
+    # apart (nb_read_machine / nb_clic_machine), once per recipient (the event id says so).
+    MACHINE_READ = "machine_read"
+    MACHINE_CLIC = "machine_clic"
     IGNORE = "ignore"  # accepted, queued, deferred, proxy opens...: nothing to record
 
 
@@ -84,6 +89,7 @@ RANK: dict[str, int] = {
     S.UNSUB: 6,
     S.SPAM: 7,
 }
+MACHINE_COUNTERS: dict[Effect, str] = {E.MACHINE_READ: "nb_read_machine", E.MACHINE_CLIC: "nb_clic_machine"}
 # Rows a worker is handing over right now: their result is not recorded yet, so an event waits.
 IN_FLIGHT = {S.CLAIMED, S.SENDING}
 
@@ -237,7 +243,11 @@ def _insert_ignore(dialect: str) -> Any:
 
 def store(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None = None) -> StoreReport:
     """Write events to the inbox in one transaction; a duplicate (same source and id) is stored once."""
-    events = list(events)
+    report, _ = _store(engine, list(events), now)
+    return report
+
+
+def _store(engine: Engine, events: list[IncomingEvent], now: datetime | None) -> tuple[StoreReport, list[int]]:
     now = now or utcnow()
     wanted = {e.mailshot_id for e in events if e.mailshot_id is not None}
     with engine.begin() as conn:
@@ -265,12 +275,12 @@ def store(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None 
                     "applied_at": None,
                 },
             )
-        stored = 0
+        ids: list[int] = []
         if rows:
             stmt = _insert_ignore(conn.dialect.name).returning(_events.c.id)
-            stored = len(conn.execute(stmt, list(rows.values())).all())
+            ids = [row[0] for row in conn.execute(stmt, list(rows.values())).all()]
     ignored = sum(1 for e in events if e.mailshot_id not in known)
-    return StoreReport(len(events), stored, len(events) - ignored - stored, ignored)
+    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored), ids
 
 
 # --- 2. apply -----------------------------------------------------------------------------------------
@@ -300,7 +310,7 @@ class _Row:
     original: str
 
 
-def _pending(session: Session, after_id: int, limit: int) -> list[Any]:
+def _pending(session: Session, after_id: int, limit: int, ids: list[int] | None) -> list[Any]:
     """Unapplied events in arrival order.  PostgreSQL: ``SKIP LOCKED`` so that concurrent runs share
     the inbox instead of waiting; SQLite: the transaction already holds the write lock (BEGIN IMMEDIATE),
     so no two runs can read the same pending rows.  Relies on ix_feedback_event_applied_at."""
@@ -319,6 +329,8 @@ def _pending(session: Session, after_id: int, limit: int) -> list[Any]:
         .order_by(_events.c.id)
         .limit(limit)
     )
+    if ids is not None:
+        query = query.where(_events.c.id.in_(ids))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return list(session.execute(query).all())
@@ -363,8 +375,9 @@ def apply_pending(
     limit: int = 500,
     clock: Callable[[], datetime] = utcnow,
     max_fail: int | None = None,
+    ids: list[int] | None = None,
 ) -> ApplyReport:
-    """Apply up to ``limit`` unapplied events with id > ``after_id`` in one transaction.
+    """Apply up to ``limit`` unapplied events with id > ``after_id`` (and among ``ids``) in one transaction.
 
     ``max_fail``: also apply the MAX_FAIL rule (fail_rule.py) to the addresses that moved to
     fail/bounce, in the same transaction (None: the rule is not checked).
@@ -372,7 +385,7 @@ def apply_pending(
     report = ApplyReport()
     now = clock()
     with session_scope(engine) as session:
-        events = _pending(session, after_id, limit)
+        events = _pending(session, after_id, limit, ids)
         if not events:
             return report
         report.last_id = events[-1].id
@@ -380,6 +393,7 @@ def apply_pending(
         done: list[int] = []
         errors: dict[int, str] = {}
         unsubscribe: list[tuple[_Row, Effect, str]] = []
+        machine: dict[int, Counter[str]] = {}
         for ev in events:
             row = by_id.get(ev.recipient_id) if ev.recipient_id is not None else by_pair.get((ev.mailshot_id, ev.email))
             if row is None or row.mailshot_id != ev.mailshot_id or (ev.email and row.email != ev.email):
@@ -391,6 +405,9 @@ def apply_pending(
                 continue
             done.append(ev.id)
             effect = classify(ev.source, ev.kind, ev.raw)
+            if effect in MACHINE_COUNTERS:
+                machine.setdefault(row.mailshot_id, Counter())[MACHINE_COUNTERS[effect]] += 1
+                continue
             target = TARGET.get(effect)
             if target is None or RANK[target] <= RANK.get(row.status, 0):
                 continue
@@ -418,6 +435,8 @@ def apply_pending(
             for mailshot_id, moves in per_sending.items():
                 mailshots.apply_counter_deltas(session, mailshot_id, mailshots.counter_deltas(moves))
             report.changed = len(moved)
+        for mailshot_id, counts in machine.items():
+            mailshots.apply_counter_deltas(session, mailshot_id, counts)
         for row, effect, source in unsubscribe:
             report.unsubscribed += _unsubscribe(session, row, effect, source)
         if max_fail is not None:
@@ -433,6 +452,15 @@ def apply_pending(
             )
             report.applied = int(result.rowcount)  # type: ignore[attr-defined]
     return report
+
+
+def record_and_apply(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None = None) -> ApplyReport:
+    """Store events and apply them at once (the web's own events: an open, a click), not waiting for
+    the ``apply-feedback`` run; a duplicate is neither stored nor applied twice."""
+    _, ids = _store(engine, list(events), now)
+    if not ids:
+        return ApplyReport()
+    return apply_pending(engine, ids=ids, limit=len(ids), clock=(lambda: now) if now else utcnow)
 
 
 def _unsubscribe(session: Session, row: _Row, effect: Effect, source: str) -> int:

@@ -138,10 +138,13 @@ class NewMailshot:
     rate_per_day: int | None = None
     rate_per_hour: int | None = None
     rate_per_minute: int | None = None
+    track: bool | None = None  # our open pixel and click redirects; None: as MAILSHOT_TRACKING says
 
 
 def create(session: Session, settings: Settings, spec: NewMailshot, now: datetime | None = None) -> Mailshot:
     """Validate everything a sending needs, then store it (``init`` if scheduled, else ``processing``)."""
+    from mailshot_core import tracking  # it imports feedback.py, which imports this module
+
     now = now or utcnow()
     if not spec.lists:
         raise InvalidInput("a sending needs at least one list (--list NAME)")
@@ -185,6 +188,7 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
         rate_per_day=spec.rate_per_day,
         rate_per_hour=spec.rate_per_hour,
         rate_per_minute=spec.rate_per_minute,
+        track=spec.track if spec.track is not None else tracking.tracks(settings, transport),
         status=MailshotStatus.INIT if scheduled else MailshotStatus.PROCESSING,
         start_at=start_at if scheduled else now,
         created_at=now,
@@ -192,6 +196,8 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
     )
     session.add(mailshot)
     session.flush()
+    if mailshot.track:
+        tracking.links_for(session, mailshot)  # the link table is there before the first message
     return mailshot
 
 
@@ -335,6 +341,7 @@ class ClaimedRecipient:
     lang: str
     status: str
     listes: tuple[str, ...]
+    subscriber_id: int
 
 
 def claim(
@@ -406,7 +413,7 @@ def claim(
             gone.append(rid)
             continue
         ordered = tuple(n for n in names if n in listes)
-        sendable.append(ClaimedRecipient(rid, email, tries, throttled, nom or "", lang or "", status, ordered))
+        sendable.append(ClaimedRecipient(rid, email, tries, throttled, nom or "", lang or "", status, ordered, sub_id))
     if gone:
         session.execute(
             update(Recipient)

@@ -104,6 +104,7 @@ class Mailshot(SQLModel, table=True):
     rate_per_hour: int | None = None
     rate_per_minute: int | None = None
     fast: bool = False
+    track: bool = False  # our own open pixel and click redirects in the HTML (tracking.py)
     status: str = Field(default=MailshotStatus.PROCESSING, max_length=20, index=True)
     status_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     materialised: bool = False
@@ -119,6 +120,11 @@ class Mailshot(SQLModel, table=True):
     nb_bounce: int = 0
     nb_unsub: int = 0
     nb_unknown: int = 0
+    # Recipients with at least one open (click) that looked like a machine's (tracking.machine_reason):
+    # such a hit does not make the recipient `read` (`clic`), so it is counted apart, once per
+    # recipient, from the applied feedback events (tracking.machine_recount).
+    nb_read_machine: int = 0
+    nb_clic_machine: int = 0
 
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -11,7 +11,9 @@ moved from SPIP keep working.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from html import unescape as unescape_html
 from typing import Any, NamedTuple
 
 from jinja2 import TemplateSyntaxError, meta, nodes
@@ -21,6 +23,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
 VARIABLES = ("email", "nom", "listes", "lang", "status", "url_unsubscribe")
+# Set by the tracking rewrite only (track_html): an author cannot use them.
+TRACKING_VARIABLES = ("url_open", "url_click")
 
 _SHORTHAND = re.compile(r"@(" + "|".join(VARIABLES) + r")@")
 
@@ -44,6 +48,8 @@ class Personalisation:
     lang: str = ""
     status: str = "valid"
     url_unsubscribe: str = ""
+    url_open: str = ""  # the open pixel's URL, when the sending is tracked
+    url_click: str = ""  # the click redirects' base URL (a link's id follows), when tracked
 
     def as_context(self) -> dict[str, Any]:
         return {
@@ -53,6 +59,8 @@ class Personalisation:
             "lang": self.lang,
             "status": self.status,
             "url_unsubscribe": self.url_unsubscribe,
+            "url_open": self.url_open,
+            "url_click": self.url_click,
         }
 
 
@@ -62,6 +70,8 @@ _SAMPLE = Personalisation(
     listes=("sample", "other"),
     lang="en",
     url_unsubscribe="https://example.org/u/sample?a=1&b=2",
+    url_open="https://example.org/o/sample?a=1&b=2",
+    url_click="https://example.org/c/sample?a=1&b=2",
 )
 
 
@@ -118,7 +128,7 @@ class Skeleton:
         return "".join(p if isinstance(p, str) else self.value(p.name, context) for p in self.pieces)
 
 
-def _skeleton(ast: nodes.Template, escaped: bool) -> Skeleton | None:
+def _skeleton(ast: nodes.Template, escaped: bool, allowed: tuple[str, ...]) -> Skeleton | None:
     pieces: list[str | Slot] = []
     for node in ast.body:
         if not isinstance(node, nodes.Output):
@@ -126,14 +136,16 @@ def _skeleton(ast: nodes.Template, escaped: bool) -> Skeleton | None:
         for child in node.nodes:
             if isinstance(child, nodes.TemplateData):
                 pieces.append(str(child.data))
-            elif isinstance(child, nodes.Name) and child.ctx == "load" and child.name in VARIABLES:
+            elif isinstance(child, nodes.Name) and child.ctx == "load" and child.name in allowed:
                 pieces.append(Slot(child.name))
             else:
                 return None
     return Skeleton(tuple(pieces), escaped)
 
 
-def _compile_with_skeleton(env: SandboxedEnvironment, source: str, part: str) -> tuple[Any, Skeleton | None]:
+def _compile_with_skeleton(
+    env: SandboxedEnvironment, source: str, part: str, allowed: tuple[str, ...] = VARIABLES
+) -> tuple[Any, Skeleton | None]:
     source = expand_shorthand(source)
     try:
         ast = env.parse(source)
@@ -143,12 +155,12 @@ def _compile_with_skeleton(env: SandboxedEnvironment, source: str, part: str) ->
         template = env.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{part} template, line {exc.lineno}: {exc.message}") from None
-    unknown = sorted(undeclared - set(VARIABLES))
+    unknown = sorted(undeclared - set(allowed))
     if unknown:
         raise TemplateError(
             f"{part} template: unknown variable {', '.join(unknown)} (available: {', '.join(VARIABLES)})"
         )
-    skeleton = _skeleton(ast, escaped=bool(env.autoescape))
+    skeleton = _skeleton(ast, escaped=bool(env.autoescape), allowed=allowed)
     # Belt and braces: the skeleton must render exactly what Jinja2 renders, or it is not used.
     if skeleton is not None and skeleton.render(_SAMPLE.as_context()) != template.render(_SAMPLE.as_context()):
         skeleton = None
@@ -156,11 +168,24 @@ def _compile_with_skeleton(env: SandboxedEnvironment, source: str, part: str) ->
 
 
 class CompiledMailshot:
-    """The three templates of one sending, compiled once."""
+    """The three templates of one sending, compiled once.
 
-    def __init__(self, subject: str, html: str, text: str) -> None:
+    ``links``: the sending's tracked links (URL -> id, tracking.links_for): the HTML's links then go
+    through the click redirects and the open pixel is added (:func:`track_html`).  The text part is
+    left as written: its URLs stay readable and copyable.
+    """
+
+    def __init__(self, subject: str, html: str, text: str, links: Mapping[str, int] | None = None) -> None:
         self._subject, subject_skeleton = _compile_with_skeleton(_text_env, subject, "subject")
-        self._html, html_skeleton = _compile_with_skeleton(_html_env, html, "HTML")
+        if links is None:
+            self._html, html_skeleton = _compile_with_skeleton(_html_env, html, "HTML")
+        else:
+            # The author's template is checked on its own first: tracking variables are not theirs.
+            _compile_with_skeleton(_html_env, html, "HTML")
+            tracked = track_html(html, links)
+            self._html, html_skeleton = _compile_with_skeleton(
+                _html_env, tracked, "HTML", allowed=VARIABLES + TRACKING_VARIABLES
+            )
         self._text, text_skeleton = _compile_with_skeleton(_text_env, text, "text")
         self.skeletons: tuple[Skeleton, Skeleton, Skeleton] | None = None
         """(subject, HTML, text) when all three templates have one (:class:`Skeleton`)."""
@@ -184,6 +209,78 @@ class CompiledMailshot:
     def check(self) -> None:
         """Render once with sample values: catches runtime errors (bad filters, ...) before sending."""
         self.render(_SAMPLE)
+
+
+# --- tracking rewrite -------------------------------------------------------------------------------
+
+_ANCHOR = re.compile(r"<a\s[^>]*>", re.I)
+# The href attribute (not data-href ...), quoted either way or bare.
+_HREF = re.compile(r"""(?<![\w-])href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.I)
+_TRACKABLE = re.compile(r"https?://\S+", re.I)
+# Longer URLs are left untracked: PostgreSQL cannot index (uq_tracked_link) values much over 2,700 bytes.
+MAX_TRACKED_URL = 2000
+NO_TRACK_ATTRIBUTE = "data-mailshot-notrack"
+
+
+def _trackable_href(tag: str) -> tuple[re.Match[str], str] | None:
+    """The tag's href match and its URL, when the link can go through a click redirect.
+
+    Not tracked: links built by the template (``{{ url_unsubscribe }}``, ``https://site/{{ lang }}/``,
+    ``@lang@``: their URL is only known per recipient), mailto:/tel:/anchors, over-long URLs, and
+    links marked ``data-mailshot-notrack``.
+    """
+    if NO_TRACK_ATTRIBUTE in tag.lower():
+        return None
+    match = _HREF.search(tag)
+    if match is None:
+        return None
+    raw = next(g for g in match.groups() if g is not None)
+    if "{{" in raw or "{%" in raw or _SHORTHAND.search(raw):
+        return None
+    url = unescape_html(raw).strip()
+    if not _TRACKABLE.fullmatch(url) or len(url) > MAX_TRACKED_URL:
+        return None
+    return match, url
+
+
+def find_links(source: str) -> list[str]:
+    """The HTML template's trackable link URLs, each once, in order of appearance."""
+    found: dict[str, None] = {}
+    for tag in _ANCHOR.finditer(source):
+        hit = _trackable_href(tag[0])
+        if hit is not None:
+            found.setdefault(hit[1])
+    return list(found)
+
+
+_PIXEL = (
+    '<img src="{{ url_open }}" width="1" height="1" alt="" '
+    'style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">'
+)
+_BODY_END = re.compile(r"</body\s*>", re.I)
+
+
+def track_html(source: str, links: Mapping[str, int]) -> str:
+    """The HTML template with its links through ``{{ url_click }}/<id>`` and the open pixel at the end.
+
+    Click targets are the ids of the sending's stored links: the redirect looks the URL up, so no URL
+    in a request can make the server redirect anywhere else (email-standards.md §4).
+    """
+
+    def rewrite(tag: re.Match[str]) -> str:
+        hit = _trackable_href(tag[0])
+        if hit is None or hit[1] not in links:
+            return tag[0]
+        href, url = hit
+        text = tag[0]
+        return f'{text[: href.start()]}href="{{{{ url_click }}}}/{links[url]}"{text[href.end() :]}'
+
+    tracked = _ANCHOR.sub(rewrite, source)
+    ends = list(_BODY_END.finditer(tracked))
+    if ends:
+        cut = ends[-1].start()
+        return tracked[:cut] + _PIXEL + tracked[cut:]
+    return tracked + _PIXEL
 
 
 def html_to_text(html: str) -> str:

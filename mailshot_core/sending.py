@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, cast
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection as DbConnection
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from mailshot_core import mailshots
+from mailshot_core import mailshots, tracking
 from mailshot_core.config import Settings
 from mailshot_core.db import raw_write_transaction, session_scope
 from mailshot_core.message import Envelope, HeaderError, MessageBuilder
@@ -40,7 +40,7 @@ from mailshot_core.models import (
 )
 from mailshot_core.ratelimit import Pacer
 from mailshot_core.render import CompiledMailshot, Personalisation, TemplateError
-from mailshot_core.tokens import RecipientRef, make_token
+from mailshot_core.tokens import TRACK, UNSUBSCRIBE, make_token
 from mailshot_core.transports import get_transport
 from mailshot_core.transports.base import (
     BatchConnection,
@@ -84,9 +84,13 @@ class SendContext:
     builder: MessageBuilder
     base_url: str
     secret_key: bytes
+    track: bool  # the HTML carries our open pixel and click redirects (tracking.py)
 
     @classmethod
-    def build(cls, mailshot: Mailshot, settings: Settings, list_title: str) -> SendContext:
+    def build(
+        cls, mailshot: Mailshot, settings: Settings, list_title: str, links: Mapping[str, int] | None = None
+    ) -> SendContext:
+        """``links``: the sending's tracked links (tracking.links_for) when it is tracked."""
         assert mailshot.id is not None
         key = settings.secret_key.get_secret_value().encode()
         first_list = mailshots.list_identifiers(mailshot)[0]
@@ -103,15 +107,39 @@ class SendContext:
             bounce_address=settings.bounce_address,
             unsubscribe_mailto=settings.unsubscribe_mailto,
         )
+        compiled = CompiledMailshot(mailshot.subject, mailshot.html, mailshot.text, links)
         return cls(
             mailshot_id=mailshot.id,
-            builder=MessageBuilder(envelope, CompiledMailshot(mailshot.subject, mailshot.html, mailshot.text)),
+            builder=MessageBuilder(envelope, compiled),
             base_url=settings.base_url,
             secret_key=key,
+            track=links is not None,
         )
 
-    def unsubscribe_url(self, recipient_id: int) -> str:
-        return f"{self.base_url}/u/{make_token(self.secret_key, RecipientRef(self.mailshot_id, recipient_id))}"
+    def personalise(
+        self,
+        recipient_id: int,
+        subscriber_id: int | None,
+        email: str,
+        nom: str = "",
+        listes: tuple[str, ...] = (),
+        lang: str = "",
+        status: str = "valid",
+    ) -> Personalisation:
+        """The recipient's variables, with their signed links (tokens.py).
+
+        The unsubscribe link names the subscriber (0: an address that is none), so it keeps working
+        after the sending's details are purged; the tracking links name the recipient row.
+        """
+        unsubscribe = make_token(self.secret_key, UNSUBSCRIBE, self.mailshot_id, subscriber_id or 0)
+        who = Personalisation(email, nom, listes, lang, status, f"{self.base_url}/u/{unsubscribe}")
+        if not self.track:
+            return who
+        track = make_token(self.secret_key, TRACK, self.mailshot_id, recipient_id)
+        return replace(who, url_open=f"{self.base_url}/o/{track}", url_click=f"{self.base_url}/c/{track}")
+
+    def personalise_claimed(self, rcpt: mailshots.ClaimedRecipient) -> Personalisation:
+        return self.personalise(rcpt.id, rcpt.subscriber_id, rcpt.email, rcpt.nom, rcpt.listes, rcpt.lang, rcpt.status)
 
     def message_for(
         self, recipient_id: int, email: str, who: Personalisation, *, test: bool = False
@@ -137,7 +165,8 @@ def context_for(engine: Engine, settings: Settings, mailshot_id: int) -> SendCon
         with session_scope(engine) as session:
             mailshot = mailshots.get(session, mailshot_id)
             title = get_list(session, mailshots.list_identifiers(mailshot)[0]).title
-            ctx = SendContext.build(mailshot, settings, title)
+            links = tracking.links_for(session, mailshot) if mailshot.track else None
+            ctx = SendContext.build(mailshot, settings, title, links)
         if len(_contexts) > 16:
             _contexts.clear()
         _contexts[key] = ctx
@@ -485,14 +514,7 @@ def _prepare_next(
             rcpt = queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
-        who = Personalisation(
-            email=rcpt.email,
-            nom=rcpt.nom,
-            listes=rcpt.listes,
-            lang=rcpt.lang,
-            status=rcpt.status,
-            url_unsubscribe=ctx.unsubscribe_url(rcpt.id),
-        )
+        who = ctx.personalise_claimed(rcpt)
         try:
             return rcpt, ctx.message_for(rcpt.id, rcpt.email, who)
         except (TemplateError, HeaderError) as exc:
@@ -575,7 +597,7 @@ def _esp_message(ctx: SendContext, rcpt: mailshots.ClaimedRecipient) -> Outgoing
     from mailshot_core.message import build_message
     from mailshot_core.transports.parts import with_parts
 
-    who = Personalisation(rcpt.email, rcpt.nom, rcpt.listes, rcpt.lang, rcpt.status, ctx.unsubscribe_url(rcpt.id))
+    who = ctx.personalise_claimed(rcpt)
     # Rendered once, kept as fields for the API and serialised by the plain builder (the MIME is only
     # read back for its bulk headers, and used as is by SES): MessageBuilder's pre-encoded fast path
     # gives bytes only.
@@ -818,10 +840,10 @@ def send_test(
             select(Recipient.id).where(Recipient.mailshot_id == mailshot_id, col(Recipient.email) == address)
         ).first()
         transport = transport or get_transport(mailshot.transport, settings)
-    rid = row or 0  # recipient 0: a link that unsubscribes nobody (test message to a non-recipient)
-    who = Personalisation(address, nom, listes, lang, status, ctx.unsubscribe_url(rid))
+    # Recipient 0: tracking links that record nothing (a test message is no recipient's).
+    who = ctx.personalise(0, sub.id if sub is not None else None, address, nom, listes, lang, status)
     try:
-        msg = ctx.message_for(rid, address, who, test=True)
+        msg = ctx.message_for(row or 0, address, who, test=True)
     except (TemplateError, HeaderError) as exc:
         raise MailshotError(str(exc)) from None
 

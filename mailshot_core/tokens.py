@@ -1,6 +1,6 @@
-"""Signed identifiers carried in messages: unsubscribe tokens and VERP return paths.
+"""Signed identifiers carried in messages: unsubscribe and tracking tokens, VERP return paths.
 
-Both sign (mailshot id, recipient id) with HMAC-SHA256 under ``MAILSHOT_SECRET_KEY``
+Each signs a few ids (a sending and a subscriber or recipient) with HMAC-SHA256 under ``MAILSHOT_SECRET_KEY``
 so that nobody can forge a link or a bounce address that would unsubscribe someone
 else (the original accepted any address: original-mailshot.md §11 #1), and so that
 sequential ids in URLs do not let anyone enumerate other subscribers' links.
@@ -39,23 +39,29 @@ def _mac(key: bytes, purpose: str, message: str, size: int) -> str:
 # 16 bytes of MAC = 128 bits: the floor recommended for unguessable one-click links (RFC 8058 §3 asks
 # for an opaque, hard-to-forge component).
 _TOKEN_MAC_BYTES = 16
-_TOKEN_RE = re.compile(r"^(\d{1,18})\.(\d{1,18})\.([A-Za-z0-9_-]{22})$")
+_ID = r"\d{1,18}"
+_TOKEN_RES = {n: re.compile(rf"^({_ID}(?:\.{_ID}){{{n - 1}}})\.([A-Za-z0-9_-]{{22}})$") for n in (1, 2, 3)}
+
+# What each kind of link signs.  The unsubscribe link names the *subscriber*, not the recipient row:
+# purging a sending's details (purge.py) deletes its recipient rows, and a year-old newsletter's link
+# must still unsubscribe.  Tracking links name the recipient row, whose status they move.
+UNSUBSCRIBE = "unsub"  # (mailshot id, subscriber id; 0 for an address that is no subscriber)
+TRACK = "track"  # (mailshot id, recipient id)
 
 
-def make_token(key: bytes, ref: RecipientRef, purpose: str = "unsub") -> str:
-    body = f"{ref.mailshot_id}.{ref.recipient_id}"
+def make_token(key: bytes, purpose: str, *ids: int) -> str:
+    body = ".".join(str(i) for i in ids)
     return f"{body}.{_mac(key, purpose, body, _TOKEN_MAC_BYTES)}"
 
 
-def read_token(key: bytes, token: str, purpose: str = "unsub") -> RecipientRef | None:
-    """The reference a token signs, or None when it is malformed, truncated or forged."""
-    match = _TOKEN_RE.fullmatch(token)  # not .match: "$" also matches before a trailing newline
+def read_token(key: bytes, token: str, purpose: str, count: int = 2) -> tuple[int, ...] | None:
+    """The ``count`` ids a token signs for ``purpose``, or None when it is malformed, truncated or forged."""
+    match = _TOKEN_RES[count].fullmatch(token)  # not .match: "$" also matches before a trailing newline
     if not match:
         return None
-    body = f"{match[1]}.{match[2]}"
-    if not hmac.compare_digest(match[3], _mac(key, purpose, body, _TOKEN_MAC_BYTES)):
+    if not hmac.compare_digest(match[2], _mac(key, purpose, match[1], _TOKEN_MAC_BYTES)):
         return None
-    return RecipientRef(int(match[1]), int(match[2]))
+    return tuple(int(i) for i in match[1].split("."))
 
 
 # --- VERP ------------------------------------------------------------------------------------------

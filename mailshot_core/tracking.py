@@ -1,0 +1,215 @@
+"""Open and click tracking done by Mailshot itself (email-standards.md §4).
+
+- **Links**: each sending's trackable links are stored once in ``tracked_link`` (:func:`links_for`);
+  the HTML then points at ``/c/<token>/<link id>`` (render.track_html), and the redirect looks the
+  target up by id *within the token's sending*: no URL in a request can make the server redirect
+  elsewhere (CWE-601).
+- **Hits** (:func:`record_open`, :func:`record_click`) go through the feedback pipeline like an ESP's
+  events (feedback.record_and_apply): stored once per recipient and kind, applied at once, so the
+  recipient moves to ``read``/``clic`` with the counters, and a repeated hit changes nothing.
+- **Machines**: Apple Mail Privacy Protection fetches every image on arrival, and mail security
+  gateways fetch every link, often within seconds of delivery.  Such hits (:func:`machine_reason`)
+  are recorded as ``machine_read``/``machine_clic``: they do not make the recipient ``read``/``clic``
+  and are counted apart (``nb_read_machine``/``nb_clic_machine``).  The redirect still happens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from mailshot_core import feedback
+from mailshot_core.config import Settings
+from mailshot_core.esp_events import IncomingEvent
+from mailshot_core.models import FeedbackEvent, Mailshot, Recipient, TrackedLink
+from mailshot_core.render import find_links
+
+SOURCE = "web"  # feedback_event.source of the hits recorded here (and of web unsubscriptions)
+_links = TrackedLink.__table__  # type: ignore[attr-defined]
+
+
+def tracks(settings: Settings, transport: str) -> bool:
+    """Whether a new sending through ``transport`` carries our tracking (MAILSHOT_TRACKING)."""
+    return settings.tracking == "all" or (settings.tracking == "smtp" and transport == "smtp")
+
+
+def links_for(session: Session, mailshot: Mailshot) -> dict[str, int]:
+    """The sending's tracked links (URL -> id), storing those of its HTML not stored yet.
+
+    Called when a sending is created and when a worker builds its context: the insert ignores links
+    already there, so concurrent workers agree on the ids.
+    """
+    assert mailshot.id is not None
+    urls = find_links(mailshot.html)
+    if urls:
+        module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        insert = module.insert(_links).on_conflict_do_nothing(index_elements=["mailshot_id", "url"])
+        session.execute(insert, [{"mailshot_id": mailshot.id, "url": url} for url in urls])
+    rows = session.execute(select(_links.c.url, _links.c.id).where(_links.c.mailshot_id == mailshot.id)).all()
+    return {url: link_id for url, link_id in rows}
+
+
+def link_target(engine: Engine, mailshot_id: int, link_id: int) -> str | None:
+    """The URL of one of the sending's links; None for an id that is not one of them."""
+    with engine.connect() as conn:
+        url = conn.execute(
+            select(_links.c.url).where(_links.c.id == link_id, _links.c.mailshot_id == mailshot_id)
+        ).scalar_one_or_none()
+    return str(url) if url is not None else None
+
+
+# --- machines ---------------------------------------------------------------------------------------
+
+# User agents of fetchers that are not a person reading: crawlers, HTTP libraries, link scanners of
+# mail security gateways, link previewers.  GoogleImageProxy is *not* here: Gmail fetches images
+# when the message is opened.
+_MACHINE_AGENTS = re.compile(
+    r"bot\b|bot/|crawl|spider|slurp|scanner|preview|headless|phantomjs|curl/|wget/|python-|httpx|aiohttp"
+    r"|go-http-client|java/|okhttp|libwww|apache-httpclient|node-fetch|axios|proofpoint|mimecast|barracuda"
+    r"|safelinks|urldefense|forcepoint|trendmicro|symantec|fortiguard|cisco|ironport|skypeuripreview"
+    r"|facebookexternalhit|whatsapp|slackbot|discordbot|microsoft office",
+    re.I,
+)
+# Apple Mail Privacy Protection's proxy fetches with this user agent and nothing more.
+_APPLE_PROXY_AGENT = "Mozilla/5.0"
+
+
+def machine_reason(
+    method: str, user_agent: str | None, seconds_after_sending: float | None, window: float
+) -> str | None:
+    """Why a hit looks like a machine's, or None when it looks like a person's."""
+    agent = (user_agent or "").strip()
+    if method.upper() == "HEAD":
+        return "HEAD request (link scanner)"
+    if not agent:
+        return "no user agent"
+    if agent == _APPLE_PROXY_AGENT:
+        return "Apple Mail Privacy Protection proxy (bare Mozilla/5.0 user agent)"
+    if _MACHINE_AGENTS.search(agent):
+        return f"machine user agent: {agent[:120]}"
+    if seconds_after_sending is not None and seconds_after_sending < window:
+        return f"{max(seconds_after_sending, 0):.0f} s after the message left (scanners fetch on delivery)"
+    return None
+
+
+# --- hits ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hit:
+    """What the web endpoint knows about one request."""
+
+    method: str
+    user_agent: str | None
+    at: datetime
+
+
+def _recipient(engine: Engine, mailshot_id: int, recipient_id: int) -> tuple[str, datetime | None] | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(Recipient.email, Recipient.sent_at).where(  # type: ignore[call-overload]
+                Recipient.id == recipient_id, Recipient.mailshot_id == mailshot_id
+            )
+        ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def _seconds_between(earlier: datetime | None, later: datetime) -> float | None:
+    if earlier is None:
+        return None
+    if earlier.tzinfo is None:  # SQLite gives naive UTC back
+        later = later.replace(tzinfo=None)
+    return (later - earlier).total_seconds()
+
+
+def _record(
+    engine: Engine, settings: Settings, mailshot_id: int, recipient_id: int, hit: Hit, kind: str, what: str
+) -> str | None:
+    """Record one hit; returns the machine reason (None: a person's).  Unknown recipients (a test
+    message, a purged sending) record nothing."""
+    found = _recipient(engine, mailshot_id, recipient_id)
+    if found is None:
+        return None
+    email, sent_at = found
+    reason = machine_reason(
+        hit.method, hit.user_agent, _seconds_between(sent_at, hit.at), settings.tracking_machine_seconds
+    )
+    event_kind = f"machine_{kind}" if reason else kind
+    event = IncomingEvent(
+        source=SOURCE,
+        # One event per recipient, kind and link: what is counted is who opened or clicked what; more
+        # hits of the same are duplicates, neither stored nor counted again.
+        event_id=f"{event_kind}:{mailshot_id}:{recipient_id}{what}",
+        kind=event_kind,
+        email=email,
+        mailshot_id=mailshot_id,
+        recipient_id=recipient_id,
+        occurred_at=hit.at,
+        detail=reason,
+        raw="",
+    )
+    feedback.record_and_apply(engine, [event], now=hit.at)
+    return reason
+
+
+def record_open(engine: Engine, settings: Settings, mailshot_id: int, recipient_id: int, hit: Hit) -> str | None:
+    return _record(engine, settings, mailshot_id, recipient_id, hit, "read", "")
+
+
+def record_click(
+    engine: Engine, settings: Settings, mailshot_id: int, recipient_id: int, link_id: int, hit: Hit
+) -> str | None:
+    return _record(engine, settings, mailshot_id, recipient_id, hit, "clic", f":{link_id}")
+
+
+def machine_recount(session: Session, mailshot_id: int) -> dict[str, int]:
+    """``nb_read_machine`` / ``nb_clic_machine`` from the applied events: recipients with such a hit."""
+    events = FeedbackEvent.__table__  # type: ignore[attr-defined]
+    counts: dict[str, Any] = dict(
+        session.execute(
+            select(events.c.kind, func.count(events.c.recipient_id.distinct()))
+            .where(
+                events.c.mailshot_id == mailshot_id,
+                events.c.kind.in_(["machine_read", "machine_clic"]),
+                events.c.applied_at.is_not(None),
+            )
+            .group_by(events.c.kind)
+        ).all()
+    )
+    return {
+        "nb_read_machine": int(counts.get("machine_read", 0)),
+        "nb_clic_machine": int(counts.get("machine_clic", 0)),
+    }
+
+
+def per_link_clicks(session: Session, mailshot_id: int) -> list[tuple[str, int, int]]:
+    """(URL, people, machines): how many recipients clicked each of the sending's links."""
+    events = FeedbackEvent.__table__  # type: ignore[attr-defined]
+    links = {
+        link_id: url
+        for link_id, url in session.execute(
+            select(_links.c.id, _links.c.url).where(_links.c.mailshot_id == mailshot_id)
+        )
+    }
+    people: dict[int, int] = {}
+    machines: dict[int, int] = {}
+    rows: Iterable[Any] = session.execute(
+        select(events.c.kind, events.c.provider_event_id).where(
+            events.c.mailshot_id == mailshot_id,
+            events.c.source == SOURCE,
+            events.c.kind.in_(["clic", "machine_clic"]),
+        )
+    )
+    for kind, event_id in rows:
+        link_id = int(str(event_id).rsplit(":", 1)[1])
+        target = machines if kind == "machine_clic" else people
+        target[link_id] = target.get(link_id, 0) + 1
+    return [(url, people.get(i, 0), machines.get(i, 0)) for i, url in sorted(links.items())]
