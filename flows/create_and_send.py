@@ -25,6 +25,7 @@ def create_and_send(
     from_name: str | None = None,
     from_email: str | None = None,
     rate_per_day: int | None = None,
+    track: bool | None = None,
 ) -> dict[str, Any]:
     """Create a sending and start it now, or at START_AT (dispatch-mailshots starts scheduled ones).
 
@@ -37,6 +38,7 @@ def create_and_send(
         from_name: Sender name (default MAILSHOT_FROM_NAME).
         from_email: Sender address (default MAILSHOT_FROM_EMAIL).
         rate_per_day: Messages per day, spread evenly (default MAILSHOT_RATE_PER_DAY).
+        track: Open pixel and click redirects in the HTML (default: as MAILSHOT_TRACKING says).
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -50,6 +52,7 @@ def create_and_send(
         from_name=from_name,
         from_email=from_email,
         rate_per_day=rate_per_day,
+        track=track,
     )
     with session_scope(engine) as session:
         mailshot = mailshots.create(session, settings, spec)

@@ -198,6 +198,12 @@ def create(
     rate_per_minute: Annotated[
         int | None, typer.Option(help="Cap per minute (default MAILSHOT_RATE_PER_MINUTE).")
     ] = None,
+    track: Annotated[
+        bool | None,
+        typer.Option(
+            "--track/--no-track", help="Open pixel and click redirects in the HTML (default: MAILSHOT_TRACKING)."
+        ),
+    ] = None,
 ) -> None:
     """Create a sending; prints its id alone on the last line."""
     settings = _settings()
@@ -213,6 +219,7 @@ def create(
         rate_per_day=rate_per_day,
         rate_per_hour=rate_per_hour,
         rate_per_minute=rate_per_minute,
+        track=track,
     )
     with _session() as session:
         m = mailshots.create(session, settings, spec)
@@ -391,7 +398,8 @@ def web(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the web app (ESP webhooks at /webhooks/PROVIDER) with uvicorn; put it behind HTTPS."""
+    """Serve the web app with uvicorn (put it behind HTTPS): unsubscribe links /u/, open pixel /o/,
+    click redirects /c/, ESP webhooks /webhooks/PROVIDER."""
     import uvicorn
 
     from mailshot_core.web.app import create_app

@@ -814,8 +814,8 @@ def send_test(
     from sqlmodel import select
 
     from mailshot_core.errors import MailshotError
-    from mailshot_core.models import MailingList, Subscriber, Subscription, SubscriptionStatus
-    from mailshot_core.subscribers import normalise_email
+    from mailshot_core.models import Subscriber
+    from mailshot_core.subscribers import current_lists, normalise_email
 
     address = normalise_email(email)
     ctx = context_for(engine, settings, mailshot_id)
@@ -828,13 +828,8 @@ def send_test(
         status = "valid"
         if sub is not None:
             nom, lang, status = sub.nom, sub.lang, sub.status
-            mine = set(
-                session.exec(
-                    select(MailingList.identifier)
-                    .join(Subscription, col(Subscription.list_id) == MailingList.id)
-                    .where(Subscription.subscriber_id == sub.id, col(Subscription.status) == SubscriptionStatus.VALID)
-                ).all()
-            )
+            assert sub.id is not None
+            mine = current_lists(session, sub.id)
             listes = tuple(n for n in names if n in mine) or listes
         row = session.exec(
             select(Recipient.id).where(Recipient.mailshot_id == mailshot_id, col(Recipient.email) == address)

@@ -336,6 +336,17 @@ def get_subscriber(session: Session, email: str) -> Subscriber:
     return sub
 
 
+def current_lists(session: Session, subscriber_id: int) -> set[str]:
+    """Identifiers of the lists the subscriber is on (valid subscriptions)."""
+    return set(
+        session.exec(
+            select(MailingList.identifier)
+            .join(Subscription, col(Subscription.list_id) == MailingList.id)
+            .where(Subscription.subscriber_id == subscriber_id, col(Subscription.status) == SubscriptionStatus.VALID)
+        ).all()
+    )
+
+
 def unsubscribe(
     session: Session,
     email: str,
@@ -348,8 +359,9 @@ def unsubscribe(
 ) -> int:
     """Refuse the subscriber's subscriptions (one list, or all); returns how many changed.
 
-    Leaving every list also marks the subscriber unsubscribed, with the reason.  Each call is
-    recorded as a feedback event (already applied), so the address history shows who did it.
+    Leaving every list also marks the subscriber unsubscribed, with the reason.  Each call that
+    changes something is recorded as a feedback event (already applied), so the address history
+    shows who did it.
     """
     sub = get_subscriber(session, email)
     now = utcnow()
@@ -365,11 +377,14 @@ def unsubscribe(
         .select_from(Subscription)
         .where(Subscription.subscriber_id == sub.id, col(Subscription.status) == SubscriptionStatus.VALID)
     ).one()
-    if (list_identifier is None or remaining == 0) and sub.status != SubscriberStatus.UNSUBSCRIBED:
+    left = (list_identifier is None or remaining == 0) and sub.status != SubscriberStatus.UNSUBSCRIBED
+    if left:
         sub.status = SubscriberStatus.UNSUBSCRIBED
         sub.unsubscribed_at = now
         sub.unsubscribe_reason = reason
         sub.updated_at = now
+    if not changed and not left:
+        return 0  # a repeat (a second click, a late complaint): nothing happened, nothing to record
     session.add(
         FeedbackEvent(
             source=source,

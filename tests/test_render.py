@@ -8,6 +8,7 @@ from mailshot_core.render import (
     CompiledMailshot,
     Personalisation,
     TemplateError,
+    find_links,
     html_to_text,
     inline_css,
 )
@@ -163,3 +164,52 @@ def test_inline_css_leaves_block_templates_untouched() -> None:
     assert inline_css(html) == html
     plain = "<p>no style here</p>"
     assert inline_css(plain) == plain
+
+
+# --- the tracking rewrite ---------------------------------------------------------------------------------
+
+TRACKED = (
+    "<html><body><p>Hi {{ nom }}</p>"
+    "<a href=\"https://ex.org/a?x=1&amp;y=2\">A</a> <A class=b HREF='https://ex.org/b'>B</A> "
+    '<a data-href="https://no.example/" href="https://ex.org/a?x=1&amp;y=2">A again</a>'
+    '<a href="{{ url_unsubscribe }}">U</a> <a href="https://ex.org/{{ lang }}/">L</a> '
+    '<a href="https://ex.org/@lang@/">S</a> <a href="mailto:x@ex.org">M</a> <a href="#top">T</a>'
+    '<a data-mailshot-notrack href="https://ex.org/private">P</a></body></html>'
+)
+
+
+def test_find_links_keeps_static_http_links_once_with_entities_decoded() -> None:
+    """Links built by the template, mailto/anchors and opted-out links are not tracked."""
+    assert find_links(TRACKED) == ["https://ex.org/a?x=1&y=2", "https://ex.org/b"]
+    assert find_links('<a href="https://ex.org/' + "x" * 2100 + '">long</a>') == []
+
+
+def test_tracked_html_goes_through_the_redirects_and_ends_with_the_pixel() -> None:
+    links = {url: 40 + i for i, url in enumerate(find_links(TRACKED))}
+    compiled = CompiledMailshot("Hi", TRACKED, "text {{ nom }}", links)
+    who = Personalisation(
+        "a@ex.org",
+        "<b>",
+        lang="fr",
+        url_unsubscribe="https://h/u/T",
+        url_open="https://h/o/K",
+        url_click="https://h/c/K",
+    )
+    html = compiled.render(who).html
+    assert html.count('href="https://h/c/K/40"') == 2 and 'href="https://h/c/K/41"' in html
+    assert 'href="https://h/u/T"' in html and 'href="https://ex.org/fr/"' in html and 'href="mailto:x@ex.org"' in html
+    assert 'data-href="https://no.example/"' in html and 'href="https://ex.org/private"' in html
+    assert html.endswith(
+        '<img src="https://h/o/K" width="1" height="1" alt="" style="display:block;width:1px;height:1px;border:0;margin:0;padding:0"></body></html>'
+    )
+    assert "Hi &lt;b&gt;" in html
+    assert (
+        CompiledMailshot("Hi", "<p>no body tag</p>", "", {})
+        .render(who)
+        .html.endswith('alt="" style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">')
+    )
+
+
+def test_authors_cannot_use_the_tracking_variables() -> None:
+    with pytest.raises(TemplateError, match="unknown variable url_click"):
+        CompiledMailshot("Hi", '<a href="{{ url_click }}/1">x</a>', "", {})

@@ -87,10 +87,10 @@ class SnsSigner:
 class WebServer:
     """``create_app(settings)`` under uvicorn in a thread, as ``mailshot web`` runs it."""
 
-    def __init__(self, settings: Settings, sock: socket.socket, signer: SnsSigner) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket, signer: SnsSigner | None = None) -> None:
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        app = create_app(settings, fetch=signer.fetch)
+        app = create_app(settings, fetch=signer.fetch if signer is not None else None)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.client = httpx.Client(base_url=self.url, timeout=30, transport=httpx.HTTPTransport(socket_options=NODELAY))
