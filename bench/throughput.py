@@ -42,9 +42,15 @@ PARAGRAPH = (
     "make the local markets work, and came back with stories, recipes and a few photographs. "
     "Read on for the details, and write to us at any time.</p>\n"
 )
+# Six article links: what the click tracking rewrites when the sending is tracked.
+LINKS = "".join(
+    f'<p><a href="https://news.example.org/2026/11/article-{i}?utm_source=newsletter">Article {i}</a></p>\n'
+    for i in range(6)
+)
 HTML = (
     "<html><body><h1>Hello {{ nom }}</h1>\n"
-    + PARAGRAPH * 38
+    + PARAGRAPH * 36
+    + LINKS
     + ('<p><a href="{{ url_unsubscribe }}">Unsubscribe {{ email }}</a></p></body></html>\n')
 )
 
@@ -143,20 +149,22 @@ def create_newsletter(env: dict[str, str], work: Path, list_name: str) -> str:
 
 
 def bench_mailshot(
-    port: int, count: int, processes: int, connections: int, work: Path, api_url: str
+    port: int, count: int, processes: int, connections: int, work: Path, api_url: str, tracking: str = "smtp"
 ) -> dict[str, float]:
     env = mailshot_env(work / "bench.db", port, connections, api_url)
+    env["MAILSHOT_TRACKING"] = tracking
     mailshot = [str(BIN / "mailshot")]
+    name = f"l{count}-{tracking}"
     csv = work / f"subs-{count}.csv"
     csv.write_text("email,nom,lang\n" + "".join(f"reader{i}@example.com,Reader {i},en\n" for i in range(count)))
-    subprocess.run([*mailshot, "lists", "create", f"l{count}"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*mailshot, "lists", "create", name], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
-        [*mailshot, "subscribers", "import", str(csv), "--list", f"l{count}"],
+        [*mailshot, "subscribers", "import", str(csv), "--list", name],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    mid = create_newsletter(env, work, f"l{count}")
+    mid = create_newsletter(env, work, name)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     cmd = [*mailshot, "send", mid, "--no-progress", *(["--fast"] if processes > 1 else [])]
@@ -206,6 +214,12 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="1 = normal mode, >1 = --fast")
     parser.add_argument("--connections", type=int, default=16, help="SMTP connections per process")
     parser.add_argument("--naive-max", type=int, default=10000, help="cap the naive loop's message count")
+    parser.add_argument(
+        "--tracking",
+        action="append",
+        choices=["smtp", "off"],
+        help="MAILSHOT_TRACKING of the sending (repeatable: side by side in one run); default smtp",
+    )
     args = parser.parse_args()
     counts = args.count or [10000]
     sink, source = ensure_smtp_sink()
@@ -218,16 +232,17 @@ def main() -> int:
         for count in counts:
             limit = bench_smtp_source(source, port, count)
             naive = bench_naive(port, min(count, args.naive_max))
-            ms = bench_mailshot(port, count, args.processes, args.connections, work, api_url)
-            print(
-                f"N={count}: smtp-source {limit:,.0f} msg/s | naive loop {naive:,.0f} msg/s | "
-                f"mailshot ({'fast, ' + str(args.processes) + ' processes' if args.processes > 1 else 'normal'}, "
-                f"{args.connections} connections each) "
-                f"{ms['rate']:,.0f} msg/s sending phase, {ms['wall_rate']:,.0f} msg/s wall "
-                f"({ms['wall']:.1f} s incl. start-up), peak RSS {ms['peak_rss_mb']:.0f} MB | "
-                f"mailshot/naive {ms['rate'] / naive:.2f}x, mailshot/limit {ms['rate'] / limit:.2f}x",
-                flush=True,
-            )
+            for tracking in args.tracking or ["smtp"]:
+                ms = bench_mailshot(port, count, args.processes, args.connections, work, api_url, tracking)
+                print(
+                    f"N={count}: smtp-source {limit:,.0f} msg/s | naive loop {naive:,.0f} msg/s | "
+                    f"mailshot ({'fast, ' + str(args.processes) + ' processes' if args.processes > 1 else 'normal'}, "
+                    f"{args.connections} connections each, tracking {tracking}) "
+                    f"{ms['rate']:,.0f} msg/s sending phase, {ms['wall_rate']:,.0f} msg/s wall "
+                    f"({ms['wall']:.1f} s incl. start-up), peak RSS {ms['peak_rss_mb']:.0f} MB | "
+                    f"mailshot/naive {ms['rate'] / naive:.2f}x, mailshot/limit {ms['rate'] / limit:.2f}x",
+                    flush=True,
+                )
     finally:
         sink_proc.terminate()
         os.killpg(prefect_proc.pid, signal.SIGTERM)

@@ -70,8 +70,10 @@ def test_20000_events_with_duplicates_while_applying(db_url: str, tmp_path: Path
             assert r.status_code == 200, r.text
             return dict(r.json())
 
-        replies = list(pool.map(send, batches, chunksize=1))
-        posting.clear()
+        try:
+            replies = list(pool.map(send, batches, chunksize=1))
+        finally:  # a failed post must fail the test, not leave the appliers looping forever
+            posting.clear()
         for f in appliers:
             f.result()
     applied.append(feedback.apply_all(engine).applied)
