@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, cast
@@ -131,12 +131,14 @@ class SendContext:
         The unsubscribe link names the subscriber (0: an address that is none), so it keeps working
         after the sending's details are purged; the tracking links name the recipient row.
         """
-        unsubscribe = make_token(self.secret_key, UNSUBSCRIBE, self.mailshot_id, subscriber_id or 0)
-        who = Personalisation(email, nom, listes, lang, status, f"{self.base_url}/u/{unsubscribe}")
+        unsubscribe = (
+            f"{self.base_url}/u/{make_token(self.secret_key, UNSUBSCRIBE, self.mailshot_id, subscriber_id or 0)}"
+        )
         if not self.track:
-            return who
+            return Personalisation(email, nom, listes, lang, status, unsubscribe)
         track = make_token(self.secret_key, TRACK, self.mailshot_id, recipient_id)
-        return replace(who, url_open=f"{self.base_url}/o/{track}", url_click=f"{self.base_url}/c/{track}")
+        opened, clicked = f"{self.base_url}/o/{track}", f"{self.base_url}/c/{track}"
+        return Personalisation(email, nom, listes, lang, status, unsubscribe, opened, clicked)
 
     def personalise_claimed(self, rcpt: mailshots.ClaimedRecipient) -> Personalisation:
         return self.personalise(rcpt.id, rcpt.subscriber_id, rcpt.email, rcpt.nom, rcpt.listes, rcpt.lang, rcpt.status)
