@@ -16,6 +16,7 @@ Installs Debian's postfix package when smtp-sink is missing (needs root).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -148,13 +149,16 @@ def create_newsletter(env: dict[str, str], work: Path, list_name: str) -> str:
     return out.strip().splitlines()[-1]
 
 
+_RUNS = itertools.count(1)
+
+
 def bench_mailshot(
     port: int, count: int, processes: int, connections: int, work: Path, api_url: str, tracking: str = "smtp"
 ) -> dict[str, float]:
     env = mailshot_env(work / "bench.db", port, connections, api_url)
     env["MAILSHOT_TRACKING"] = tracking
     mailshot = [str(BIN / "mailshot")]
-    name = f"l{count}-{tracking}"
+    name = f"l{count}-{tracking}-{next(_RUNS)}"  # a list per run: --count may repeat
     csv = work / f"subs-{count}.csv"
     csv.write_text("email,nom,lang\n" + "".join(f"reader{i}@example.com,Reader {i},en\n" for i in range(count)))
     subprocess.run([*mailshot, "lists", "create", name], env=env, check=True, stdout=subprocess.DEVNULL)
