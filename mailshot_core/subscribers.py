@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import and_, func, update
@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 from mailshot_core.errors import InvalidInput, NotFound
 from mailshot_core.message import HeaderError, check_header_value
 from mailshot_core.models import (
+    DeliveryOutcome,
     FeedbackEvent,
     MailingList,
     Mailshot,
@@ -385,16 +386,30 @@ def unsubscribe(
     return int(changed)
 
 
+class SendingOutcome(NamedTuple):
+    """One sending of an address: its recipient row, or what purge.py kept of it once archived."""
+
+    mailshot_id: int
+    subject: str
+    status: str
+    tries: int
+    at: datetime | None  # last attempt
+    last_error: str | None
+    archived: bool = False  # from delivery_outcome: the row itself (and its error text) was purged
+
+
 @dataclass
 class AddressHistory:
     subscriber: Subscriber
     subscriptions: list[tuple[str, str, datetime]]
-    sendings: list[tuple[int, str, str, int, datetime | None, str | None]]
+    sendings: list[SendingOutcome]  # by sending id, live and archived together
     events: list[FeedbackEvent]
 
 
 def history(session: Session, email: str) -> AddressHistory:
-    """Everything known about one address: lists, every sending with its outcome, every event."""
+    """Everything known about one address: lists, every sending with its outcome (archived sendings
+    through their kept ``delivery_outcome``), every event.  Read by ``mailshot subscribers show`` and
+    the subscriber page."""
     sub = get_subscriber(session, email)
     subs = session.exec(
         select(MailingList.identifier, Subscription.status, Subscription.updated_at)
@@ -402,7 +417,7 @@ def history(session: Session, email: str) -> AddressHistory:
         .where(Subscription.subscriber_id == sub.id)
         .order_by(col(MailingList.identifier))
     ).all()
-    sends = session.execute(
+    live = session.execute(
         sa_select(  # type: ignore[call-overload]
             Recipient.mailshot_id,
             Mailshot.subject,
@@ -413,14 +428,26 @@ def history(session: Session, email: str) -> AddressHistory:
         )
         .join(Mailshot, col(Mailshot.id) == Recipient.mailshot_id)
         .where(Recipient.email == sub.email)
-        .order_by(col(Recipient.mailshot_id))
     ).all()
+    kept = session.execute(
+        sa_select(  # type: ignore[call-overload]
+            DeliveryOutcome.mailshot_id,
+            Mailshot.subject,
+            DeliveryOutcome.status,
+            DeliveryOutcome.tries,
+            DeliveryOutcome.at,
+        )
+        .join(Mailshot, col(Mailshot.id) == DeliveryOutcome.mailshot_id)
+        .where(DeliveryOutcome.email == sub.email)
+    ).all()
+    sendings = [SendingOutcome(m, subject, st, tries, at, error) for m, subject, st, tries, at, error in live]
+    sendings += [SendingOutcome(m, subject, st, tries, at, None, archived=True) for m, subject, st, tries, at in kept]
     events = session.exec(
         select(FeedbackEvent).where(FeedbackEvent.email == sub.email).order_by(col(FeedbackEvent.id))
     ).all()
     return AddressHistory(
         subscriber=sub,
         subscriptions=[(a, b, c) for a, b, c in subs],
-        sendings=[(a, b, c, d, e, f) for a, b, c, d, e, f in sends],
+        sendings=sorted(sendings, key=lambda o: o.mailshot_id),
         events=list(events),
     )
