@@ -393,7 +393,7 @@ def web(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the web app (ESP webhooks at /webhooks/PROVIDER) with uvicorn; put it behind HTTPS."""
+    """Serve the web app (ESP webhooks at /webhooks/PROVIDER, follow-up pages at /admin/) with uvicorn; put it behind HTTPS."""
     import uvicorn
 
     from mailshot_core.web.app import create_app

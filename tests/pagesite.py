@@ -24,7 +24,7 @@ from sqlmodel import col
 
 from conftest import engine_for, make_settings
 from fakes.webhooks import SnsSigner, WebServer, free_socket
-from helpers import create, drive, seed
+from helpers import HTML, create, drive, seed
 from mailshot_core import db, mailshots, purge, subscribers
 from mailshot_core.config import Settings
 from mailshot_core.db import session_scope
@@ -88,7 +88,9 @@ def _fill(settings: Settings, tmp: Path) -> dict[str, int]:
     drive(engine, settings, ids["ended"])
     ids["cancelled"] = create(engine, settings, subject="Autumn issue (sent to the wrong list)")
     drive(engine, settings, ids["cancelled"], max_batches=1)
-    ids["processing"] = create(engine, settings, subject=f"{EVIL} Winter issue")
+    # Its HTML runs a script: the preview's sandbox must not let it.
+    html = HTML.replace("</body>", "<script>alert('preview')</script></body>")
+    ids["processing"] = create(engine, settings, subject=f"{EVIL} Winter issue", html=html)
     drive(engine, settings, ids["processing"], max_batches=2)
     ids["scheduled"] = create(engine, settings, subject="New year issue", start_at=utcnow() + timedelta(days=30))
     with session_scope(engine) as session:

@@ -265,3 +265,20 @@ def test_pages_are_disabled_without_an_admin_password(tmp_path: Path) -> None:
             r = web.client.request(method, path, data={"user": "admin", "password": ""})
             assert r.status_code == 503 and "MAILSHOT_ADMIN_PASSWORD" in r.text, path
         assert web.client.get("/webhooks/mailjet").status_code == 200  # the webhooks are not behind the login
+
+
+@pytest.mark.postgres
+def test_list_detail_search_and_pause_on_postgresql(pg_server: object, tmp_path: Path) -> None:
+    """The same pages and the pause button on PostgreSQL (the search's LIKE, the paging, the status change)."""
+    with page_site(tmp_path, pg_server.create_database()) as pg_site, pg_site.client() as c:  # type: ignore[attr-defined]
+        csrf = pg_site.login(c)
+        assert re.findall(r'<section id="(\w+)">', c.get("/admin/").text) == [
+            "scheduled",
+            "in_progress",
+            "completed",
+            "archived",
+        ]
+        found = c.get(f"/admin/sendings/{pg_site.ids['ended']}", params={"q": "@EXAMPLE", "page_sent": "4"}).text
+        assert "page 4 of 4" in found and "(34 matching)" in found and "u39@example.com" in found
+        r = c.post(f"/admin/sendings/{pg_site.ids['processing']}/pause", data={"csrf": csrf})
+        assert r.status_code == 303 and pg_site.status("processing") == "pause"

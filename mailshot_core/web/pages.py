@@ -349,5 +349,6 @@ def subscriber(request: Request, admin: Annotated[Admin, Depends(logged_in)], em
             "email": email,
             "h": history,
             "sendings": list(reversed(history.sendings)) if history else [],
+            "outcomes": views.RECIPIENT_LABELS,
         },
     )

@@ -72,6 +72,10 @@ GROUPS = (
 )
 
 
+# One recipient's status in words (the subscriber page's history).
+RECIPIENT_LABELS = {status: group.label for group in GROUPS for status in group.statuses}
+
+
 @dataclass(frozen=True)
 class Page(Generic[T]):
     items: Sequence[T]
