@@ -282,3 +282,12 @@ def test_list_detail_search_and_pause_on_postgresql(pg_server: object, tmp_path:
         assert "page 4 of 4" in found and "(34 matching)" in found and "u39@example.com" in found
         r = c.post(f"/admin/sendings/{pg_site.ids['processing']}/pause", data={"csrf": csrf})
         assert r.status_code == 303 and pg_site.status("processing") == "pause"
+
+
+def test_base_layout_serves_public_pages_without_a_login() -> None:
+    """base.html renders with no user (the public pages extend it): no admin navigation, no form."""
+    from mailshot_core.web.templating import render
+
+    html = render("error.html", {"title": "Gone", "message": "<b>x</b>"}, status_code=404).body.decode()
+    assert "<title>Gone · Mailshot</title>" in html and "&lt;b&gt;x&lt;/b&gt;" in html
+    assert "Log out" not in html and 'href="/admin/"' not in html.split("<main>")[0]

@@ -135,6 +135,18 @@ def test_operator_logs_in_follows_a_sending_searches_and_pauses_it(site: Site, o
     page.goto(f"/admin/sendings/{processing}")
     page.get_by_role("button", name="Resume").click()
     expect(page.locator("h1 .status")).to_have_text("sending")
+
+    # A finished sending: opens, clicks and bounces in their groups, no buttons but the run link.
+    page.goto(f"/admin/sendings/{site.ids['ended']}")
+    expect(page.locator("section.group h3")).to_have_text(
+        [re.compile(g) for g in (r"Sent \(34\)", r"Opened \(4\)", r"Clicked \(2\)", r"Bounced \(1\)")]
+    )
+    expect(page.locator(".actions button")).to_have_count(0)
+    operator.shot("07-sending-ended")
+
+    page.goto("/admin/sendings/999999")
+    expect(page.locator("p.error")).to_have_text("no sending with id 999999")
+    operator.shot("08-not-found")
     assert operator.dialogs == []
 
 
@@ -146,7 +158,7 @@ def test_html_and_script_in_data_never_run(site: Site, operator: Operator) -> No
     operator.log_in()
     page.goto(f"/admin/subscriber?email={EVIL_EMAIL}")
     expect(page.locator("#nom")).to_have_text(EVIL)
-    operator.shot("07-subscriber-escaped")
+    operator.shot("09-subscriber-escaped")
     page.goto("/admin/")
     expect(page.get_by_text(f"{EVIL} Winter issue")).to_be_visible()
     page.goto(f"/admin/sendings/{site.ids['processing']}")

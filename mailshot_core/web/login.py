@@ -42,6 +42,7 @@ SESSION_LIFETIME = 12 * 3600  # a working day: long enough to follow a sending, 
 ANONYMOUS_LIFETIME = 3600  # the login form's own session
 FAILURE_WINDOW = 15 * 60
 LOCKOUT_AFTER = 10
+MAX_TRACKED = 10_000  # client addresses with recent failures kept in memory before expired ones are dropped
 FAILURE_DELAY = 0.5  # seconds per recent failure before answering a wrong password, capped below
 MAX_FAILURE_DELAY = 5.0
 MAX_FORM_BYTES = 64 * 1024  # our forms carry a few fields; a bigger body is not one of them
@@ -199,6 +200,9 @@ class LoginThrottle:
         """Record a failure; returns how long to wait before answering it."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            if len(self._failures) >= MAX_TRACKED:  # many addresses guessing: forget the expired ones
+                for other in list(self._failures):
+                    self._recent(other, now)
             times = self._recent(client, now)
             times.append(now)
             self._failures[client] = times
