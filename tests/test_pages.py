@@ -218,7 +218,9 @@ def test_bad_input_gets_a_clear_page_never_a_500(site: Site, admin: tuple[httpx.
         (f"/admin/sendings/{site.ids['ended']}?page_fail=2", 404, "no page 2"),
         (f"/admin/sendings/{site.ids['ended']}?q=" + "x" * 400, 400, "at most 320"),
         ("/admin/subscriber?email=nobody@example.com", 404, "no subscriber"),
-        ("/admin/subscriber?email=%00%ff", 404, "no subscriber"),
+        ("/admin/subscriber?email=%ff@example.com", 404, "no subscriber"),
+        ("/admin/subscriber?email=a%00@example.com", 400, "control characters"),
+        (f"/admin/sendings/{site.ids['ended']}?q=u%00", 400, "control characters"),
     ]
     for path, status, message in cases:
         r = client.get(path)
@@ -280,6 +282,8 @@ def test_list_detail_search_and_pause_on_postgresql(pg_server: object, tmp_path:
         ]
         found = c.get(f"/admin/sendings/{pg_site.ids['ended']}", params={"q": "@EXAMPLE", "page_sent": "4"}).text
         assert "page 4 of 4" in found and "(34 matching)" in found and "u39@example.com" in found
+        assert c.get("/admin/subscriber", params={"email": "a\x00@example.com"}).status_code == 400
+        assert c.get("/admin/subscriber", params={"email": "é@example.com"}).status_code == 404
         r = c.post(f"/admin/sendings/{pg_site.ids['processing']}/pause", data={"csrf": csrf})
         assert r.status_code == 303 and pg_site.status("processing") == "pause"
 

@@ -99,7 +99,7 @@ class Sessions:
 
     def new(self, user: str = "", now: float | None = None) -> AdminSession:
         lifetime = SESSION_LIFETIME if user else ANONYMOUS_LIFETIME
-        return AdminSession(user, secrets.token_urlsafe(16), int((now or time.time()) + lifetime))
+        return AdminSession(user, secrets.token_urlsafe(16), int((time.time() if now is None else now) + lifetime))
 
     def encode(self, session: AdminSession) -> str:
         payload = _b64(json.dumps({"u": session.user, "n": session.nonce, "e": session.expires}).encode())
@@ -117,7 +117,7 @@ class Sessions:
             session = AdminSession(str(data["u"]), str(data["n"]), int(data["e"]))
         except (ValueError, KeyError, TypeError, binascii.Error):
             return None  # signed by us, so only a format change of ours gets here
-        if session.expires < (now or time.time()):
+        if session.expires < (time.time() if now is None else now):
             return None
         if session.user and session.user != self.user:
             return None  # the login was renamed (the key would differ anyway)

@@ -28,7 +28,16 @@ from mailshot_core.db import session_scope
 from mailshot_core.errors import InvalidInput, InvalidState, NotFound
 from mailshot_core.web import views
 from mailshot_core.web.app import context
-from mailshot_core.web.login import AdminSession, Disabled, LoginRequired, LoginThrottle, Refused, Sessions, read_form
+from mailshot_core.web.login import (
+    COOKIE,
+    AdminSession,
+    Disabled,
+    LoginRequired,
+    LoginThrottle,
+    Refused,
+    Sessions,
+    read_form,
+)
 from mailshot_core.web.templating import SECURITY_HEADERS, render
 
 log = logging.getLogger("mailshot.web.pages")
@@ -128,7 +137,7 @@ class Admin:
 
 def logged_in(request: Request) -> Admin:
     sessions = _sessions(request)
-    session = sessions.decode(request.cookies.get("mailshot_admin"))
+    session = sessions.decode(request.cookies.get(COOKIE))
     if session is None or not session.logged_in:
         raise LoginRequired()
     return Admin(sessions, session)
@@ -145,7 +154,7 @@ async def _checked_post(request: Request, need_login: bool) -> Posted:
     sessions = _sessions(request)
     if not sessions.same_origin(request):
         raise Refused("this form was sent from another site")
-    session = sessions.decode(request.cookies.get("mailshot_admin"))
+    session = sessions.decode(request.cookies.get(COOKIE))
     if session is None:
         raise Refused("your session has expired: reload the page and log in again")
     if need_login and not session.logged_in:
@@ -175,7 +184,7 @@ def admin_root() -> Response:
 @router.get("/admin/login")
 def login_form(request: Request, next: str | None = None) -> Response:
     sessions = _sessions(request)
-    session = sessions.decode(request.cookies.get("mailshot_admin"))
+    session = sessions.decode(request.cookies.get(COOKIE))
     if session is not None and session.logged_in:
         return _redirect(_safe_next(next))
     fresh = session is None
@@ -274,11 +283,19 @@ def sendings_list(request: Request, admin: Annotated[Admin, Depends(logged_in)])
     )
 
 
+def _address_text(value: str, what: str) -> str:
+    """A searched address (or part of one): bounded, and without control characters (PostgreSQL
+    refuses NUL in text: it would be a 500)."""
+    value = value.strip()
+    if len(value) > MAX_SEARCH:
+        raise InvalidInput(f"{what}: at most {MAX_SEARCH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInput(f"{what}: control characters are not part of an address")
+    return value
+
+
 def _search(request: Request) -> str:
-    raw = request.query_params.get("q", "").strip().lower()
-    if len(raw) > MAX_SEARCH:
-        raise InvalidInput(f"search: at most {MAX_SEARCH} characters")
-    return raw
+    return _address_text(request.query_params.get("q", ""), "search").lower()
 
 
 @router.get("/admin/sendings/{mailshot_id}")
@@ -334,9 +351,7 @@ def sending_action(
 
 @router.get("/admin/subscriber")
 def subscriber(request: Request, admin: Annotated[Admin, Depends(logged_in)], email: str = "") -> Response:
-    email = email.strip()
-    if len(email) > MAX_SEARCH:
-        raise InvalidInput(f"address: at most {MAX_SEARCH} characters")
+    email = _address_text(email, "address")
     history = None
     if email:
         with Session(context(request).engine) as session:
