@@ -14,8 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import make_settings
+from conftest import engine_for, make_settings
 from fakes.webhooks import SnsSigner, WebServer, free_socket
+from helpers import create
+from mailshot_core import mailshots
+from mailshot_core.db import session_scope
 from mailshot_core.web import login
 from mailshot_core.web.login import AdminSession, LoginThrottle, Sessions
 from pagesite import ADMIN_PASSWORD, ADMIN_USER, EVIL, EVIL_EMAIL, PREFECT_UI, RUN_ID, Site, csrf_of, page_site
@@ -181,6 +184,21 @@ def test_posts_without_the_sessions_csrf_token_change_nothing(site: Site, admin:
     assert r.status_code == 303 and site.status("processing") == "pause"
     assert client.post(path.replace("pause", "resume"), data={"csrf": csrf}).status_code == 303
     assert site.status("processing") == "processing"
+
+
+def test_cancel_kills_the_recipients_not_sent_yet(site: Site, admin: tuple[httpx.Client, str]) -> None:
+    """Cancel (behind its confirmation) ends a sending: its waiting recipients become "not sent"."""
+    client, csrf = admin
+    mid = create(engine_for(site.settings), site.settings, subject="To be cancelled")
+    with session_scope(engine_for(site.settings)) as session:
+        mailshots.materialise(session, mailshots.get(session, mid))
+    page = client.get(f"/admin/sendings/{mid}").text
+    assert f'action="/admin/sendings/{mid}/cancel"' in page and "To send (41)" in page
+    r = client.post(f"/admin/sendings/{mid}/cancel", data={"csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == f"/admin/sendings/{mid}"
+    page = client.get(f"/admin/sendings/{mid}").text
+    assert "Not sent (cancelled, or left the lists) (41)" in page and "/cancel" not in page
+    assert client.post(f"/admin/sendings/{mid}/pause", data={"csrf": csrf}).status_code == 409
 
 
 def test_html_in_names_and_subjects_is_shown_as_text(site: Site, admin: tuple[httpx.Client, str]) -> None:

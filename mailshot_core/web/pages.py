@@ -145,8 +145,7 @@ def logged_in(request: Request) -> Admin:
 
 @dataclass(frozen=True)
 class Posted:
-    admin: Admin | None  # None on the login form (an anonymous session)
-    session: AdminSession
+    session: AdminSession  # anonymous on the login form
     form: dict[str, str]
 
 
@@ -162,7 +161,7 @@ async def _checked_post(request: Request, need_login: bool) -> Posted:
     form = await read_form(request)
     if not sessions.check_csrf(session, form.get("csrf")):
         raise Refused("missing or wrong CSRF token: reload the page and try again")
-    return Posted(Admin(sessions, session) if session.logged_in else None, session, form)
+    return Posted(session, form)
 
 
 async def posted(request: Request) -> Posted:
