@@ -186,8 +186,9 @@ def test_posts_without_the_sessions_csrf_token_change_nothing(site: Site, admin:
     assert site.status("processing") == "processing"
 
 
-def test_cancel_kills_the_recipients_not_sent_yet(site: Site, admin: tuple[httpx.Client, str]) -> None:
-    """Cancel (behind its confirmation) ends a sending: its waiting recipients become "not sent"."""
+def test_cancel_then_archive(site: Site, admin: tuple[httpx.Client, str]) -> None:
+    """Cancel (behind its confirmation) ends a sending: its waiting recipients become "not sent"; Archive then
+    deletes the rows and keeps the counters."""
     client, csrf = admin
     mid = create(engine_for(site.settings), site.settings, subject="To be cancelled")
     with session_scope(engine_for(site.settings)) as session:
@@ -199,6 +200,12 @@ def test_cancel_kills_the_recipients_not_sent_yet(site: Site, admin: tuple[httpx
     page = client.get(f"/admin/sendings/{mid}").text
     assert "Not sent (cancelled, or left the lists) (41)" in page and "/cancel" not in page
     assert client.post(f"/admin/sendings/{mid}/pause", data={"csrf": csrf}).status_code == 409
+    # Then the original's Archive: rows gone, counters kept.
+    assert f'action="/admin/sendings/{mid}/archive"' in page
+    assert client.post(f"/admin/sendings/{mid}/archive", data={"csrf": csrf}).status_code == 303
+    page = client.get(f"/admin/sendings/{mid}").text
+    assert "per-recipient detail was deleted" in page and "/archive" not in page
+    assert re.search(r"<td>Failed</td><td class=\"num\">41</td>", page)
 
 
 def test_html_in_names_and_subjects_is_shown_as_text(site: Site, admin: tuple[httpx.Client, str]) -> None:

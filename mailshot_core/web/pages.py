@@ -23,9 +23,10 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from mailshot_core import mailshots, subscribers
+from mailshot_core import mailshots, purge, subscribers
 from mailshot_core.db import session_scope
 from mailshot_core.errors import InvalidInput, InvalidState, NotFound
+from mailshot_core.models import utcnow
 from mailshot_core.web import views
 from mailshot_core.web.app import context
 from mailshot_core.web.login import (
@@ -329,6 +330,9 @@ _ACTIONS: dict[str, Callable[[Session, int], object]] = {
     "pause": lambda session, mid: mailshots.pause(session, mid, "paused by the operator (follow-up pages)"),
     "resume": mailshots.resume,
     "cancel": mailshots.cancel,
+    # The original's manual "Archive" of an ended or cancelled sending: purge.py's archive, at once
+    # (the daily purge-stats prunes the kept outcomes beyond the 12 most recent per address).
+    "archive": lambda session, mid: purge.archive(session, mailshots.get(session, mid), utcnow()),
 }
 
 
