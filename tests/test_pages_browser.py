@@ -67,6 +67,11 @@ class Operator:
 
     def shot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
+        if self.page.locator("iframe.preview").count():
+            # The sandboxed preview is its own (opaque-origin) frame: a full-page shot taken as soon as
+            # its text is in the DOM still showed it blank, until it had been scrolled into view once.
+            playwright_api.expect(self.page.frame_locator("iframe.preview").locator("body")).to_contain_text("Hello")
+            self.page.locator("iframe.preview").scroll_into_view_if_needed()
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
     def log_in(self) -> None:
