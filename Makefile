@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-stop test lint typecheck unit system-deps clean
+.PHONY: demo demo-stop test lint typecheck unit system-deps screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,9 @@ demo-stop:
 	-test -f .demo/prefect-server.pid && kill $$(cat .demo/prefect-server.pid) && rm -f .demo/prefect-server.pid
 
 # Debian packages the tests need: PostgreSQL, MariaDB (the legacy SPIP import) and Dovecot (IMAP),
-# all started by the tests themselves on free ports; the packages' own services are not used.
+# all started by the tests themselves on free ports; the packages' own services are not used; and
+# Chromium, which Playwright drives for the follow-up pages' tests (Debian's build: Playwright's own
+# download needs its CDN).
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing PostgreSQL from Debian's packages"; \
@@ -33,6 +35,10 @@ system-deps:
 	  echo "installing Dovecot from Debian's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; \
 	fi
+	@if ! test -x /usr/lib/chromium/chromium && ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing Chromium from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,6 +49,13 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider --durations=10
+
+# The follow-up pages' screenshots (the browser tests write them to artifacts/screenshots/), copied to
+# docs/screenshots/ where reviewers see them.
+screenshots: $(STAMP) system-deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_pages_browser.py
+	mkdir -p docs/screenshots
+	cp artifacts/screenshots/*.png docs/screenshots/
 
 clean:
 	rm -rf $(VENV) .demo demo-out *.egg-info .mypy_cache .ruff_cache

@@ -155,8 +155,10 @@ def subs_show(email: str) -> None:
         table.add_row(identifier, status, f"{when:%Y-%m-%d}")
     out.print(table)
     table = Table("sending", "subject", "status", "tries", "last attempt", "last error", title="Sendings")
-    for mid, subject, status, tries, last, error in h.sendings:
-        table.add_row(str(mid), subject[:40], status, str(tries), f"{last:%Y-%m-%d %H:%M}" if last else "", error or "")
+    for o in h.sendings:
+        error = "(archived: detail purged)" if o.archived else o.last_error or ""
+        last = f"{o.at:%Y-%m-%d %H:%M}" if o.at else ""
+        table.add_row(str(o.mailshot_id), o.subject[:40], o.status, str(o.tries), last, error)
     out.print(table)
     # The id column: the MAX_FAIL reason cites events by id (fail_rule.describe).
     table = Table("id", "when", "source", "sending", "event", "detail", title="Feedback events")
@@ -399,7 +401,7 @@ def web(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve the web app with uvicorn (put it behind HTTPS): unsubscribe links /u/, open pixel /o/,
-    click redirects /c/, ESP webhooks /webhooks/PROVIDER."""
+    click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/."""
     import uvicorn
 
     from mailshot_core.web.app import create_app

@@ -7,6 +7,7 @@ directory and a relay on localhost:1025 (what ``make demo`` starts).
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from functools import lru_cache
@@ -20,6 +21,9 @@ DEFAULT_SECRET = "change-me-mailshot-secret"
 # "scheme://user:password@" -> the password part, to mask it in error messages.
 # Greedy up to the last "@": a password may itself contain "@"; masking too much is harmless.
 _URL_PASSWORD = re.compile(r"^([^:/@]*:?/*[^:/@]*:).*@")
+_PREFECT_CLOUD_API = re.compile(
+    r"^https://api\.prefect\.cloud/api/accounts/(?P<account>[^/]+)/workspaces/(?P<workspace>[^/]+)$"
+)
 
 
 class SmtpTls(StrEnum):
@@ -198,6 +202,17 @@ class Settings(BaseSettings):
         description="Default database URL of the SPIP site for import-legacy (kept out of Prefect's run history).",
     )
 
+    # --- issue 6: the follow-up pages (web/pages.py, web/login.py) ---
+    admin_user: str = Field("admin", min_length=1, description="Login of the follow-up pages (/admin/).")
+    admin_password: SecretStr | None = Field(
+        None, description="Password of the follow-up pages; unset, the pages are disabled (secure by default)."
+    )
+    prefect_ui_url: str | None = Field(
+        None,
+        description="Prefect UI the pages link flow runs to (default: PREFECT_UI_URL, else derived from "
+        "PREFECT_API_URL, else http://127.0.0.1:4200).",
+    )
+
     @field_validator("from_email", "reply_to", "unsubscribe_mailto", "bounce_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
@@ -214,6 +229,11 @@ class Settings(BaseSettings):
 
         parse_duration(value)  # DurationError (a ValueError) names the problem
         return value.strip()
+
+    @field_validator("prefect_ui_url")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return cls._url(value) if value else None
 
     @field_validator("base_url")
     @classmethod
@@ -247,6 +267,25 @@ class Settings(BaseSettings):
                 "(the default key is published)"
             )
         return self
+
+    @property
+    def prefect_ui(self) -> str:
+        """Base URL of the Prefect UI: ours, else Prefect's own settings from the environment.
+
+        Read here, at the edge, because mailshot_core never imports prefect; the derivation follows
+        Prefect's (``ui_url`` = the API URL without ``/api``; Prefect Cloud's API host -> its app host).
+        """
+        if self.prefect_ui_url:
+            return self.prefect_ui_url.rstrip("/")
+        if os.environ.get("PREFECT_UI_URL"):
+            return os.environ["PREFECT_UI_URL"].rstrip("/")
+        api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+        cloud = _PREFECT_CLOUD_API.match(api)
+        if cloud:
+            return f"https://app.prefect.cloud/account/{cloud['account']}/workspace/{cloud['workspace']}"
+        if api.endswith("/api"):
+            return api.removesuffix("/api")
+        return "http://127.0.0.1:4200"
 
     @property
     def list_domain(self) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
+from sqlalchemy import and_, case, func, or_, select
 from sqlmodel import Session
 
 from mailshot_core import mailshots, subscribers
@@ -94,18 +94,12 @@ def _succeeded_for_others(session: Session, mailshot_id: int, email: str, archiv
 def _last_outcomes(session: Session, email: str, count: int) -> list[Any]:
     """The address's last ``count`` settled outcomes, from live recipient rows and from the outcomes
     purge.py keeps of archived sendings (``delivery_outcome``), most recent sending first."""
-    live = select(_r.c.mailshot_id, _r.c.status, _r.c.tries, _r.c.last_error, literal(False).label("archived")).where(
-        _r.c.email == email, _r.c.status.in_(SETTLED)
+    both = subscribers.outcomes_of(email)
+    return list(
+        session.execute(
+            select(both).where(both.c.status.in_(SETTLED)).order_by(both.c.mailshot_id.desc()).limit(count)
+        ).all()
     )
-    kept = select(
-        _o.c.mailshot_id,
-        _o.c.status,
-        _o.c.tries,
-        literal(None, String).label("last_error"),
-        literal(True).label("archived"),
-    ).where(_o.c.email == email, _o.c.status.in_(SETTLED))
-    both = union_all(live, kept).subquery()
-    return list(session.execute(select(both).order_by(both.c.mailshot_id.desc()).limit(count)).all())
 
 
 def evidence(session: Session, email: str, max_fail: int) -> list[Evidence] | None:

@@ -103,15 +103,19 @@ def apply_counter_deltas(session: Session | Connection, mailshot_id: int, delta:
     session.execute(update(Mailshot).where(col(Mailshot.id) == mailshot_id).values(**values))
 
 
+def status_counts(session: Session, mailshot_id: int, email_contains: str | None = None) -> dict[str, int]:
+    """Recipient rows per status (one GROUP BY on ix_recipient_claim), optionally of the addresses
+    containing a text (the follow-up pages' search: a scan of the sending's rows, LIKE %text%)."""
+    query = select(Recipient.status, func.count()).where(Recipient.mailshot_id == mailshot_id)
+    if email_contains:
+        query = query.where(col(Recipient.email).contains(email_contains, autoescape=True))
+    return {status: int(n) for status, n in session.exec(query.group_by(col(Recipient.status))).all()}
+
+
 def recount(session: Session, mailshot_id: int) -> dict[str, int]:
-    """Counters computed from the recipient rows (one GROUP BY on ix_recipient_claim)."""
-    rows = session.exec(
-        select(Recipient.status, func.count())
-        .where(Recipient.mailshot_id == mailshot_id)
-        .group_by(col(Recipient.status))
-    ).all()
+    """Counters computed from the recipient rows."""
     totals: Counter[str] = Counter()
-    for status, n in rows:
+    for status, n in status_counts(session, mailshot_id).items():
         totals["total"] += n
         for name in _COUNTERS_OF[status]:
             totals[name] += n

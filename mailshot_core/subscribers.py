@@ -16,17 +16,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import and_, func, update
+from sqlalchemy import String, and_, func, literal, union_all, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Subquery
 from sqlmodel import Session, col, select
 
 from mailshot_core.errors import InvalidInput, NotFound
 from mailshot_core.message import HeaderError, check_header_value
 from mailshot_core.models import (
+    DeliveryOutcome,
     FeedbackEvent,
     MailingList,
     Mailshot,
@@ -42,6 +44,9 @@ IMPORT_CHUNK = 1000
 _LIST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
 _SUBSCRIPTIONS = Subscription.__table__  # type: ignore[attr-defined]
+_RECIPIENTS = Recipient.__table__  # type: ignore[attr-defined]
+_OUTCOMES = DeliveryOutcome.__table__  # type: ignore[attr-defined]
+_MAILSHOTS = Mailshot.__table__  # type: ignore[attr-defined]
 
 
 def normalise_email(raw: str) -> str:
@@ -400,16 +405,44 @@ def unsubscribe(
     return int(changed)
 
 
+class SendingOutcome(NamedTuple):
+    """One sending of an address: its recipient row, or what purge.py kept of it once archived."""
+
+    mailshot_id: int
+    subject: str
+    status: str
+    tries: int
+    at: datetime | None  # last attempt
+    last_error: str | None
+    archived: bool = False  # from delivery_outcome: the row itself (and its error text) was purged
+
+
+def outcomes_of(email: str) -> Subquery:
+    """One address's fate in every sending: its recipient rows and, for archived sendings, what
+    purge.py kept of them (``delivery_outcome``).  Columns: mailshot_id, status, tries, at (last
+    attempt), last_error (None once archived), archived.  Read by :func:`history` and by the MAX_FAIL
+    rule (fail_rule), so both see the same history.  Uses the email indexes of both tables."""
+    r, o = _RECIPIENTS.c, _OUTCOMES.c
+    live = sa_select(r.mailshot_id, r.status, r.tries, r.last_attempt_at.label("at"), r.last_error)
+    kept = sa_select(o.mailshot_id, o.status, o.tries, o.at, literal(None, String).label("last_error"))
+    return union_all(
+        live.add_columns(literal(False).label("archived")).where(r.email == email),
+        kept.add_columns(literal(True).label("archived")).where(o.email == email),
+    ).subquery()
+
+
 @dataclass
 class AddressHistory:
     subscriber: Subscriber
     subscriptions: list[tuple[str, str, datetime]]
-    sendings: list[tuple[int, str, str, int, datetime | None, str | None]]
+    sendings: list[SendingOutcome]  # by sending id, live and archived together
     events: list[FeedbackEvent]
 
 
 def history(session: Session, email: str) -> AddressHistory:
-    """Everything known about one address: lists, every sending with its outcome, every event."""
+    """Everything known about one address: lists, every sending with its outcome (archived sendings
+    through their kept ``delivery_outcome``), every event.  Read by ``mailshot subscribers show`` and
+    the subscriber page."""
     sub = get_subscriber(session, email)
     subs = session.exec(
         select(MailingList.identifier, Subscription.status, Subscription.updated_at)
@@ -417,25 +450,21 @@ def history(session: Session, email: str) -> AddressHistory:
         .where(Subscription.subscriber_id == sub.id)
         .order_by(col(MailingList.identifier))
     ).all()
-    sends = session.execute(
-        sa_select(  # type: ignore[call-overload]
-            Recipient.mailshot_id,
-            Mailshot.subject,
-            Recipient.status,
-            Recipient.tries,
-            Recipient.last_attempt_at,
-            Recipient.last_error,
-        )
-        .join(Mailshot, col(Mailshot.id) == Recipient.mailshot_id)
-        .where(Recipient.email == sub.email)
-        .order_by(col(Recipient.mailshot_id))
+    both = outcomes_of(sub.email)
+    rows = session.execute(
+        sa_select(both, _MAILSHOTS.c.subject)
+        .join(_MAILSHOTS, _MAILSHOTS.c.id == both.c.mailshot_id)
+        .order_by(both.c.mailshot_id)
     ).all()
+    sendings = [
+        SendingOutcome(r.mailshot_id, r.subject, r.status, r.tries, r.at, r.last_error, bool(r.archived)) for r in rows
+    ]
     events = session.exec(
         select(FeedbackEvent).where(FeedbackEvent.email == sub.email).order_by(col(FeedbackEvent.id))
     ).all()
     return AddressHistory(
         subscriber=sub,
         subscriptions=[(a, b, c) for a, b, c in subs],
-        sendings=[(a, b, c, d, e, f) for a, b, c, d, e, f in sends],
+        sendings=sendings,
         events=list(events),
     )

@@ -12,7 +12,7 @@ from sqlmodel import col, select
 
 from conftest import engine_for, make_settings
 from helpers import create, drive, seed
-from mailshot_core import mailshots, purge
+from mailshot_core import mailshots, purge, subscribers
 from mailshot_core.config import Settings
 from mailshot_core.db import session_scope
 from mailshot_core.devrelay import DevRelay, FaultPlan
@@ -107,6 +107,9 @@ def test_purge_keeps_every_counter_and_removes_the_rows(db_url: str, tmp_path: P
             (a, "fail"),
         ]
         assert session.exec(select(func.count()).select_from(DeliveryOutcome)).one() == 36
+        # ... and so does the address's history (`mailshot subscribers show`, the subscriber page).
+        shown = [(o.mailshot_id, o.status, o.archived) for o in subscribers.history(session, "u3@example.com").sendings]
+        assert shown == [(a, "fail", True), (b, "fail", True), (recent, "fail", False), (cancelled, "kill", True)]
     for mid in (a, b, cancelled):
         assert _rows(engine, mid) == 0
     assert _rows(engine, recent) == 12

@@ -312,8 +312,8 @@ def test_history_shows_lists_sendings_and_events(engine: Engine) -> None:
         h = history(s, "ANN@example.org")
     assert h.subscriber.email == "ann@example.org" and h.subscriber.nom == "Ann"
     assert [(name, status) for name, status, _ in h.subscriptions] == [("events", "refused"), ("news", "valid")]
-    assert [(m, subj, st, tries) for m, subj, st, tries, _, _ in h.sendings] == [(shot_id, "Spring issue", "sent", 1)]
-    assert h.sendings[0][4] is not None and h.sendings[0][5] is None
+    assert [(o.mailshot_id, o.subject, o.status, o.tries) for o in h.sendings] == [(shot_id, "Spring issue", "sent", 1)]
+    assert h.sendings[0].at is not None and h.sendings[0].last_error is None and not h.sendings[0].archived
     assert [(e.kind, e.email) for e in h.events] == [("unsub", "ann@example.org")]
     with pytest.raises(NotFound), session_scope(engine) as s:
         history(s, "nobody@example.org")

@@ -33,7 +33,7 @@ def context(request: Request) -> WebContext:
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, fetch: Fetch | None = None
 ) -> FastAPI:
-    from mailshot_core.web import links, webhooks
+    from mailshot_core.web import links, pages, webhooks
 
     settings = settings or get_settings()
     engine = engine or get_engine(settings.database_url)
@@ -43,4 +43,5 @@ def create_app(
     app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch), fetch)
     app.include_router(webhooks.router)
     app.include_router(links.router)
+    app.include_router(pages.router)
     return app

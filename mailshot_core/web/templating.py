@@ -2,8 +2,10 @@
 
 Autoescape is on for every template: a subject, a subscriber's name or an error text are data, and
 ``<script>`` in them must reach the browser as text.  ``StrictUndefined`` turns a misspelt variable
-into an error the tests see, instead of an empty cell.  ``base.html`` needs no logged-in user:
-:func:`render` gives ``user`` and ``csrf`` their empty defaults.
+into an error the tests see, instead of an empty cell.  ``base.html`` (the follow-up pages) needs no
+logged-in user, for the error pages shown before login; the public pages a subscriber sees
+(unsubscribe) extend ``public.html``, without our branding.  :func:`render` gives ``title``, ``user``, ``csrf`` and ``refresh`` empty
+defaults, and a page fills ``{% block content %}``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,6 @@ env.filters["number"] = _number
 
 
 def render(template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    values: dict[str, Any] = {"user": None, "csrf": None, "refresh": None, **context}
+    values: dict[str, Any] = {"title": "", "user": None, "csrf": None, "refresh": None, **context}
     html = env.get_template(template).render(values)
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
