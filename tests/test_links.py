@@ -34,6 +34,7 @@ from mailshot_core.models import (
     utcnow,
 )
 from mailshot_core.tokens import TRACK, UNSUBSCRIBE, make_token
+from pagesite import csrf_of
 
 HTML = (
     "<html><body><p>Hello {{ nom }}</p>"
@@ -113,7 +114,9 @@ def site(url: str, tmp: Path, **overrides: object) -> Iterator[Site]:
     sock = free_socket()
     web_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with DevRelay() as relay:
-        settings = make_settings(url, relay, base_url=web_url, tracking_machine_seconds=0, **overrides)
+        settings = make_settings(
+            url, relay, base_url=web_url, tracking_machine_seconds=0, admin_password="links-test", **overrides
+        )
         engine = engine_for(settings)
         seed(engine, tmp, 8)
         seed(engine, tmp, 3, list_name="offers")
@@ -289,6 +292,26 @@ def test_a_click_soon_after_sending_is_a_machine_s(news: Site, tmp_path: Path) -
         assert web.client.get(link, headers={"User-Agent": BROWSER}).status_code == 302
     assert news.status("u3@example.com") == "sent"
     assert news.counters()[2]["nb_clic_machine"] == 1
+
+
+def test_the_sending_page_shows_the_clicks_per_link(news: Site) -> None:
+    """The follow-up page of a tracked sending lists its links with people's and machines' clicks."""
+    with httpx.Client(base_url=news.web.url, timeout=10, headers={"User-Agent": BROWSER}) as client:
+        client.get(news.links("u1@example.com")[1])
+        client.head(news.links("u2@example.com")[1])
+        form = client.get("/admin/login")
+        login = {"csrf": csrf_of(form.text), "user": "admin", "password": "links-test", "next": "/admin/"}
+        assert client.post("/admin/login", data=login).status_code == 303
+        page = client.get(f"/admin/sendings/{news.mailshot_id}").text
+    assert "open pixel and click redirects" in page
+    rows = re.findall(
+        r'<tr><td class="small"><a href="([^"]+)"[^>]*>[^<]*</a></td><td class="num">(\d+)</td><td class="num">(\d+)</td>',
+        page,
+    )
+    assert rows == [
+        ("https://example.org/article?id=1&amp;utm=news", "0", "0"),
+        ("https://example.org/agenda", "1", "1"),
+    ]
 
 
 # --- forged links and open redirects -------------------------------------------------------------------

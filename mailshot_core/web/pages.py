@@ -23,7 +23,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from mailshot_core import mailshots, purge, subscribers
+from mailshot_core import mailshots, purge, subscribers, tracking
 from mailshot_core.db import session_scope
 from mailshot_core.errors import InvalidInput, InvalidState, NotFound
 from mailshot_core.models import utcnow
@@ -307,6 +307,7 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
         mailshot = mailshots.get(session, mailshot_id)
         groups = views.recipient_groups(session, mailshot_id, numbers, search)
         titles = views.list_titles(session)
+        clicks = tracking.per_link_clicks(session, mailshot_id) if mailshot.track else []
     run_url = f"{ctx.settings.prefect_ui}/runs/flow-run/{mailshot.flow_run_id}" if mailshot.flow_run_id else None
     return render(
         "sending.html",
@@ -321,6 +322,7 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
             "percent": views.percent,
             "link": _link(request),
             "run_url": run_url,
+            "clicks": clicks,
             "refresh": REFRESH_SECONDS if mailshot.status == "processing" else None,
         },
     )
