@@ -172,3 +172,31 @@ def test_html_and_script_in_data_never_run(site: Site, operator: Operator) -> No
     expect(page.frame_locator("iframe.preview").locator("body")).to_contain_text("Hello")
     page.wait_for_timeout(300)  # a script would have run by now
     assert operator.dialogs == []
+
+
+def test_a_subscriber_unsubscribes_from_the_link_s_page(site: Site, operator: Operator) -> None:
+    """The public page behind a message's unsubscribe link: asks first, then leaves the chosen list."""
+    from sqlmodel import Session, select
+
+    from conftest import engine_for
+    from mailshot_core.models import Subscriber
+    from mailshot_core.tokens import UNSUBSCRIBE, make_token
+
+    page, expect = operator.page, playwright_api.expect
+    with Session(engine_for(site.settings)) as session:
+        subscriber = session.exec(select(Subscriber).where(Subscriber.email == "u10@example.com")).one()
+    assert subscriber.id is not None
+    token = make_token(b"test-secret", UNSUBSCRIBE, site.ids["ended"], subscriber.id)
+    page.goto(f"/u/{token}")
+    expect(page.locator("h1")).to_have_text("Unsubscribe")
+    expect(page.locator("main")).to_contain_text("u10@example.com")
+    expect(page.get_by_label("Leave the list “News”")).to_be_checked()
+    operator.shot("10-unsubscribe")
+    page.get_by_label("Leave all our lists").check()
+    page.get_by_role("button", name="Unsubscribe").click()
+    expect(page.locator("h1")).to_have_text("You are unsubscribed")
+    expect(page.locator("main")).to_contain_text("has left all our lists")
+    operator.shot("11-unsubscribed")
+    with Session(engine_for(site.settings)) as session:
+        assert session.get(Subscriber, subscriber.id).status == "unsubscribed"  # type: ignore[union-attr]
+    assert operator.dialogs == []
