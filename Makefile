@@ -16,6 +16,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 demo-stop:
+	-test -f .demo/web.pid && kill $$(cat .demo/web.pid) && rm -f .demo/web.pid
 	-test -f .demo/prefect-server.pid && kill $$(cat .demo/prefect-server.pid) && rm -f .demo/prefect-server.pid
 
 # Debian packages the tests need: PostgreSQL, MariaDB (the legacy SPIP import) and Dovecot (IMAP),

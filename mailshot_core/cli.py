@@ -243,6 +243,9 @@ def _status_dict(m: Any) -> dict[str, Any]:
         "id": m.id,
         "status": m.status,
         **mailshots.stored_counters(m),
+        "nb_read_machine": m.nb_read_machine,
+        "nb_clic_machine": m.nb_clic_machine,
+        "track": m.track,
         "subject": m.subject,
         "reason": m.status_reason,
     }
@@ -263,16 +266,21 @@ def status(
         data = [_status_dict(m) | ({"unknown_recipients": unknown} if mailshot_id is not None else {}) for m in rows]
         out.print_json(json.dumps(data[0] if mailshot_id is not None else data, default=str))
         return
-    table = Table("id", "status", "total", "current", "sent", "failed", "in doubt", "subject")
+    table = Table()
+    for name in ("id", "status", "total", "sent", "failed", "in doubt", "opened", "clicked", "unsub"):
+        table.add_column(name, no_wrap=True, min_width=max(len(name), 4))  # numbers are never cut
+    table.add_column("subject", no_wrap=True, overflow="ellipsis", max_width=24)
     for m in rows:
         table.add_row(
             str(m.id),
             m.status,
             str(m.total),
-            str(m.current),
             str(m.sent),
             str(m.failed),
             str(m.nb_unknown),
+            str(m.nb_read),
+            str(m.nb_clic),
+            str(m.nb_unsub),
             m.subject[:50],
         )
     out.print(table)

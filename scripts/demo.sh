@@ -14,7 +14,14 @@ free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0
 export PREFECT_HOME="$PWD/$DEMO/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false
 export MAILSHOT_DATABASE_URL="sqlite:///$PWD/$DEMO/mailshot.db"
 export MAILSHOT_FROM_EMAIL="newsletter@demo.example.org" MAILSHOT_FROM_NAME="Mailshot Demo"
-export MAILSHOT_BASE_URL="http://127.0.0.1:8000"
+# The web app (unsubscribe links, open/click tracking, follow-up pages) on 8000, or a free port.
+WEB_PORT=8000
+if (echo > /dev/tcp/127.0.0.1/$WEB_PORT) 2>/dev/null; then WEB_PORT=$(free_port); fi
+export MAILSHOT_BASE_URL="http://127.0.0.1:$WEB_PORT"
+export MAILSHOT_ADMIN_USER=admin MAILSHOT_ADMIN_PASSWORD=demo
+# The demo's readers below open their mail within seconds of it leaving, faster than any person:
+# keep them counted as people (in production, hits that fast are taken for link scanners).
+export MAILSHOT_TRACKING_MACHINE_SECONDS=0
 
 # 1. Prefect server (reused if a previous demo left it running).
 API_PORT=4200
@@ -37,7 +44,14 @@ trap 'kill $RELAY 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do [ -s "$DEMO/relay.pid" ] && break; sleep 0.1; done
 echo "== local relay: $(cat "$DEMO/relay.log")"
 
-# 3. A list of 1,000 demo subscribers (plus two bad rows, reported and skipped).
+# 3. The web app, left running with the Prefect server (make demo-stop stops both).
+test -f "$DEMO/web.pid" && kill "$(cat "$DEMO/web.pid")" 2>/dev/null || true
+echo "== mailshot web --port $WEB_PORT (log: $DEMO/web.log)"
+nohup "$BIN/mailshot" web --port "$WEB_PORT" > "$DEMO/web.log" 2>&1 &
+echo $! > "$DEMO/web.pid"
+for _ in $(seq 1 100); do curl -sf -o /dev/null "$MAILSHOT_BASE_URL/admin/login" && break; sleep 0.2; done
+
+# 4. A list of 1,000 demo subscribers (plus two bad rows, reported and skipped).
 "$BIN/python" - > "$DEMO/subscribers.csv" <<'PY'
 import random
 random.seed(7)
@@ -60,6 +74,9 @@ echo "== mailshot test $ID you@demo.example.org"
 $M test "$ID" you@demo.example.org
 echo "== mailshot send $ID"
 $M send "$ID"
+echo "== readers: 300 open the message, 100 click its link, 3 unsubscribe with one click (RFC 8058),"
+echo "   1 open comes from Apple Mail's privacy proxy (a machine: counted apart)"
+"$BIN/python" scripts/demo/readers.py demo-out "$MAILSHOT_BASE_URL"
 echo "== mailshot status $ID"
 $M status "$ID"
 
@@ -72,5 +89,7 @@ Where to look:
   - the Prefect UI:      http://127.0.0.1:$API_PORT  (flow run "mailshot-$ID: ...", its artifacts)
   - counters:            MAILSHOT_DATABASE_URL=$MAILSHOT_DATABASE_URL $M status $ID --json
   - one address:         MAILSHOT_DATABASE_URL=$MAILSHOT_DATABASE_URL $M subscribers show reader1@demo.example.org
-The Prefect server keeps running for you to look around; stop it with: make demo-stop
+  - the follow-up pages: $MAILSHOT_BASE_URL/admin/  (user admin, password demo)
+  - an unsubscribe page: the List-Unsubscribe URL of any message in demo-out/
+The Prefect server and the web app keep running for you to look around; stop them with: make demo-stop
 MSG
