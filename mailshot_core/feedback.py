@@ -57,7 +57,7 @@ class Effect(StrEnum):
     SPAM = "spam"
     UNSUB = "unsub"
     # An open or click that looks like a machine's (tracking.machine_reason): no status change, counted
-    # apart (nb_read_machine / nb_clic_machine), once per recipient (the event id says so).
+    # apart (nb_read_machine / nb_clic_machine), once per recipient (_first_machine_hits).
     MACHINE_READ = "machine_read"
     MACHINE_CLIC = "machine_clic"
     IGNORE = "ignore"  # accepted, queued, deferred, proxy opens...: nothing to record
@@ -368,6 +368,29 @@ def _recipients_of(session: Session, events: list[Any]) -> tuple[dict[int, _Row]
     return by_id, {(r.mailshot_id, r.email): r for r in by_id.values()}
 
 
+def _first_machine_hits(session: Session, hits: list[tuple[_Row, Effect]]) -> dict[int, Counter[str]]:
+    """Counter increments for machine hits: one per recipient and kind, however many links a scanner
+    fetched, so the counters equal tracking.machine_recount.  Earlier hits are the applied events
+    (looked up by address: ix_feedback_event_email); this batch's are not applied yet."""
+    if not hits:
+        return {}
+    earlier = session.execute(
+        select(_events.c.recipient_id, _events.c.kind).where(
+            _events.c.email.in_({row.email for row, _ in hits}),
+            _events.c.kind.in_([e.value for e in MACHINE_COUNTERS]),
+            _events.c.applied_at.is_not(None),
+        )
+    )
+    seen: set[tuple[int, str]] = {(rid, kind) for rid, kind in earlier}
+    counts: dict[int, Counter[str]] = {}
+    for row, effect in hits:
+        if (row.id, effect.value) in seen:
+            continue
+        seen.add((row.id, effect.value))
+        counts.setdefault(row.mailshot_id, Counter())[MACHINE_COUNTERS[effect]] += 1
+    return counts
+
+
 def apply_pending(
     engine: Engine,
     *,
@@ -393,7 +416,7 @@ def apply_pending(
         done: list[int] = []
         errors: dict[int, str] = {}
         unsubscribe: list[tuple[_Row, Effect, str]] = []
-        machine: dict[int, Counter[str]] = {}
+        machine: list[tuple[_Row, Effect]] = []
         for ev in events:
             row = by_id.get(ev.recipient_id) if ev.recipient_id is not None else by_pair.get((ev.mailshot_id, ev.email))
             if row is None or row.mailshot_id != ev.mailshot_id or (ev.email and row.email != ev.email):
@@ -406,7 +429,7 @@ def apply_pending(
             done.append(ev.id)
             effect = classify(ev.source, ev.kind, ev.raw)
             if effect in MACHINE_COUNTERS:
-                machine.setdefault(row.mailshot_id, Counter())[MACHINE_COUNTERS[effect]] += 1
+                machine.append((row, effect))
                 continue
             target = TARGET.get(effect)
             if target is None or RANK[target] <= RANK.get(row.status, 0):
@@ -435,7 +458,7 @@ def apply_pending(
             for mailshot_id, moves in per_sending.items():
                 mailshots.apply_counter_deltas(session, mailshot_id, mailshots.counter_deltas(moves))
             report.changed = len(moved)
-        for mailshot_id, counts in machine.items():
+        for mailshot_id, counts in _first_machine_hits(session, machine).items():
             mailshots.apply_counter_deltas(session, mailshot_id, counts)
         for row, effect, source in unsubscribe:
             report.unsubscribed += _unsubscribe(session, row, effect, source)

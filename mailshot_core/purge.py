@@ -100,6 +100,9 @@ def _row_count(session: Session, mailshot_id: int) -> int:
 def archive(session: Session, mailshot: Mailshot, now: datetime) -> tuple[ArchivedSending, bool]:
     """Archive one finished sending in the caller's transaction; returns (what, counters repaired)."""
     assert mailshot.id is not None
+    # Locked and read again (PostgreSQL): two archive requests at once (a double click on the page, the
+    # daily purge) must not both copy the outcomes; the second sees `archive` and is refused.
+    session.refresh(mailshot, with_for_update=True)
     if mailshot.status not in _FINISHED:
         from mailshot_core.errors import InvalidState
 

@@ -217,7 +217,8 @@ _ANCHOR = re.compile(r"<a\s[^>]*>", re.I)
 # The href attribute (not data-href ...), quoted either way or bare.
 _HREF = re.compile(r"""(?<![\w-])href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.I)
 _TRACKABLE = re.compile(r"https?://\S+", re.I)
-# Longer URLs are left untracked: PostgreSQL cannot index (uq_tracked_link) values much over 2,700 bytes.
+# Longer URLs (in UTF-8 bytes) are left untracked: PostgreSQL cannot index (uq_tracked_link) values much
+# over 2,700 bytes.
 MAX_TRACKED_URL = 2000
 NO_TRACK_ATTRIBUTE = "data-mailshot-notrack"
 
@@ -238,15 +239,32 @@ def _trackable_href(tag: str) -> tuple[re.Match[str], str] | None:
     if "{{" in raw or "{%" in raw or _SHORTHAND.search(raw):
         return None
     url = unescape_html(raw).strip()
-    if not _TRACKABLE.fullmatch(url) or len(url) > MAX_TRACKED_URL:
+    if not _TRACKABLE.fullmatch(url) or len(url.encode()) > MAX_TRACKED_URL:
         return None
     return match, url
+
+
+# Template text Jinja2 outputs verbatim or drops: ``{% raw %}`` blocks and ``{# comments #}``.  A link
+# there is not rewritten (a raw block would print ``{{ url_click }}`` as is) nor stored.
+_VERBATIM = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}|\{#.*?#\}", re.S)
+
+
+def _live_parts(source: str) -> list[tuple[str, bool]]:
+    """The template cut into (text, is Jinja2 template text) pieces, around the verbatim regions."""
+    parts: list[tuple[str, bool]] = []
+    start = 0
+    for match in _VERBATIM.finditer(source):
+        parts += [(source[start : match.start()], True), (match[0], False)]
+        start = match.end()
+    parts.append((source[start:], True))
+    return parts
 
 
 def find_links(source: str) -> list[str]:
     """The HTML template's trackable link URLs, each once, in order of appearance."""
     found: dict[str, None] = {}
-    for tag in _ANCHOR.finditer(source):
+    live = "".join(text for text, is_live in _live_parts(source) if is_live)
+    for tag in _ANCHOR.finditer(live):
         hit = _trackable_href(tag[0])
         if hit is not None:
             found.setdefault(hit[1])
@@ -275,7 +293,7 @@ def track_html(source: str, links: Mapping[str, int]) -> str:
         text = tag[0]
         return f'{text[: href.start()]}href="{{{{ url_click }}}}/{links[url]}"{text[href.end() :]}'
 
-    tracked = _ANCHOR.sub(rewrite, source)
+    tracked = "".join(_ANCHOR.sub(rewrite, text) if live else text for text, live in _live_parts(source))
     ends = list(_BODY_END.finditer(tracked))
     if ends:
         cut = ends[-1].start()

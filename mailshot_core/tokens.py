@@ -45,7 +45,10 @@ _TOKEN_RES = {n: re.compile(rf"^({_ID}(?:\.{_ID}){{{n - 1}}})\.([A-Za-z0-9_-]{{2
 # What each kind of link signs.  The unsubscribe link names the *subscriber*, not the recipient row:
 # purging a sending's details (purge.py) deletes its recipient rows, and a year-old newsletter's link
 # must still unsubscribe.  Tracking links name the recipient row, whose status they move.
-UNSUBSCRIBE = "unsub"  # (mailshot id, subscriber id; 0 for an address that is no subscriber)
+UNSUBSCRIBE = "unsubscribe"  # (mailshot id, subscriber id; 0 for an address that is no subscriber)
+# Messages sent by releases before the web app existed carry "unsub" links signing (mailshot id,
+# recipient id): read through the recipient row (unsubscribe_links.read_link), never as a subscriber id.
+LEGACY_UNSUBSCRIBE = "unsub"
 TRACK = "track"  # (mailshot id, recipient id)
 
 

@@ -29,7 +29,7 @@ from mailshot_core.models import (
     RecipientStatus,
     Subscriber,
 )
-from mailshot_core.tokens import UNSUBSCRIBE, read_token
+from mailshot_core.tokens import LEGACY_UNSUBSCRIBE, UNSUBSCRIBE, read_token
 
 ALL_LISTS = "*"  # the page's choice "every list"
 
@@ -58,10 +58,19 @@ class LinkTarget:
 def read_link(engine: Engine, key: bytes, token: str) -> LinkTarget | None:
     """The link's target; None when the token is forged or malformed, or names no sending."""
     ids = read_token(key, token, UNSUBSCRIBE)
-    if ids is None:
+    legacy = read_token(key, token, LEGACY_UNSUBSCRIBE) if ids is None else None
+    if ids is None and legacy is None:
         return None
-    mailshot_id, subscriber_id = ids
     with Session(engine) as session:
+        if ids is not None:
+            mailshot_id, subscriber_id = ids
+        else:
+            assert legacy is not None
+            mailshot_id, recipient_id = legacy
+            row = session.get(Recipient, recipient_id)
+            if row is None or row.mailshot_id != mailshot_id or row.subscriber_id is None:
+                return None  # purged since: that old link cannot say whose it was any more
+            subscriber_id = row.subscriber_id
         mailshot = session.get(Mailshot, mailshot_id)
         if mailshot is None:
             return None
@@ -83,7 +92,12 @@ def read_link(engine: Engine, key: bytes, token: str) -> LinkTarget | None:
 
 
 def _mark_recipient(session: Session, mailshot_id: int, email: str) -> None:
-    """The sending's recipient row moves to ``unsub`` (the feedback precedence: never down)."""
+    """The sending's recipient row moves to ``unsub`` (the feedback precedence: never down).
+
+    Only a row whose message went out (sent or later, or in doubt): a ``todo`` row's address left before its turn,
+    and the claim will kill it.  The update is guarded by the status read, so a concurrent move (a
+    complaint, a click applied meanwhile) is never overwritten nor counted twice.
+    """
     row = session.exec(
         select(Recipient.id, Recipient.status).where(
             Recipient.mailshot_id == mailshot_id, col(Recipient.email) == email
@@ -92,11 +106,19 @@ def _mark_recipient(session: Session, mailshot_id: int, email: str) -> None:
     if row is None:
         return
     rid, status = row
-    if status in IN_FLIGHT or RANK.get(status, 0) >= RANK[RecipientStatus.UNSUB]:
+    rank = RANK.get(status, 0)
+    went_out = rank >= RANK[RecipientStatus.SENT] or status == RecipientStatus.UNKNOWN  # a link followed: it left
+    if status in IN_FLIGHT or not went_out or rank >= RANK[RecipientStatus.UNSUB]:
         return
-    session.execute(update(Recipient).where(col(Recipient.id) == rid).values(status=RecipientStatus.UNSUB))
-    delta = mailshots.counter_deltas([(status, RecipientStatus.UNSUB)])
-    mailshots.apply_counter_deltas(session, mailshot_id, delta)
+    moved = session.execute(
+        update(Recipient)
+        .where(col(Recipient.id) == rid, col(Recipient.status) == status)
+        .values(status=RecipientStatus.UNSUB)
+    )
+    if moved.rowcount == 1:  # type: ignore[attr-defined]
+        mailshots.apply_counter_deltas(
+            session, mailshot_id, mailshots.counter_deltas([(status, RecipientStatus.UNSUB)])
+        )
 
 
 def unsubscribe(engine: Engine, target: LinkTarget, choice: str | None, *, one_click: bool) -> int:

@@ -213,3 +213,19 @@ def test_tracked_html_goes_through_the_redirects_and_ends_with_the_pixel() -> No
 def test_authors_cannot_use_the_tracking_variables() -> None:
     with pytest.raises(TemplateError, match="unknown variable url_click"):
         CompiledMailshot("Hi", '<a href="{{ url_click }}/1">x</a>', "", {})
+
+
+def test_links_in_raw_blocks_and_comments_are_left_alone() -> None:
+    """``{% raw %}`` prints its text as is and ``{# #}`` drops it: no link there is rewritten or stored."""
+    source = (
+        '<a href="https://ex.org/live">L</a>{% raw %}<a href="https://ex.org/raw">{{ x }}</a>{% endraw %}'
+        '{# <a href="https://ex.org/comment">C</a> #}'
+    )
+    assert find_links(source) == ["https://ex.org/live"]
+    html = (
+        CompiledMailshot("Hi", source, "", {"https://ex.org/live": 1})
+        .render(Personalisation("a@ex.org", url_click="https://h/c/K", url_open="https://h/o/K"))
+        .html
+    )
+    assert 'href="https://h/c/K/1"' in html and '<a href="https://ex.org/raw">{{ x }}</a>' in html
+    assert "comment" not in html

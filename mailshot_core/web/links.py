@@ -26,6 +26,7 @@ from mailshot_core import tracking, unsubscribe_links
 from mailshot_core.models import utcnow
 from mailshot_core.tokens import TRACK, read_token
 from mailshot_core.web.app import WebContext, context
+from mailshot_core.web.forms import capped_body
 from mailshot_core.web.templating import SECURITY_HEADERS, render
 
 log = logging.getLogger("mailshot.web.links")
@@ -62,19 +63,31 @@ def unsubscribe_page(token: str, request: Request) -> Response:
     return response
 
 
+_MAX_BODY = 10_000  # RFC 8058's body is 26 bytes; our page's form, a few more
+
+
+class _TooLarge(Exception):
+    pass
+
+
 async def _choice(request: Request) -> str | None:
     """Our page's ``choice`` field; None for anything else (a mail client's one-click POST)."""
+    body = await capped_body(request, _MAX_BODY)
+    if body is None:
+        raise _TooLarge
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return None
-    body = (await request.body())[:10_000].decode("utf-8", "replace")
-    values = parse_qs(body).get("choice")
+    values = parse_qs(body.decode("utf-8", "replace")).get("choice")
     return values[0] if values else None
 
 
 @router.post("/u/{token}")
 async def unsubscribe(token: str, request: Request) -> Response:
     ctx = context(request)
-    choice = await _choice(request)
+    try:
+        choice = await _choice(request)
+    except _TooLarge:
+        return PlainTextResponse("request body too large\n", status_code=413, headers=_PUBLIC_HEADERS)
     target = await run_in_threadpool(unsubscribe_links.read_link, ctx.engine, _key(ctx), token)
     if target is None:
         return _gone()
@@ -82,7 +95,9 @@ async def unsubscribe(token: str, request: Request) -> Response:
         await run_in_threadpool(unsubscribe_links.unsubscribe, ctx.engine, target, choice, one_click=choice is None)
     except ValueError as exc:  # a choice that is not one of the sending's lists
         page = {"title": "Unsubscribe", "target": target, "done": None, "error": str(exc)}
-        return render("unsubscribe.html", page, status_code=400)
+        response = render("unsubscribe.html", page, status_code=400)
+        response.headers.update(_PUBLIC_HEADERS)
+        return response
     if choice is None:
         return PlainTextResponse("You are unsubscribed.\n", headers=_PUBLIC_HEADERS)
     after = await run_in_threadpool(unsubscribe_links.read_link, ctx.engine, _key(ctx), token)
@@ -115,7 +130,7 @@ def open_pixel(token: str, request: Request) -> Response:
 def click(token: str, link_id: str, request: Request) -> Response:
     ctx = context(request)
     ids = read_token(_key(ctx), token, TRACK)
-    if ids is None or not link_id.isdigit() or len(link_id) > 18:
+    if ids is None or not (link_id.isascii() and link_id.isdigit()) or len(link_id) > 18:
         return _gone()
     mailshot_id, recipient_id = ids
     url = tracking.link_target(ctx.engine, mailshot_id, int(link_id))

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import Request, Response
 
 from mailshot_core.config import Settings
+from mailshot_core.web.forms import capped_body
 
 COOKIE = "mailshot_admin"
 COOKIE_PATH = "/admin"
@@ -162,8 +163,8 @@ class Sessions:
 
 async def read_form(request: Request) -> dict[str, str]:
     """An urlencoded form body (our forms only; python-multipart is not installed and not needed)."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    body = await capped_body(request, MAX_FORM_BYTES)
+    if body is None:
         raise Refused("form too large")
     try:
         fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=20)
