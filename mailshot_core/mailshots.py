@@ -210,8 +210,10 @@ def _to_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def get(session: Session, mailshot_id: int) -> Mailshot:
-    mailshot = session.get(Mailshot, mailshot_id)
+def get(session: Session, mailshot_id: int, *, lock: bool = False) -> Mailshot:
+    """The sending; ``lock``: row-locked until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite's
+    transactions already hold the write lock) and read fresh, for decisions other runs must not race."""
+    mailshot = session.get(Mailshot, mailshot_id, with_for_update=lock, populate_existing=lock)
     if mailshot is None:
         raise NotFound(f"no sending with id {mailshot_id}")
     return mailshot
