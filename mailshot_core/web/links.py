@@ -43,10 +43,15 @@ def _key(ctx: WebContext) -> bytes:
     return ctx.settings.secret_key.get_secret_value().encode()
 
 
-def _gone() -> Response:
-    response = render("link_invalid.html", {"title": "Link not valid"}, status_code=404)
+def _page(template: str, context: dict[str, object], status_code: int = 200) -> Response:
+    """A subscriber-facing page: the shared rendering, with the token kept out of any Referer."""
+    response = render(template, context, status_code=status_code)
     response.headers.update(_PUBLIC_HEADERS)
     return response
+
+
+def _gone() -> Response:
+    return _page("link_invalid.html", {"title": "Link not valid"}, status_code=404)
 
 
 # --- unsubscribe ----------------------------------------------------------------------------------
@@ -58,9 +63,7 @@ def unsubscribe_page(token: str, request: Request) -> Response:
     target = unsubscribe_links.read_link(ctx.engine, _key(ctx), token)
     if target is None:
         return _gone()
-    response = render("unsubscribe.html", {"title": "Unsubscribe", "target": target, "done": None})
-    response.headers.update(_PUBLIC_HEADERS)
-    return response
+    return _page("unsubscribe.html", {"title": "Unsubscribe", "target": target, "done": None})
 
 
 _MAX_BODY = 10_000  # RFC 8058's body is 26 bytes; our page's form, a few more
@@ -95,15 +98,11 @@ async def unsubscribe(token: str, request: Request) -> Response:
         await run_in_threadpool(unsubscribe_links.unsubscribe, ctx.engine, target, choice, one_click=choice is None)
     except ValueError as exc:  # a choice that is not one of the sending's lists
         page = {"title": "Unsubscribe", "target": target, "done": None, "error": str(exc)}
-        response = render("unsubscribe.html", page, status_code=400)
-        response.headers.update(_PUBLIC_HEADERS)
-        return response
+        return _page("unsubscribe.html", page, status_code=400)
     if choice is None:
         return PlainTextResponse("You are unsubscribed.\n", headers=_PUBLIC_HEADERS)
     after = await run_in_threadpool(unsubscribe_links.read_link, ctx.engine, _key(ctx), token)
-    response = render("unsubscribe.html", {"title": "Unsubscribed", "target": after or target, "done": choice})
-    response.headers.update(_PUBLIC_HEADERS)
-    return response
+    return _page("unsubscribe.html", {"title": "Unsubscribed", "target": after or target, "done": choice})
 
 
 # --- tracking -------------------------------------------------------------------------------------
