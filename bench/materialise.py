@@ -3,7 +3,7 @@
     .venv/bin/python bench/materialise.py --count 1000000 [--database-url URL]
 
 Fills a fresh database with COUNT subscribers on one list (set-based inserts, not timed),
-then times `mailshots.materialise` (one INSERT .. SELECT) and the first claim of a batch,
+then times `sendings.materialise` (one INSERT .. SELECT) and the first claim of a batch,
 and prints the process's peak RSS.
 """
 
@@ -18,10 +18,11 @@ import time
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from mailshot_core import mailshots, subscribers
+from mailshot_core.audience import subscribers
 from mailshot_core.config import load_settings
-from mailshot_core.db import get_engine, session_scope
-from mailshot_core.models import utcnow
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import get_engine, session_scope
+from mailshot_core.store.models import utcnow
 
 
 def fill_subscribers(engine: Engine, count: int, list_name: str) -> None:
@@ -62,18 +63,18 @@ def main() -> int:
     fill_subscribers(engine, args.count, "big")
     print(f"setup: {args.count:,} subscribers in {time.perf_counter() - started:.1f} s", flush=True)
     with session_scope(engine) as session:
-        m = mailshots.create(
-            session, settings, mailshots.NewMailshot(subject="Hi", html="<p>Hi {{ nom }}</p>", lists=("big",))
+        m = sendings.create(
+            session, settings, sendings.NewMailshot(subject="Hi", html="<p>Hi {{ nom }}</p>", lists=("big",))
         )
         mid = m.id
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     with session_scope(engine) as session:
-        total = mailshots.materialise(session, mailshots.get(session, mid))  # type: ignore[arg-type]
+        total = sendings.materialise(session, sendings.get(session, mid))  # type: ignore[arg-type]
     materialise_s = time.perf_counter() - started
     started = time.perf_counter()
     with session_scope(engine) as session:
-        claimed, _ = mailshots.claim(session, mailshots.get(session, mid), "bench:1:x", 2000, utcnow())  # type: ignore[arg-type]
+        claimed, _ = sendings.claim(session, sendings.get(session, mid), "bench:1:x", 2000, utcnow())  # type: ignore[arg-type]
     claim_s = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from materialise import fill_subscribers
 from throughput import BIN, create_newsletter, ensure_smtp_sink, free_port, mailshot_env, start_prefect, start_sink
 
-from mailshot_core.db import get_engine
+from mailshot_core.store.db import get_engine
 
 
 def _tree_rss_mb(root: int) -> dict[int, float]:

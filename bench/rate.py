@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers import create, drive, seed
 from mailshot_core.config import load_settings
-from mailshot_core.db import get_engine
-from mailshot_core.devrelay import DevRelay
+from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.store.db import get_engine
 
 
 def main() -> int:

@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine
-from mailshot_core.feedback import apply_all
+from mailshot_core.feedback.inbox import apply_all
+from mailshot_core.store.db import get_engine
 
 
 @flow(name="apply-feedback", log_prints=False)

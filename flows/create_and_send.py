@@ -9,10 +9,10 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import ObjectNotFound
 
 from flows.dispatch_mailshots import SEND_DEPLOYMENT, start_sending_run
-from mailshot_core import mailshots
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine, session_scope
-from mailshot_core.models import MailshotStatus
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import get_engine, session_scope
+from mailshot_core.store.models import MailshotStatus
 
 
 @flow(name="create-and-send", flow_run_name="create-and-send: {subject}", log_prints=False)
@@ -43,7 +43,7 @@ def create_and_send(
     logger = get_run_logger()
     settings = get_settings()
     engine = get_engine(settings.database_url)
-    spec = mailshots.NewMailshot(
+    spec = sendings.NewMailshot(
         subject=subject,
         html=html,
         text=text,
@@ -55,7 +55,7 @@ def create_and_send(
         track=track,
     )
     with session_scope(engine) as session:
-        mailshot = mailshots.create(session, settings, spec)
+        mailshot = sendings.create(session, settings, spec)
         mailshot_id, status = mailshot.id, mailshot.status
     assert mailshot_id is not None
     run_id = None

@@ -1,6 +1,6 @@
 """`dispatch-mailshots` (every minute): expire late schedules, start due and orphaned sendings.
 
-The decisions are mailshot_core.dispatch's (database only); this flow adds what needs Prefect:
+The decisions are mailshot_core.sending.dispatch's (database only); this flow adds what needs Prefect:
 whether a sending's last flow run is still alive, and starting a `send-mailshot` deployment run.
 """
 
@@ -16,11 +16,11 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
-from mailshot_core import dispatch
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine, session_scope
 from mailshot_core.duration import parse_duration
-from mailshot_core.models import utcnow
+from mailshot_core.sending import dispatch
+from mailshot_core.store.db import get_engine, session_scope
+from mailshot_core.store.models import utcnow
 
 SEND_DEPLOYMENT = "send-mailshot/default"
 # A run in one of these states will (still) work on its sending: starting another would be waste.

@@ -7,10 +7,10 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from mailshot_core import legacy
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine
 from mailshot_core.errors import InvalidInput
+from mailshot_core.legacy import mapping
+from mailshot_core.store.db import get_engine
 
 
 @flow(name="import-legacy", log_prints=False)
@@ -33,7 +33,7 @@ def import_legacy(
     target = url or (settings.legacy_url.get_secret_value() if settings.legacy_url else "")
     if not target:
         raise InvalidInput("no database URL: give the url parameter or set MAILSHOT_LEGACY_URL")
-    report = legacy.import_legacy(get_engine(settings.database_url), target, source, prefix=prefix, dry_run=dry_run)
+    report = mapping.import_legacy(get_engine(settings.database_url), target, source, prefix=prefix, dry_run=dry_run)
     for problem in report.problems:
         logger.warning("not imported or changed: %s", problem)
     logger.info(report.summary())

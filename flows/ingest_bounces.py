@@ -12,8 +12,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from mailshot_core.bounce_sources import IngestReport, ingest_configured
 from mailshot_core.config import get_settings
+from mailshot_core.feedback.mailboxes import IngestReport, ingest_configured
 
 
 @flow(name="ingest-bounces", log_prints=False)

@@ -7,10 +7,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from mailshot_core import purge
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine
 from mailshot_core.duration import parse_duration
+from mailshot_core.sending import archive
+from mailshot_core.store.db import get_engine
 
 
 @flow(name="purge-stats", log_prints=False)
@@ -22,7 +22,7 @@ def purge_stats(older_than: str | None = None, dry_run: bool = False) -> dict[st
         dry_run: Only report what would be archived.
     """
     settings = get_settings()
-    report = purge.purge(
+    report = archive.purge(
         get_engine(settings.database_url), parse_duration(older_than or settings.purge_after), dry_run=dry_run
     )
     get_run_logger().info(report.summary())

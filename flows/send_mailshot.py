@@ -26,11 +26,12 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from mailshot_core import fail_rule, mailshots
 from mailshot_core.config import Settings, get_settings
-from mailshot_core.db import get_engine, session_scope
-from mailshot_core.models import Mailshot, MailshotStatus, utcnow
-from mailshot_core.sending import BatchReport, end_sending, next_step, send_batch, send_batches, start_sending
+from mailshot_core.feedback import fail_rule
+from mailshot_core.sending import sendings
+from mailshot_core.sending.pipeline import BatchReport, end_sending, next_step, send_batch, send_batches, start_sending
+from mailshot_core.store.db import get_engine, session_scope
+from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 from mailshot_core.transports.base import TransportUnavailable
 
 # Waiting for retries is done in slices so that pause/cancel are seen within this many seconds.
@@ -43,7 +44,7 @@ def _run_name() -> str:
     try:
         settings = get_settings()
         with session_scope(get_engine(settings.database_url)) as session:
-            subject = mailshots.get(session, int(mailshot_id)).subject
+            subject = sendings.get(session, int(mailshot_id)).subject
         return f"mailshot-{mailshot_id}: {subject[:60]}"
     except Exception:  # naming must never stop a run; the id alone is enough
         return f"mailshot-{mailshot_id}"
@@ -118,13 +119,13 @@ def _pause_on_cancel(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> N
         return
     settings = get_settings()
     with session_scope(get_engine(settings.database_url)) as session:
-        mailshot = mailshots.get(session, int(mailshot_id))
+        mailshot = sendings.get(session, int(mailshot_id))
         if mailshot.status == MailshotStatus.PROCESSING:
-            mailshots.set_status(session, mailshot, MailshotStatus.PAUSE, "paused: flow run cancelled in Prefect")
+            sendings.set_status(session, mailshot, MailshotStatus.PAUSE, "paused: flow run cancelled in Prefect")
 
 
 def _counters_table(mailshot: Mailshot) -> list[dict[str, Any]]:
-    return [{"counter": name, "value": value} for name, value in mailshots.stored_counters(mailshot).items()]
+    return [{"counter": name, "value": value} for name, value in sendings.stored_counters(mailshot).items()]
 
 
 @flow(
@@ -225,7 +226,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     return {
         "id": mailshot_id,
         "status": mailshot.status,
-        **mailshots.stored_counters(mailshot),
+        **sendings.stored_counters(mailshot),
         "this_run": asdict(totals),
     }
 
@@ -238,6 +239,6 @@ send_mailshot_fast = send_mailshot.with_options(
 
 def _update_progress(engine: Any, mailshot_id: int, progress_id: UUID) -> None:
     with session_scope(engine) as session:
-        m = mailshots.get(session, mailshot_id)
+        m = sendings.get(session, mailshot_id)
         done = 100.0 * m.current / m.total if m.total else 100.0
     update_progress_artifact(progress_id, progress=done)

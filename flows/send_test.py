@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine
-from mailshot_core.sending import send_test as send_test_message
+from mailshot_core.sending.pipeline import send_test as send_test_message
+from mailshot_core.store.db import get_engine
 
 
 @flow(name="send-test", flow_run_name="test-{mailshot_id}-{email}")

@@ -23,10 +23,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from mailshot_core import mailshots, subscribers
+from mailshot_core.audience import subscribers
 from mailshot_core.config import ConfigError, Settings, get_settings
-from mailshot_core.db import get_engine, session_scope
 from mailshot_core.errors import InvalidInput, MailshotError
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import get_engine, session_scope
 
 app = typer.Typer(
     name="mailshot",
@@ -209,7 +210,7 @@ def create(
 ) -> None:
     """Create a sending; prints its id alone on the last line."""
     settings = _settings()
-    spec = mailshots.NewMailshot(
+    spec = sendings.NewMailshot(
         subject=subject,
         html=_read(html, "HTML"),
         text=_read(text, "text") if text else None,
@@ -224,7 +225,7 @@ def create(
         track=track,
     )
     with _session() as session:
-        m = mailshots.create(session, settings, spec)
+        m = sendings.create(session, settings, spec)
         err.print(f"sending {m.id} created ({m.status}) for lists {m.lists}")
         out.print(str(m.id))
 
@@ -232,7 +233,7 @@ def create(
 @app.command("test")
 def test(mailshot_id: int, email: str) -> None:
     """Send one test message of sending ID to EMAIL (subject prefixed [TEST])."""
-    from mailshot_core.sending import send_test
+    from mailshot_core.sending.pipeline import send_test
 
     msg = send_test(_engine(), _settings(), mailshot_id, email)
     out.print(f"test message sent to {msg.envelope_to} ({msg.message_id})")
@@ -242,7 +243,7 @@ def _status_dict(m: Any) -> dict[str, Any]:
     return {
         "id": m.id,
         "status": m.status,
-        **mailshots.stored_counters(m),
+        **sendings.stored_counters(m),
         "nb_read_machine": m.nb_read_machine,
         "nb_clic_machine": m.nb_clic_machine,
         "track": m.track,
@@ -257,11 +258,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Status and counters of one sending (with its in-doubt recipients) or of all."""
-    rows = mailshots.status_rows(_engine(), mailshot_id)
+    rows = sendings.status_rows(_engine(), mailshot_id)
     unknown: list[str] = []
     if mailshot_id is not None:
         with _session() as session:
-            unknown = mailshots.unknown_recipients(session, mailshot_id)
+            unknown = sendings.unknown_recipients(session, mailshot_id)
     if as_json:
         data = [_status_dict(m) | ({"unknown_recipients": unknown} if mailshot_id is not None else {}) for m in rows]
         out.print_json(json.dumps(data[0] if mailshot_id is not None else data, default=str))
@@ -302,26 +303,26 @@ def _transition(fn: Callable[[Session, int], Any], mailshot_id: int, verb: str) 
 @app.command("pause")
 def pause(mailshot_id: int) -> None:
     """Pause a sending: takes effect before its next batch."""
-    _transition(mailshots.pause, mailshot_id, "paused")
+    _transition(sendings.pause, mailshot_id, "paused")
 
 
 @app.command("resume")
 def resume(mailshot_id: int) -> None:
     """Resume a paused sending (then run `mailshot send ID`, or let the dispatcher do it)."""
-    _transition(mailshots.resume, mailshot_id, "resumed")
+    _transition(sendings.resume, mailshot_id, "resumed")
 
 
 @app.command("cancel")
 def cancel(mailshot_id: int) -> None:
     """Cancel a sending: recipients not yet sent to become `kill`."""
-    _transition(mailshots.cancel, mailshot_id, "cancelled")
+    _transition(sendings.cancel, mailshot_id, "cancelled")
 
 
 @app.command("resend-unknown")
 def resend_unknown(mailshot_id: int) -> None:
     """Queue again the recipients in doubt after a crash (they may receive the message twice)."""
     with _session() as session:
-        n = mailshots.resend_unknown(session, mailshot_id)
+        n = sendings.resend_unknown(session, mailshot_id)
     out.print(f"{n} recipient(s) queued again; run: mailshot send {mailshot_id}")
 
 
@@ -340,7 +341,7 @@ def send(
     """Run the send-mailshot flow for sending ID now, in this process, with a progress bar."""
     engine = _engine()
     with _session() as session:  # fail fast, before starting Prefect, on an unknown id
-        mailshots.get(session, mailshot_id)
+        sendings.get(session, mailshot_id)
     import os
 
     from prefect import Flow
@@ -386,11 +387,11 @@ def _watch(engine: Engine, mailshot_id: int, done: threading.Event) -> None:
         task = bar.add_task("send", total=None)
         while True:
             with Session(engine) as session:
-                m = mailshots.get(session, mailshot_id)
+                m = sendings.get(session, mailshot_id)
                 bar.update(task, total=m.total or None, completed=m.current)
             if done.wait(0.5):
                 with Session(engine) as session:
-                    m = mailshots.get(session, mailshot_id)
+                    m = sendings.get(session, mailshot_id)
                     bar.update(task, total=m.total or None, completed=m.current)
                 return
 
@@ -420,7 +421,7 @@ def web(
 @app.command("apply-feedback")
 def apply_feedback() -> None:
     """Apply the stored ESP events now (what the apply-feedback flow does every minute)."""
-    from mailshot_core.feedback import apply_all
+    from mailshot_core.feedback.inbox import apply_all
 
     r = apply_all(_engine(), max_fail=_settings().max_fail)
     out.print(
@@ -443,8 +444,8 @@ def purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be archived.")] = False,
 ) -> None:
     """Archive finished sendings: recipient rows deleted, counters kept, the most recent one never archived."""
-    from mailshot_core import purge as purging
     from mailshot_core.duration import DurationError, parse_duration
+    from mailshot_core.sending import archive as purging
 
     try:
         age = parse_duration(older_than if older_than is not None else _settings().purge_after)
@@ -485,13 +486,13 @@ def import_legacy(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be imported; change nothing.")] = False,
 ) -> None:
     """Import subscribers, lists and sendings of a SPIP site (idempotent: a second run imports nothing twice)."""
-    from mailshot_core import legacy
+    from mailshot_core.legacy import mapping
 
     settings = _settings()
     target = url or (settings.legacy_url.get_secret_value() if settings.legacy_url else None)
     if not target:
         raise InvalidInput("--url: give the SPIP site's database URL (or set MAILSHOT_LEGACY_URL)")
-    report = legacy.import_legacy(_engine(), target, source, prefix=prefix, dry_run=dry_run)
+    report = mapping.import_legacy(_engine(), target, source, prefix=prefix, dry_run=dry_run)
     for problem in report.problems:
         err.print(f"not imported or changed: {problem}", markup=False)
     out.print(report.summary(), markup=False)
@@ -503,7 +504,7 @@ def import_legacy(
 @app.command("ingest-bounces")
 def ingest_bounces() -> None:
     """Read the bounce mailbox now (what the ingest-bounces flow does every 10 minutes); then apply-feedback."""
-    from mailshot_core.bounce_sources import ingest_configured
+    from mailshot_core.feedback.mailboxes import ingest_configured
 
     r = ingest_configured(_settings())
     for key, why in r.left:
@@ -517,7 +518,7 @@ def relay(
     out_dir: Annotated[Path, typer.Option(help="Where each received message is written.")] = Path("demo-out"),
 ) -> None:
     """A local test relay that accepts every message and writes it to disk (not for production)."""
-    from mailshot_core.devrelay import main as relay_main
+    from mailshot_core.devtools.relay import main as relay_main
 
     raise typer.Exit(relay_main(["--port", str(port), "--out-dir", str(out_dir)]))
 

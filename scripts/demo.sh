@@ -37,7 +37,7 @@ export PREFECT_API_URL="http://127.0.0.1:$API_PORT/api"
 # 2. Local SMTP relay writing messages to demo-out/.
 RELAY_PORT=$(free_port)
 export MAILSHOT_SMTP_PORT=$RELAY_PORT
-"$BIN/python" -m mailshot_core.devrelay --port "$RELAY_PORT" --out-dir demo-out --pidfile "$DEMO/relay.pid" \
+"$BIN/python" -m mailshot_core.devtools.relay --port "$RELAY_PORT" --out-dir demo-out --pidfile "$DEMO/relay.pid" \
   > "$DEMO/relay.log" 2>&1 &
 RELAY=$!
 trap 'kill $RELAY 2>/dev/null || true' EXIT

@@ -80,7 +80,15 @@ def main() -> int:
         start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)])
         start(
             "relay",
-            [sys.executable, "-m", "mailshot_core.devrelay", "--port", str(relay_port), "--out-dir", str(work / "out")],
+            [
+                sys.executable,
+                "-m",
+                "mailshot_core.devtools.relay",
+                "--port",
+                str(relay_port),
+                "--out-dir",
+                str(work / "out"),
+            ],
         )
         wait_http(f"http://127.0.0.1:{api_port}/api/health", 90)
         mailshot = [sys.executable, "-m", "mailshot_core.cli"]

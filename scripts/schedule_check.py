@@ -115,7 +115,15 @@ def main(argv: list[str]) -> int:
         start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)])
         start(
             "relay",
-            [sys.executable, "-m", "mailshot_core.devrelay", "--port", str(relay_port), "--out-dir", str(work / "out")],
+            [
+                sys.executable,
+                "-m",
+                "mailshot_core.devtools.relay",
+                "--port",
+                str(relay_port),
+                "--out-dir",
+                str(work / "out"),
+            ],
         )
         mailshot = [sys.executable, "-m", "mailshot_core.cli"]
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-from mailshot_core import db  # noqa: E402
 from mailshot_core.config import Settings, load_settings  # noqa: E402
-from mailshot_core.devrelay import DevRelay, FaultPlan  # noqa: E402
+from mailshot_core.devtools.relay import DevRelay, FaultPlan  # noqa: E402
+from mailshot_core.store import db  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ class RelayProcess:
 
         self.out_dir = out_dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailshot_core.devrelay", "--port", "0", "--out-dir", str(out_dir), *extra],
+            [sys.executable, "-m", "mailshot_core.devtools.relay", "--port", "0", "--out-dir", str(out_dir), *extra],
             stdout=subprocess.PIPE,
             text=True,
         )

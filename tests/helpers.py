@@ -7,10 +7,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from mailshot_core import mailshots, sending, subscribers
+from mailshot_core.audience import subscribers
 from mailshot_core.config import Settings
-from mailshot_core.db import session_scope
-from mailshot_core.models import Mailshot
+from mailshot_core.sending import pipeline, sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import Mailshot
 
 HTML = (
     "<html><body><p>Hello {{ nom }} ({{ email }}, {{ lang }}, lists: {{ listes }})</p>"
@@ -31,40 +32,40 @@ def seed(engine: Engine, tmp: Path, n: int, list_name: str = "news", domain: str
 
 
 def create(engine: Engine, settings: Settings, lists: tuple[str, ...] = ("news",), **kw: object) -> int:
-    spec = mailshots.NewMailshot(
+    spec = sendings.NewMailshot(
         subject=str(kw.pop("subject", "Hello {{ nom }}")),
         html=str(kw.pop("html", HTML)),
         lists=lists,
         **kw,  # type: ignore[arg-type]
     )
     with session_scope(engine) as session:
-        m = mailshots.create(session, settings, spec)
+        m = sendings.create(session, settings, spec)
         assert m.id is not None
         return m.id
 
 
 def drive(engine: Engine, settings: Settings, mailshot_id: int, max_batches: int = 10_000) -> Mailshot:
     """What the send-mailshot flow does, without Prefect: start, batches, waits, end."""
-    sending.start_sending(engine, settings, mailshot_id)
+    pipeline.start_sending(engine, settings, mailshot_id)
     finished = False
     for _ in range(max_batches):
-        step = sending.next_step(engine, settings, mailshot_id)
+        step = pipeline.next_step(engine, settings, mailshot_id)
         if step.action == "send":
-            if sending.send_batch(engine, settings, mailshot_id).stopped:
+            if pipeline.send_batch(engine, settings, mailshot_id).stopped:
                 break
         elif step.action == "wait":
             time.sleep(min(step.seconds, 1.0))
         else:
             finished = step.action == "done"
             break
-    return sending.end_sending(engine, mailshot_id, finished=finished)
+    return pipeline.end_sending(engine, mailshot_id, finished=finished)
 
 
 def recipients(engine: Engine, mailshot_id: int) -> dict[str, tuple[str, int]]:
     """email -> (status, tries)."""
     from sqlmodel import select
 
-    from mailshot_core.models import Recipient
+    from mailshot_core.store.models import Recipient
 
     with session_scope(engine) as session:
         rows = session.exec(
@@ -76,7 +77,7 @@ def recipients(engine: Engine, mailshot_id: int) -> dict[str, tuple[str, int]]:
 def drive_in_process(url: str, host: str, port: int, mailshot_id: int, batch_size: int) -> None:
     """Entry point of a separate worker process (multiprocessing spawn): drive one sending."""
     from mailshot_core.config import load_settings
-    from mailshot_core.db import get_engine
+    from mailshot_core.store.db import get_engine
 
     settings = load_settings(
         database_url=url, smtp_host=host, smtp_port=port, retry_delay=0, batch_size=batch_size, secret_key="test-secret"

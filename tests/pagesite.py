@@ -25,11 +25,13 @@ from sqlmodel import col
 from conftest import engine_for, make_settings
 from fakes.webhooks import SnsSigner, WebServer, free_socket
 from helpers import HTML, create, drive, seed
-from mailshot_core import db, mailshots, purge, subscribers
+from mailshot_core.audience import subscribers
 from mailshot_core.config import Settings
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay, FaultPlan
-from mailshot_core.models import Mailshot, Recipient, utcnow
+from mailshot_core.devtools.relay import DevRelay, FaultPlan
+from mailshot_core.sending import archive, sendings
+from mailshot_core.store import db
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import Mailshot, Recipient, utcnow
 from mailshot_core.transports.http import NODELAY
 
 ADMIN_USER = "operator"
@@ -67,7 +69,7 @@ class Site:
 
     def status(self, name: str) -> str:
         with session_scope(engine_for(self.settings)) as session:
-            return mailshots.get(session, self.ids[name]).status
+            return sendings.get(session, self.ids[name]).status
 
 
 def csrf_of(html: str) -> str:
@@ -94,8 +96,8 @@ def _fill(settings: Settings, tmp: Path) -> dict[str, int]:
     drive(engine, settings, ids["processing"], max_batches=2)
     ids["scheduled"] = create(engine, settings, subject="New year issue", start_at=utcnow() + timedelta(days=30))
     with session_scope(engine) as session:
-        mailshots.cancel(session, ids["cancelled"])
-        purge.archive(session, mailshots.get(session, ids["archived"]), utcnow())
+        sendings.cancel(session, ids["cancelled"])
+        archive.archive(session, sendings.get(session, ids["archived"]), utcnow())
         # Feedback on the ended sending, as apply-feedback would leave it (counters from a recount).
         for status, emails in (("read", ["u1", "u2", "u3", "u4"]), ("clic", ["u5", "u6"]), ("bounce", ["u7"])):
             session.execute(
@@ -106,8 +108,8 @@ def _fill(settings: Settings, tmp: Path) -> dict[str, int]:
                 )
                 .values(status=status)
             )
-        ended = mailshots.get(session, ids["ended"])
-        for name, value in mailshots.recount(session, ids["ended"]).items():
+        ended = sendings.get(session, ids["ended"])
+        for name, value in sendings.recount(session, ids["ended"]).items():
             setattr(ended, name, value)
         session.execute(update(Mailshot).where(col(Mailshot.id) == ids["processing"]).values(flow_run_id=RUN_ID))
     return ids

@@ -25,9 +25,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Subquery
 from sqlmodel import Session, col, select
 
+from mailshot_core.content.message import HeaderError, check_header_value
 from mailshot_core.errors import InvalidInput, NotFound
-from mailshot_core.message import HeaderError, check_header_value
-from mailshot_core.models import (
+from mailshot_core.store.models import (
     DeliveryOutcome,
     FeedbackEvent,
     MailingList,

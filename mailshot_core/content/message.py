@@ -24,8 +24,8 @@ from email.header import Header
 from email.utils import formatdate
 from typing import Any
 
-from mailshot_core.render import CompiledMailshot, Personalisation, RenderedContent, Skeleton, Slot
-from mailshot_core.tokens import RecipientRef, verp_address
+from mailshot_core.content.render import CompiledMailshot, Personalisation, RenderedContent, Skeleton, Slot
+from mailshot_core.content.tokens import RecipientRef, verp_address
 from mailshot_core.transports.base import OutgoingMessage
 
 

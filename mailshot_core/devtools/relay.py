@@ -558,7 +558,7 @@ def _parse_auth(value: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the relay in the foreground until SIGTERM/SIGINT (used by ``make demo``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m mailshot_core.devrelay",
+        prog="python -m mailshot_core.devtools.relay",
         description="Local SMTP relay that writes every accepted message to <out-dir>/<n>.eml.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")

@@ -30,10 +30,11 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select
 from sqlmodel import Session
 
-from mailshot_core import mailshots, subscribers
+from mailshot_core.audience import subscribers
 from mailshot_core.errors import NotFound
-from mailshot_core.feedback import Effect, classify
-from mailshot_core.models import (
+from mailshot_core.feedback.inbox import Effect, classify
+from mailshot_core.sending import sendings
+from mailshot_core.store.models import (
     DeliveryOutcome,
     FeedbackEvent,
     Mailshot,
@@ -190,7 +191,7 @@ def breaker(session: Session, mailshot_id: int, since: datetime, max_ratio: int)
     ).one()
     if attempts < BREAKER_MIN_ATTEMPTS or failed * 100 <= max_ratio * attempts:
         return None
-    mailshot: Mailshot = mailshots.get(session, mailshot_id)
+    mailshot: Mailshot = sendings.get(session, mailshot_id)
     if mailshot.status != MailshotStatus.PROCESSING:
         return None
     reason = (
@@ -200,6 +201,6 @@ def breaker(session: Session, mailshot_id: int, since: datetime, max_ratio: int)
         "last errors (mailshot status, the relay's log), then `mailshot resume "
         f"{mailshot_id}` and send again"
     )
-    mailshots.set_status(session, mailshot, MailshotStatus.PAUSE, reason)
+    sendings.set_status(session, mailshot, MailshotStatus.PAUSE, reason)
     log.error("sending %s %s", mailshot_id, reason)
     return reason

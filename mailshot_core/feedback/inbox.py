@@ -32,11 +32,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailshot_core import mailshots, subscribers
-from mailshot_core.db import session_scope
+from mailshot_core.audience import subscribers
 from mailshot_core.errors import NotFound
-from mailshot_core.esp_events import IncomingEvent, digest, sub
-from mailshot_core.models import FeedbackEvent, Mailshot, Recipient, RecipientStatus, utcnow
+from mailshot_core.feedback.esp_events import IncomingEvent, digest, sub
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import FeedbackEvent, Mailshot, Recipient, RecipientStatus, utcnow
 
 log = logging.getLogger("mailshot.feedback")
 S = RecipientStatus
@@ -456,14 +457,14 @@ def apply_pending(
             for r in moved:
                 per_sending.setdefault(r.mailshot_id, []).append((r.original, r.status))
             for mailshot_id, moves in per_sending.items():
-                mailshots.apply_counter_deltas(session, mailshot_id, mailshots.counter_deltas(moves))
+                sendings.apply_counter_deltas(session, mailshot_id, sendings.counter_deltas(moves))
             report.changed = len(moved)
         for mailshot_id, counts in _first_machine_hits(session, machine).items():
-            mailshots.apply_counter_deltas(session, mailshot_id, counts)
+            sendings.apply_counter_deltas(session, mailshot_id, counts)
         for row, effect, source in unsubscribe:
             report.unsubscribed += _unsubscribe(session, row, effect, source)
         if max_fail is not None:
-            from mailshot_core import fail_rule  # it reads this module's mapping tables
+            from mailshot_core.feedback import fail_rule  # it reads this module's mapping tables
 
             failed = {r.email for r in moved if r.status in (S.FAIL, S.BOUNCE)}
             report.unsubscribed += fail_rule.check_addresses(session, failed, max_fail)
@@ -488,12 +489,12 @@ def record_and_apply(engine: Engine, events: Iterable[IncomingEvent], now: datet
 
 def _unsubscribe(session: Session, row: _Row, effect: Effect, source: str) -> int:
     """A spam complaint leaves every list; an unsubscribe event leaves the sending's lists."""
-    mailshot = mailshots.get(session, row.mailshot_id)
+    mailshot = sendings.get(session, row.mailshot_id)
     if effect is E.SPAM:
         scopes: list[str | None] = [None]
         reason = f"spam complaint reported by {source} (sending {row.mailshot_id})"
     else:
-        scopes = list(mailshots.list_identifiers(mailshot))
+        scopes = list(sendings.list_identifiers(mailshot))
         reason = f"unsubscribed through {source} (sending {row.mailshot_id})"
     changed = 0
     for scope in scopes:

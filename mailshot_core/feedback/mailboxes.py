@@ -1,7 +1,7 @@
 """Bounce mailboxes (IMAP over TLS, or a Maildir) -> feedback events (the ``ingest-bounces`` flow).
 
 The mailbox is read, every message parsed (bounces.py) and matched to a recipient, the resulting
-events written to the feedback inbox in one transaction (feedback.store: deduplicated, so a message
+events written to the feedback inbox in one transaction (inbox.store: deduplicated, so a message
 read twice after a crash is one event), and only *then* are the processed messages moved to the
 processed folder.  Nothing is ever deleted: a message that could not be processed (not a bounce,
 no failure found, a forged VERP address, unknown recipient) stays where it is and is reported with
@@ -30,12 +30,12 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from mailshot_core import bounces, feedback
 from mailshot_core.config import Settings
 from mailshot_core.errors import MailshotError
-from mailshot_core.esp_events import IncomingEvent, digest
-from mailshot_core.feedback import Effect
-from mailshot_core.models import Recipient
+from mailshot_core.feedback import bounces, inbox
+from mailshot_core.feedback.esp_events import IncomingEvent, digest
+from mailshot_core.feedback.inbox import Effect
+from mailshot_core.store.models import Recipient
 
 log = logging.getLogger("mailshot.bounces")
 SOURCE = "bounce-mail"
@@ -284,7 +284,7 @@ def ingest(
             events += found if isinstance(found, list) else []
             processed.append(msg_key)
     if events:
-        result.events = feedback.store(engine, events).stored
+        result.events = inbox.store(engine, events).stored
     box.move_processed(processed)  # only after the events are committed
     result.processed = len(processed)
     for msg_key, why in result.left:
@@ -294,7 +294,7 @@ def ingest(
 
 def ingest_configured(settings: Settings) -> IngestReport:
     """One pass over the configured mailbox (the flow and `mailshot ingest-bounces`)."""
-    from mailshot_core.db import get_engine
+    from mailshot_core.store.db import get_engine
 
     with open_source(settings) as box:
         return ingest(

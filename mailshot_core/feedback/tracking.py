@@ -5,7 +5,7 @@
   target up by id *within the token's sending*: no URL in a request can make the server redirect
   elsewhere (CWE-601).
 - **Hits** (:func:`record_open`, :func:`record_click`) go through the feedback pipeline like an ESP's
-  events (feedback.record_and_apply): stored once per recipient and kind, applied at once, so the
+  events (inbox.record_and_apply): stored once per recipient and kind, applied at once, so the
   recipient moves to ``read``/``clic`` with the counters, and a repeated hit changes nothing.
 - **Machines**: Apple Mail Privacy Protection fetches every image on arrival, and mail security
   gateways fetch every link, often within seconds of delivery.  Such hits (:func:`machine_reason`)
@@ -26,11 +26,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mailshot_core import feedback
 from mailshot_core.config import Settings
-from mailshot_core.esp_events import IncomingEvent
-from mailshot_core.models import FeedbackEvent, Mailshot, Recipient, TrackedLink
-from mailshot_core.render import find_links
+from mailshot_core.content.render import find_links
+from mailshot_core.feedback import inbox
+from mailshot_core.feedback.esp_events import IncomingEvent
+from mailshot_core.store.models import FeedbackEvent, Mailshot, Recipient, TrackedLink
 
 SOURCE = "web"  # feedback_event.source of the hits recorded here (and of web unsubscriptions)
 _links = TrackedLink.__table__  # type: ignore[attr-defined]
@@ -156,7 +156,7 @@ def _record(
         detail=reason,
         raw="",
     )
-    feedback.record_and_apply(engine, [event], now=hit.at)
+    inbox.record_and_apply(engine, [event], now=hit.at)
     return reason
 
 

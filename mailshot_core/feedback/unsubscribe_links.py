@@ -18,18 +18,19 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from mailshot_core import mailshots, subscribers
-from mailshot_core.db import session_scope
+from mailshot_core.audience import subscribers
+from mailshot_core.content.tokens import LEGACY_UNSUBSCRIBE, UNSUBSCRIBE, read_token
 from mailshot_core.errors import NotFound
-from mailshot_core.feedback import IN_FLIGHT, RANK
-from mailshot_core.models import (
+from mailshot_core.feedback.inbox import IN_FLIGHT, RANK
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import (
     MailingList,
     Mailshot,
     Recipient,
     RecipientStatus,
     Subscriber,
 )
-from mailshot_core.tokens import LEGACY_UNSUBSCRIBE, UNSUBSCRIBE, read_token
 
 ALL_LISTS = "*"  # the page's choice "every list"
 
@@ -74,7 +75,7 @@ def read_link(engine: Engine, key: bytes, token: str) -> LinkTarget | None:
         mailshot = session.get(Mailshot, mailshot_id)
         if mailshot is None:
             return None
-        names = mailshots.list_identifiers(mailshot)
+        names = sendings.list_identifiers(mailshot)
         sub = session.get(Subscriber, subscriber_id) if subscriber_id else None
         titles = dict(
             session.exec(
@@ -116,9 +117,7 @@ def _mark_recipient(session: Session, mailshot_id: int, email: str) -> None:
         .values(status=RecipientStatus.UNSUB)
     )
     if moved.rowcount == 1:  # type: ignore[attr-defined]
-        mailshots.apply_counter_deltas(
-            session, mailshot_id, mailshots.counter_deltas([(status, RecipientStatus.UNSUB)])
-        )
+        sendings.apply_counter_deltas(session, mailshot_id, sendings.counter_deltas([(status, RecipientStatus.UNSUB)]))
 
 
 def unsubscribe(engine: Engine, target: LinkTarget, choice: str | None, *, one_click: bool) -> int:

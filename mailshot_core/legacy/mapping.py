@@ -31,9 +31,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from mailshot_core.errors import InvalidInput, MailshotError
-from mailshot_core.legacy_source import LegacyDatabase, as_datetime, open_source
-from mailshot_core.legacy_target import ImportReport, Target, new_sending, one_line, slug
-from mailshot_core.models import MailshotStatus, SubscriptionStatus
+from mailshot_core.legacy.source import LegacyDatabase, as_datetime, open_source
+from mailshot_core.legacy.target import ImportReport, Target, new_sending, one_line, slug
+from mailshot_core.store.models import MailshotStatus, SubscriptionStatus
 
 SOURCES = ("spip-listes", "spip-lettres", "mailshot")
 V, P, R = SubscriptionStatus.VALID, SubscriptionStatus.PENDING, SubscriptionStatus.REFUSED

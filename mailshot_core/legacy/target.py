@@ -19,9 +19,10 @@ from typing import Any
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
-from mailshot_core import mailshots
+from mailshot_core.audience.subscribers import insert_ignore, normalise_email
 from mailshot_core.errors import InvalidInput
-from mailshot_core.models import (
+from mailshot_core.sending import sendings
+from mailshot_core.store.models import (
     LegacyImport,
     MailingList,
     Mailshot,
@@ -33,7 +34,6 @@ from mailshot_core.models import (
     SubscriptionStatus,
     utcnow,
 )
-from mailshot_core.subscribers import insert_ignore, normalise_email
 
 R = SubscriptionStatus.REFUSED
 
@@ -230,7 +230,7 @@ class Target:
             )
         if values:
             self.session.execute(insert(Recipient), values)
-            for name, value in mailshots.recount(self.session, mailshot.id).items():
+            for name, value in sendings.recount(self.session, mailshot.id).items():
                 setattr(mailshot, name, value)
         else:
             for name, value in (counters or {}).items():

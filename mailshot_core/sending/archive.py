@@ -26,10 +26,10 @@ from sqlalchemy import delete, func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from mailshot_core import mailshots
-from mailshot_core.db import session_scope
 from mailshot_core.duration import Duration
-from mailshot_core.models import DeliveryOutcome, Mailshot, MailshotStatus, Recipient, SendWorker, utcnow
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import DeliveryOutcome, Mailshot, MailshotStatus, Recipient, SendWorker, utcnow
 
 # Outcomes kept per address.  The widest window of the original's rule is the soft-bounce one:
 # 2 x MAX_FAIL + tolerance 5 = 11 rows (original §3.2); older outcomes can never be in a window.
@@ -111,9 +111,9 @@ def archive(session: Session, mailshot: Mailshot, now: datetime) -> tuple[Archiv
         )
     status = mailshot.status
     rows = _row_count(session, mailshot.id)
-    truth = mailshots.recount(session, mailshot.id)
+    truth = sendings.recount(session, mailshot.id)
     # Without rows (never materialised) the stored counters are all there is: nothing to repair from.
-    repaired = rows > 0 and truth != mailshots.stored_counters(mailshot)
+    repaired = rows > 0 and truth != sendings.stored_counters(mailshot)
     if repaired:
         for name, value in truth.items():
             setattr(mailshot, name, value)
@@ -130,9 +130,9 @@ def archive(session: Session, mailshot: Mailshot, now: datetime) -> tuple[Archiv
     session.execute(delete(Recipient).where(col(Recipient.mailshot_id) == mailshot.id))
     session.execute(delete(SendWorker).where(col(SendWorker.mailshot_id) == mailshot.id))
     done = ArchivedSending(
-        mailshot.id, mailshot.subject, status, mailshot.ended_at, rows, mailshots.stored_counters(mailshot)
+        mailshot.id, mailshot.subject, status, mailshot.ended_at, rows, sendings.stored_counters(mailshot)
     )
-    mailshots.set_status(
+    sendings.set_status(
         session,
         mailshot,
         MailshotStatus.ARCHIVE,
@@ -174,14 +174,14 @@ def purge(engine: Engine, older_than: Duration, *, dry_run: bool = False, now: d
                 assert m.id is not None
                 report.archived.append(
                     ArchivedSending(
-                        m.id, m.subject, m.status, m.ended_at, _row_count(session, m.id), mailshots.stored_counters(m)
+                        m.id, m.subject, m.status, m.ended_at, _row_count(session, m.id), sendings.stored_counters(m)
                     )
                 )
             return report
         ids = [m.id for m in candidates if m.id is not None]
     for mailshot_id in ids:
         with session_scope(engine) as session:
-            mailshot = mailshots.get(session, mailshot_id)
+            mailshot = sendings.get(session, mailshot_id)
             if mailshot.status not in _FINISHED:  # changed since the selection (resend-unknown ...)
                 continue
             done, repaired = archive(session, mailshot, now)

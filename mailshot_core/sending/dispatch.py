@@ -22,9 +22,9 @@ from datetime import datetime
 from sqlalchemy import and_, or_, update
 from sqlmodel import Session, col, select
 
-from mailshot_core import mailshots
 from mailshot_core.duration import Duration
-from mailshot_core.models import Mailshot, MailshotStatus, utcnow
+from mailshot_core.sending import sendings
+from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def expire_late(session: Session, expiry: Duration, now: datetime) -> list[int]:
     expired = []
     for mailshot in late:
         assert mailshot.id is not None and mailshot.start_at is not None
-        mailshots.cancel(session, mailshot.id)
+        sendings.cancel(session, mailshot.id)
         mailshot.status_reason = (
             f"expired: scheduled for {mailshot.start_at:%Y-%m-%d %H:%M} UTC and still not started "
             f"{expiry} later (MAILSHOT_START_EXPIRY)"

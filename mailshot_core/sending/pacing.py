@@ -31,8 +31,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from mailshot_core.db import session_scope
-from mailshot_core.models import Mailshot, Recipient, SendPace
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import Mailshot, Recipient, SendPace
 
 Clock = Callable[[], datetime]
 
@@ -92,7 +92,7 @@ def reserve(session: Session, identity: str, count: int, interval: float, now: d
         stmt = stmt.with_for_update()
     pace = session.execute(stmt).scalar_one_or_none()
     if pace is None:
-        from mailshot_core.subscribers import insert_ignore
+        from mailshot_core.audience.subscribers import insert_ignore
 
         session.execute(insert_ignore(session, SendPace.__table__).values(identity=identity, tat=now))  # type: ignore[attr-defined]
         pace = session.execute(stmt).scalar_one()

@@ -27,20 +27,21 @@ from sqlalchemy.engine import Connection as DbConnection
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from mailshot_core import mailshots, tracking
 from mailshot_core.config import Settings
-from mailshot_core.db import raw_write_transaction, session_scope
-from mailshot_core.message import Envelope, HeaderError, MessageBuilder
-from mailshot_core.models import (
+from mailshot_core.content.message import Envelope, HeaderError, MessageBuilder
+from mailshot_core.content.render import CompiledMailshot, Personalisation, TemplateError
+from mailshot_core.content.tokens import TRACK, UNSUBSCRIBE, make_token
+from mailshot_core.feedback import tracking
+from mailshot_core.sending import sendings
+from mailshot_core.sending.pacing import Pacer
+from mailshot_core.store.db import raw_write_transaction, session_scope
+from mailshot_core.store.models import (
     Mailshot,
     MailshotStatus,
     Recipient,
     RecipientStatus,
     utcnow,
 )
-from mailshot_core.ratelimit import Pacer
-from mailshot_core.render import CompiledMailshot, Personalisation, TemplateError
-from mailshot_core.tokens import TRACK, UNSUBSCRIBE, make_token
 from mailshot_core.transports import get_transport
 from mailshot_core.transports.base import (
     BatchConnection,
@@ -93,7 +94,7 @@ class SendContext:
         """``links``: the sending's tracked links (tracking.links_for) when it is tracked."""
         assert mailshot.id is not None
         key = settings.secret_key.get_secret_value().encode()
-        first_list = mailshots.list_identifiers(mailshot)[0]
+        first_list = sendings.list_identifiers(mailshot)[0]
         domain = settings.list_domain
         title = list_title.replace("\\", "").replace('"', "")
         envelope = Envelope(
@@ -140,7 +141,7 @@ class SendContext:
         opened, clicked = f"{self.base_url}/o/{track}", f"{self.base_url}/c/{track}"
         return Personalisation(email, nom, listes, lang, status, unsubscribe, opened, clicked)
 
-    def personalise_claimed(self, rcpt: mailshots.ClaimedRecipient) -> Personalisation:
+    def personalise_claimed(self, rcpt: sendings.ClaimedRecipient) -> Personalisation:
         return self.personalise(rcpt.id, rcpt.subscriber_id, rcpt.email, rcpt.nom, rcpt.listes, rcpt.lang, rcpt.status)
 
     def message_for(
@@ -162,11 +163,11 @@ def context_for(engine: Engine, settings: Settings, mailshot_id: int) -> SendCon
     )
     ctx = _contexts.get(key)
     if ctx is None:
-        from mailshot_core.subscribers import get_list
+        from mailshot_core.audience.subscribers import get_list
 
         with session_scope(engine) as session:
-            mailshot = mailshots.get(session, mailshot_id)
-            title = get_list(session, mailshots.list_identifiers(mailshot)[0]).title
+            mailshot = sendings.get(session, mailshot_id)
+            title = get_list(session, sendings.list_identifiers(mailshot)[0]).title
             links = tracking.links_for(session, mailshot) if mailshot.track else None
             ctx = SendContext.build(mailshot, settings, title, links)
         if len(_contexts) > 16:
@@ -202,7 +203,7 @@ class Outcome:
     @classmethod
     def of(
         cls,
-        rcpt: mailshots.ClaimedRecipient,
+        rcpt: sendings.ClaimedRecipient,
         result: Result,
         *,
         from_status: str = S.SENDING,
@@ -269,7 +270,7 @@ class Ledger:
 
     def _beat(self) -> None:
         with session_scope(self.engine) as session:
-            mailshots.heartbeat(session, self.token, self.clock())
+            sendings.heartbeat(session, self.token, self.clock())
 
     def record(self, outcome: Outcome) -> None:
         """Queue a result: it is committed before (or with) the next start of any connection."""
@@ -422,7 +423,7 @@ class Ledger:
             cursor.executemany(sql.record, rows)
         if events:
             cursor.executemany(sql.event, [tuple(e[c] for c in _EVENT_COLUMNS) for e in events])
-        delta = mailshots.counter_deltas(moves)
+        delta = sendings.counter_deltas(moves)
         if delta:
             cursor.execute(sql.counters(tuple(delta)), (*delta.values(), stamp, self.mailshot_id))
 
@@ -485,10 +486,10 @@ class _LedgerSql:
         return self._owned.format(ids=self._ids(n))
 
     def counters(self, names: tuple[str, ...]) -> str:
-        """Add to the named counters (names come from mailshots.COUNTERS, never from input)."""
+        """Add to the named counters (names come from sendings.COUNTERS, never from input)."""
         sql = self._counters.get(names)
         if sql is None:
-            assert set(names) <= set(mailshots.COUNTERS)
+            assert set(names) <= set(sendings.COUNTERS)
             changes = ", ".join(f"{name} = {name} + ?" for name in names)
             sql = self._counters[names] = self._sql(f"UPDATE mailshot SET {changes}, updated_at = ? WHERE id = ?")
         return sql
@@ -500,12 +501,10 @@ _MAX_MARKS = 256
 # --- one batch --------------------------------------------------------------------------------------
 
 
-Prepared = tuple[mailshots.ClaimedRecipient, OutgoingMessage]
+Prepared = tuple[sendings.ClaimedRecipient, OutgoingMessage]
 
 
-def _prepare_next(
-    queue: asyncio.Queue[mailshots.ClaimedRecipient], ledger: Ledger, ctx: SendContext
-) -> Prepared | None:
+def _prepare_next(queue: asyncio.Queue[sendings.ClaimedRecipient], ledger: Ledger, ctx: SendContext) -> Prepared | None:
     """The next recipient of the queue with its message; None when the queue is empty.
 
     A recipient whose message cannot be built (a template error at run time, a name unusable in a
@@ -525,7 +524,7 @@ def _prepare_next(
 
 async def _connection_loop(
     transport: Transport,
-    queue: asyncio.Queue[mailshots.ClaimedRecipient],
+    queue: asyncio.Queue[sendings.ClaimedRecipient],
     ledger: Ledger,
     ctx: SendContext,
     stop: asyncio.Event,
@@ -594,9 +593,9 @@ async def _connection_loop(
 # --- the batched path (ESP APIs) --------------------------------------------------------------------
 
 
-def _esp_message(ctx: SendContext, rcpt: mailshots.ClaimedRecipient) -> OutgoingMessage:
+def _esp_message(ctx: SendContext, rcpt: sendings.ClaimedRecipient) -> OutgoingMessage:
     """The recipient's message as bytes *and* fields: rendered once by our sandbox for every transport."""
-    from mailshot_core.message import build_message
+    from mailshot_core.content.message import build_message
     from mailshot_core.transports.parts import with_parts
 
     who = ctx.personalise_claimed(rcpt)
@@ -609,7 +608,7 @@ def _esp_message(ctx: SendContext, rcpt: mailshots.ClaimedRecipient) -> Outgoing
 
 
 def _reply_outcome(
-    rcpt: mailshots.ClaimedRecipient, msg: OutgoingMessage, reply: SendResult | TransportError
+    rcpt: sendings.ClaimedRecipient, msg: OutgoingMessage, reply: SendResult | TransportError
 ) -> Outcome:
     """What one recipient's part of an API call means for its row."""
     if isinstance(reply, SendResult):
@@ -627,7 +626,7 @@ def _reply_outcome(
 
 async def _batch_loop(
     transport: Transport,
-    queue: asyncio.Queue[mailshots.ClaimedRecipient],
+    queue: asyncio.Queue[sendings.ClaimedRecipient],
     ledger: Ledger,
     ctx: SendContext,
     stop: asyncio.Event,
@@ -644,7 +643,7 @@ async def _batch_loop(
     backoff = 0.0
     try:
         while not stop.is_set():
-            chunk: list[tuple[mailshots.ClaimedRecipient, OutgoingMessage]] = []
+            chunk: list[tuple[sendings.ClaimedRecipient, OutgoingMessage]] = []
             while len(chunk) < size:
                 try:
                     rcpt = queue.get_nowait()
@@ -709,12 +708,12 @@ async def _batch_loop(
 
 async def _send_claimed(
     transport: Transport,
-    claimed: list[mailshots.ClaimedRecipient],
+    claimed: list[sendings.ClaimedRecipient],
     ledger: Ledger,
     ctx: SendContext,
     pacer: Pacer | None = None,
 ) -> None:
-    queue: asyncio.Queue[mailshots.ClaimedRecipient] = asyncio.Queue()
+    queue: asyncio.Queue[sendings.ClaimedRecipient] = asyncio.Queue()
     for rcpt in claimed:
         queue.put_nowait(rcpt)
     stop = asyncio.Event()
@@ -749,23 +748,23 @@ def send_batch(
     """
     # Each batch is its own worker (its own claims, heartbeat and pid), so batches can run in parallel in
     # threads, processes or machines, and a batch whose process died is recovered on its own.
-    token = mailshots.new_worker_token()
+    token = sendings.new_worker_token()
     with session_scope(engine) as session:
-        mailshot = mailshots.get(session, mailshot_id)
+        mailshot = sendings.get(session, mailshot_id)
         if mailshot.status != MailshotStatus.PROCESSING:
             return BatchReport(stopped=f"sending is {mailshot.status}")
-        mailshots.register_worker(session, mailshot_id, token, clock())
+        sendings.register_worker(session, mailshot_id, token, clock())
     with session_scope(engine) as session:
-        claimed, killed = mailshots.claim(session, mailshot, token, settings.batch_size, clock())
+        claimed, killed = sendings.claim(session, mailshot, token, settings.batch_size, clock())
     report = BatchReport(claimed=len(claimed) + killed, killed=killed)
     if not claimed:
         with session_scope(engine) as session:
-            mailshots.unregister_worker(session, mailshot_id, token)
+            sendings.unregister_worker(session, mailshot_id, token)
         return report
     ctx = context_for(engine, settings, mailshot_id)
     transport = transport or get_transport(mailshot.transport, settings)
     ledger = Ledger(engine, mailshot_id, token, settings.max_try, settings.retry_delay, clock, report)
-    cadence = mailshots.cadence(mailshot, settings)
+    cadence = sendings.cadence(mailshot, settings)
     pacer = Pacer(engine, mailshot.transport, cadence, clock) if cadence.limited else None
     try:
         try:
@@ -775,14 +774,14 @@ def send_batch(
                 pacer.close()
     except ConfigurationError as exc:
         with session_scope(engine) as session:
-            m = mailshots.get(session, mailshot_id)
+            m = sendings.get(session, mailshot_id)
             if m.status == MailshotStatus.PROCESSING:
-                mailshots.set_status(session, m, MailshotStatus.PAUSE, f"paused: {exc}")
+                sendings.set_status(session, m, MailshotStatus.PAUSE, f"paused: {exc}")
         log.error("sending %s paused: %s", mailshot_id, exc)
         report.stopped = f"paused: {exc}"
     finally:
         with session_scope(engine) as session:
-            mailshots.unregister_worker(session, mailshot_id, token)  # releases what was not attempted
+            sendings.unregister_worker(session, mailshot_id, token)  # releases what was not attempted
     return report
 
 
@@ -815,15 +814,15 @@ def send_test(
     """
     from sqlmodel import select
 
+    from mailshot_core.audience.subscribers import current_lists, normalise_email
     from mailshot_core.errors import MailshotError
-    from mailshot_core.models import Subscriber
-    from mailshot_core.subscribers import current_lists, normalise_email
+    from mailshot_core.store.models import Subscriber
 
     address = normalise_email(email)
     ctx = context_for(engine, settings, mailshot_id)
     with session_scope(engine) as session:
-        mailshot = mailshots.get(session, mailshot_id)
-        names = mailshots.list_identifiers(mailshot)
+        mailshot = sendings.get(session, mailshot_id)
+        names = sendings.list_identifiers(mailshot)
         sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
         listes: tuple[str, ...] = tuple(names)
         nom = lang = ""
@@ -884,14 +883,14 @@ def start_sending(
         # workers) must not both see `materialised` false.  The second used to materialise again,
         # waiting on rows the first run's workers were updating while holding the sending's row those
         # workers needed for their counters: a deadlock on PostgreSQL (tests/test_workers.py, under load).
-        mailshot = mailshots.get(session, mailshot_id, lock=True)
+        mailshot = sendings.get(session, mailshot_id, lock=True)
         if mailshot.status == MailshotStatus.INIT:
             if mailshot.start_at is not None and mailshot.start_at > now:
                 raise InvalidState(
                     f"sending {mailshot_id} is scheduled for {mailshot.start_at:%Y-%m-%d %H:%M} UTC; "
                     "it starts then (or resume it to start now)"
                 )
-            mailshots.set_status(session, mailshot, MailshotStatus.PROCESSING)
+            sendings.set_status(session, mailshot, MailshotStatus.PROCESSING)
         if mailshot.status != MailshotStatus.PROCESSING:
             reason = f" ({mailshot.status_reason})" if mailshot.status_reason else ""
             hint = " (mailshot resume ID first)" if mailshot.status == MailshotStatus.PAUSE else ""
@@ -902,11 +901,11 @@ def start_sending(
             mailshot.flow_run_id = run_id
         mailshot.status_reason = None
         session.add(mailshot)
-        released, in_doubt = mailshots.recover_dead_workers(
+        released, in_doubt = sendings.recover_dead_workers(
             session, mailshot_id, now, timedelta(seconds=settings.claim_lease)
         )
         if not mailshot.materialised:
-            mailshots.materialise(session, mailshot)
+            sendings.materialise(session, mailshot)
         total, transport = mailshot.total, mailshot.transport
     # Validate the templates and settings before the first batch (errors surface here, not mid-way).
     context_for(engine, settings, mailshot_id)
@@ -925,8 +924,8 @@ class Step:
 def next_step(engine: Engine, settings: Settings, mailshot_id: int, *, clock: Clock = utcnow) -> Step:
     now = clock()
     with session_scope(engine) as session:
-        mailshots.recover_dead_workers(session, mailshot_id, now, timedelta(seconds=settings.claim_lease))
-        p = mailshots.progress(session, mailshot_id, now)
+        sendings.recover_dead_workers(session, mailshot_id, now, timedelta(seconds=settings.claim_lease))
+        p = sendings.progress(session, mailshot_id, now)
     if p.status != MailshotStatus.PROCESSING:
         return Step("stopped", reason=f"sending is {p.status}")
     if p.due:
@@ -942,5 +941,5 @@ def end_sending(engine: Engine, mailshot_id: int, *, finished: bool) -> Mailshot
     """When nothing is left to send, end the sending (recount checked)."""
     with session_scope(engine) as session:
         if finished:
-            return mailshots.finish(session, mailshot_id)
-        return mailshots.get(session, mailshot_id)
+            return sendings.finish(session, mailshot_id)
+        return sendings.get(session, mailshot_id)

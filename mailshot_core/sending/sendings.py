@@ -30,10 +30,13 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
+from mailshot_core.audience.subscribers import get_list, normalise_email
 from mailshot_core.config import Settings
+from mailshot_core.content.message import HeaderError, check_header_value
+from mailshot_core.content.render import CompiledMailshot, TemplateError, html_to_text, inline_css
 from mailshot_core.errors import InvalidInput, InvalidState, NotFound
-from mailshot_core.message import HeaderError, check_header_value
-from mailshot_core.models import (
+from mailshot_core.sending.pacing import Cadence
+from mailshot_core.store.models import (
     MailingList,
     Mailshot,
     MailshotStatus,
@@ -46,9 +49,6 @@ from mailshot_core.models import (
     SubscriptionStatus,
     utcnow,
 )
-from mailshot_core.ratelimit import Cadence
-from mailshot_core.render import CompiledMailshot, TemplateError, html_to_text, inline_css
-from mailshot_core.subscribers import get_list, normalise_email
 from mailshot_core.transports import AVAILABLE as TRANSPORTS
 
 S = RecipientStatus
@@ -147,7 +147,7 @@ class NewMailshot:
 
 def create(session: Session, settings: Settings, spec: NewMailshot, now: datetime | None = None) -> Mailshot:
     """Validate everything a sending needs, then store it (``init`` if scheduled, else ``processing``)."""
-    from mailshot_core import tracking  # it imports feedback.py, which imports this module
+    from mailshot_core.feedback import tracking  # it imports feedback.py, which imports this module
 
     now = now or utcnow()
     if not spec.lists:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from email.header import decode_header, make_header
 
-from mailshot_core.message import Envelope
-from mailshot_core.render import RenderedContent
+from mailshot_core.content.message import Envelope
+from mailshot_core.content.render import RenderedContent
 from mailshot_core.transports.base import MessageParts, OutgoingMessage
 
 # Headers an ESP must pass through; the rest (From, To, Subject, MIME) are API fields of their own.

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings, get_settings
-from mailshot_core.db import get_engine
+from mailshot_core.store.db import get_engine
 from mailshot_core.web.auth import Fetch, SnsVerifier, https_get
 
 

@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from mailshot_core import tracking, unsubscribe_links
-from mailshot_core.models import utcnow
-from mailshot_core.tokens import TRACK, read_token
+from mailshot_core.content.tokens import TRACK, read_token
+from mailshot_core.feedback import tracking, unsubscribe_links
+from mailshot_core.store.models import utcnow
 from mailshot_core.web.app import WebContext, context
 from mailshot_core.web.forms import capped_body
 from mailshot_core.web.templating import SECURITY_HEADERS, render

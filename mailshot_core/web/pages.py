@@ -23,10 +23,12 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from mailshot_core import mailshots, purge, subscribers, tracking
-from mailshot_core.db import session_scope
+from mailshot_core.audience import subscribers
 from mailshot_core.errors import InvalidInput, InvalidState, NotFound
-from mailshot_core.models import utcnow
+from mailshot_core.feedback import tracking
+from mailshot_core.sending import archive, sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import utcnow
 from mailshot_core.web import views
 from mailshot_core.web.app import context
 from mailshot_core.web.login import (
@@ -304,7 +306,7 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
     search = _search(request)
     numbers = {g.key: _page_number(request, f"page_{g.key}") for g in views.GROUPS}
     with Session(ctx.engine) as session:
-        mailshot = mailshots.get(session, mailshot_id)
+        mailshot = sendings.get(session, mailshot_id)
         groups = views.recipient_groups(session, mailshot_id, numbers, search)
         titles = views.list_titles(session)
         clicks = tracking.per_link_clicks(session, mailshot_id) if mailshot.track else []
@@ -315,7 +317,7 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
             **admin.page_context,
             "title": f"Sending No. {mailshot.id}",
             "m": mailshot,
-            "lists": [titles.get(name, name) for name in mailshots.list_identifiers(mailshot)],
+            "lists": [titles.get(name, name) for name in sendings.list_identifiers(mailshot)],
             "groups": groups,
             "search": search,
             "labels": views.STATUS_LABELS,
@@ -329,12 +331,12 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
 
 
 _ACTIONS: dict[str, Callable[[Session, int], object]] = {
-    "pause": lambda session, mid: mailshots.pause(session, mid, "paused by the operator (follow-up pages)"),
-    "resume": mailshots.resume,
-    "cancel": mailshots.cancel,
-    # The original's manual "Archive" of an ended or cancelled sending: purge.py's archive, at once
+    "pause": lambda session, mid: sendings.pause(session, mid, "paused by the operator (follow-up pages)"),
+    "resume": sendings.resume,
+    "cancel": sendings.cancel,
+    # The original's manual "Archive" of an ended or cancelled sending: archive.py's archive, at once
     # (the daily purge-stats prunes the kept outcomes beyond the 12 most recent per address).
-    "archive": lambda session, mid: purge.archive(session, mailshots.get(session, mid), utcnow()),
+    "archive": lambda session, mid: archive.archive(session, sendings.get(session, mid), utcnow()),
 }
 
 

@@ -1,6 +1,6 @@
 """What the follow-up pages show, read from the database: pages of sendings, a sending's counters
 and its recipients grouped by status.  Read-only; the operations (pause, resume, cancel) and the
-address history are mailshots.py's and subscribers.py's.
+address history are sendings.py's and subscribers.py's.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Generic, TypeVar
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
-from mailshot_core import mailshots
 from mailshot_core.errors import InvalidInput, NotFound
-from mailshot_core.models import MailingList, Mailshot, Recipient, RecipientStatus
+from mailshot_core.sending.sendings import status_counts
+from mailshot_core.store.models import MailingList, Mailshot, Recipient, RecipientStatus
 
 S = RecipientStatus
 T = TypeVar("T")
@@ -136,7 +136,7 @@ def recipient_groups(session: Session, mailshot_id: int, pages: dict[str, int], 
     """The non-empty groups of a sending's recipients (of the addresses containing ``search``), each
     with its requested page.  Counts: one GROUP BY; rows: one query per shown group, by id, on
     ix_recipient_claim (mailshot_id, status, ...)."""
-    counts = mailshots.status_counts(session, mailshot_id, search or None)
+    counts = status_counts(session, mailshot_id, search or None)
     shown = []
     for group in GROUPS:
         total = sum(counts.get(status, 0) for status in group.statuses)

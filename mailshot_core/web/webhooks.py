@@ -20,8 +20,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from mailshot_core import esp_events, feedback
-from mailshot_core.esp_events import IncomingEvent, MalformedPayload
+from mailshot_core.feedback import esp_events, inbox
+from mailshot_core.feedback.esp_events import IncomingEvent, MalformedPayload
 from mailshot_core.web.app import WebContext, context
 from mailshot_core.web.auth import Forbidden, check_mandrill, check_shared_secret, check_sns_url
 
@@ -127,7 +127,7 @@ async def receive(provider: str, request: Request) -> Response:
     except MalformedPayload as exc:
         log.warning("webhook %s: malformed (400): %s", provider, exc)
         return JSONResponse({"error": str(exc)}, status_code=400)
-    report = await run_in_threadpool(feedback.store, ctx.engine, events)
+    report = await run_in_threadpool(inbox.store, ctx.engine, events)
     return JSONResponse(
         {
             "received": report.received,

@@ -1,4 +1,4 @@
-"""Lists, subscribers, CSV import and unsubscription (mailshot_core.subscribers) on SQLite."""
+"""Lists, subscribers, CSV import and unsubscription (mailshot_core.audience.subscribers) on SQLite."""
 
 from __future__ import annotations
 
@@ -12,19 +12,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from mailshot_core.db import get_engine, session_scope
-from mailshot_core.errors import InvalidInput, NotFound
-from mailshot_core.models import (
-    FeedbackEvent,
-    Mailshot,
-    Recipient,
-    Subscriber,
-    SubscriberStatus,
-    Subscription,
-    SubscriptionStatus,
-    utcnow,
-)
-from mailshot_core.subscribers import (
+from mailshot_core.audience.subscribers import (
     add_subscriber,
     check_name,
     create_list,
@@ -34,6 +22,18 @@ from mailshot_core.subscribers import (
     list_lists,
     normalise_email,
     unsubscribe,
+)
+from mailshot_core.errors import InvalidInput, NotFound
+from mailshot_core.store.db import get_engine, session_scope
+from mailshot_core.store.models import (
+    FeedbackEvent,
+    Mailshot,
+    Recipient,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
 )
 
 

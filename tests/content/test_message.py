@@ -1,4 +1,4 @@
-"""MIME assembly (mailshot_core.message): the hand-made bytes must parse, with the stdlib, to what was meant."""
+"""MIME assembly (mailshot_core.content.message): the hand-made bytes must parse, with the stdlib, to what was meant."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailshot_core.message import Envelope, HeaderError, build_message, message_id
-from mailshot_core.render import RenderedContent
-from mailshot_core.tokens import RecipientRef, parse_verp
+from mailshot_core.content.message import Envelope, HeaderError, build_message, message_id
+from mailshot_core.content.render import RenderedContent
+from mailshot_core.content.tokens import RecipientRef, parse_verp
 
 KEY = b"test-secret"
 UNSUB = "https://news.example.org/u/7.42.abcdefghijklmnopqrstuv"
@@ -352,7 +352,7 @@ def _assert_wire_limits(data: bytes) -> None:
 
 
 def test_simple_templates_have_a_skeleton_and_others_do_not() -> None:
-    from mailshot_core.render import CompiledMailshot
+    from mailshot_core.content.render import CompiledMailshot
 
     assert CompiledMailshot("Hi {{ nom }}", SIMPLE_HTML, SIMPLE_TEXT).skeletons is not None
     assert CompiledMailshot("Hi @nom@", "<p>@email@</p>", "").skeletons is not None
@@ -363,8 +363,8 @@ def test_simple_templates_have_a_skeleton_and_others_do_not() -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nom=values, listes=st.lists(values.filter(bool), max_size=3), lang=values)
 def test_skeleton_and_full_rendering_give_the_same_message(nom: str, listes: list[str], lang: str) -> None:
-    from mailshot_core.message import MessageBuilder
-    from mailshot_core.render import CompiledMailshot, Personalisation
+    from mailshot_core.content.message import MessageBuilder
+    from mailshot_core.content.render import CompiledMailshot, Personalisation
 
     compiled = CompiledMailshot("Hello {{ nom }} ({{ lang }})", SIMPLE_HTML, SIMPLE_TEXT)
     builder = MessageBuilder(envelope(), compiled)
@@ -386,8 +386,8 @@ def test_skeleton_and_full_rendering_give_the_same_message(nom: str, listes: lis
 def test_skeleton_and_full_rendering_agree_on_a_tracked_message(nom: str) -> None:
     """With the tracking rewrite (click redirects, open pixel), the pre-encoded path still gives the
     same decoded message as full rendering."""
-    from mailshot_core.message import MessageBuilder
-    from mailshot_core.render import CompiledMailshot, Personalisation, find_links
+    from mailshot_core.content.message import MessageBuilder
+    from mailshot_core.content.render import CompiledMailshot, Personalisation, find_links
 
     html = SIMPLE_HTML.replace("</body>", '<a href="https://example.org/a?b=1&amp;c=2">Read</a></body>')
     links = {url: 7 for url in find_links(html)}
@@ -404,8 +404,8 @@ def test_skeleton_and_full_rendering_agree_on_a_tracked_message(nom: str) -> Non
 
 
 def test_a_value_with_a_carriage_return_takes_the_full_path() -> None:
-    from mailshot_core.message import MessageBuilder
-    from mailshot_core.render import CompiledMailshot, Personalisation
+    from mailshot_core.content.message import MessageBuilder
+    from mailshot_core.content.render import CompiledMailshot, Personalisation
 
     compiled = CompiledMailshot("Hello", "<p>{{ lang }}</p>", "{{ lang }}\nnext")
     who = Personalisation("bob@example.org", "Bob", (), "a\r", "valid", UNSUB)
@@ -416,8 +416,8 @@ def test_a_value_with_a_carriage_return_takes_the_full_path() -> None:
 
 def test_an_html_template_of_slots_only_is_omitted_when_they_are_empty() -> None:
     """Like the full path: an HTML part that renders to nothing gives a text-only message."""
-    from mailshot_core.message import MessageBuilder
-    from mailshot_core.render import CompiledMailshot, Personalisation
+    from mailshot_core.content.message import MessageBuilder
+    from mailshot_core.content.render import CompiledMailshot, Personalisation
 
     compiled = CompiledMailshot("Hello", "{{ lang }}", "text {{ nom }}")
     builder = MessageBuilder(envelope(), compiled)

@@ -1,10 +1,10 @@
-"""Personalisation (mailshot_core.render): variables, escaping, sandbox, errors found before sending."""
+"""Personalisation (mailshot_core.content.render): variables, escaping, sandbox, errors found before sending."""
 
 from __future__ import annotations
 
 import pytest
 
-from mailshot_core.render import (
+from mailshot_core.content.render import (
     CompiledMailshot,
     Personalisation,
     TemplateError,

@@ -1,10 +1,18 @@
-"""Signed identifiers (mailshot_core.tokens): unsubscribe tokens and VERP return paths."""
+"""Signed identifiers (mailshot_core.content.tokens): unsubscribe tokens and VERP return paths."""
 
 from __future__ import annotations
 
 import pytest
 
-from mailshot_core.tokens import TRACK, UNSUBSCRIBE, RecipientRef, make_token, parse_verp, read_token, verp_address
+from mailshot_core.content.tokens import (
+    TRACK,
+    UNSUBSCRIBE,
+    RecipientRef,
+    make_token,
+    parse_verp,
+    read_token,
+    verp_address,
+)
 
 KEY = b"test-secret"
 REF = RecipientRef(12, 3456)

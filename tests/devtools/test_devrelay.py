@@ -17,12 +17,12 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from mailshot_core.devrelay import DevRelay, FaultPlan, Outcome
+from mailshot_core.devtools.relay import DevRelay, FaultPlan, Outcome
 
 SENDER = "news@mailshot.test"
 BODY = b"Subject: hello\r\nFrom: news@mailshot.test\r\n\r\nHello there.\r\n"
 TIMEOUT = 5.0
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def smtp_client(relay: DevRelay) -> smtplib.SMTP:
@@ -329,7 +329,7 @@ def test_cli_runs_until_sigterm_writing_messages_and_pidfile(tmp_path: Path) -> 
     out, pidfile = tmp_path / "demo-out", tmp_path / "relay.pid"
     args = ["--port", "0", "--out-dir", str(out), "--pidfile", str(pidfile)]
     with subprocess.Popen(
-        [sys.executable, "-m", "mailshot_core.devrelay", *args],
+        [sys.executable, "-m", "mailshot_core.devtools.relay", *args],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

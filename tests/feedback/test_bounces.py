@@ -8,9 +8,9 @@ import pytest
 
 from bouncemail import arf, dsn
 from conftest import REPO
-from mailshot_core import bounces
-from mailshot_core.feedback import Effect
-from mailshot_core.tokens import RecipientRef, verp_address
+from mailshot_core.content.tokens import RecipientRef, verp_address
+from mailshot_core.feedback import bounces
+from mailshot_core.feedback.inbox import Effect
 
 KEY = b"test-secret"
 CORPUS = REPO / "tests" / "data" / "bounces" / "flufl"

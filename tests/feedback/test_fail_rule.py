@@ -18,13 +18,14 @@ from sqlmodel import select
 from bouncemail import dsn
 from conftest import engine_for, make_settings
 from helpers import create, drive, recipients
-from mailshot_core import fail_rule, feedback, subscribers
-from mailshot_core.bounce_sources import MaildirBox, ingest
+from mailshot_core.audience import subscribers
 from mailshot_core.cli import main
 from mailshot_core.config import get_settings
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay, FaultPlan
-from mailshot_core.models import Subscriber
+from mailshot_core.devtools.relay import DevRelay, FaultPlan
+from mailshot_core.feedback import fail_rule, inbox
+from mailshot_core.feedback.mailboxes import MaildirBox, ingest
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import Subscriber
 
 D = "example.com"
 UNKNOWN = "550 5.1.1 no such user"
@@ -83,7 +84,7 @@ def test_four_sendings_unsubscribe_exactly_the_addresses_the_rule_names(
     assert (report.seen, report.processed, report.events) == (3, 1, 1)
     assert sorted(why.split(" ")[0] for _, why in report.left) == ["VERP", "no"]
     assert len(box) == 2 and len(box.get_folder("mailshot-processed")) == 1  # nothing deleted
-    assert feedback.apply_all(engine, max_fail=settings.max_fail).unsubscribed == 1
+    assert inbox.apply_all(engine, max_fail=settings.max_fail).unsubscribed == 1
 
     assert {n: _status(engine, n) for n in MEMBERS} == {
         "e": "valid",  # every sending delivered but the one that failed for everyone
@@ -128,8 +129,8 @@ def test_circuit_breaker_pauses_a_sending_that_fails_for_most(
     from datetime import timedelta
 
     from helpers import seed
-    from mailshot_core import mailshots, sending
-    from mailshot_core.models import utcnow
+    from mailshot_core.sending import pipeline, sendings
+    from mailshot_core.store.models import utcnow
 
     since = utcnow() - timedelta(seconds=1)
     with DevRelay(faults=FaultPlan(random_fault=(failing, UNKNOWN), seed=1)) as relay:
@@ -137,36 +138,36 @@ def test_circuit_breaker_pauses_a_sending_that_fails_for_most(
         engine = engine_for(settings)
         seed(engine, tmp_path, 200)
         mailshot_id = create(engine, settings)
-        sending.start_sending(engine, settings, mailshot_id)
+        pipeline.start_sending(engine, settings, mailshot_id)
         reason = None
         for batch in range(3):
-            if sending.next_step(engine, settings, mailshot_id).action != "send":
+            if pipeline.next_step(engine, settings, mailshot_id).action != "send":
                 break  # what the flow does: a paused sending gets no more batches
-            sending.send_batch(engine, settings, mailshot_id)
+            pipeline.send_batch(engine, settings, mailshot_id)
             with session_scope(engine) as session:
                 reason = reason or fail_rule.breaker(session, mailshot_id, since, settings.max_fail_ratio)
             if batch < 1:  # 50 attempts: too few to judge
                 assert reason is None
         assert (reason is not None) == paused
         with session_scope(engine) as session:
-            m = mailshots.get(session, mailshot_id)
+            m = sendings.get(session, mailshot_id)
             assert (m.status == "pause") == paused
             # Judged on this run's attempts only: after a resume, the old failures do not trip it again.
             assert fail_rule.breaker(session, mailshot_id, utcnow(), settings.max_fail_ratio) is None
         if paused:
             assert reason is not None and "MAILSHOT_MAX_FAIL_RATIO=50%" in reason and "relay" in reason
-            assert sending.next_step(engine, settings, mailshot_id).action == "stopped"
+            assert pipeline.next_step(engine, settings, mailshot_id).action == "stopped"
             assert sum(1 for s, _ in recipients(engine, mailshot_id).values() if s == "todo") == 100  # not burnt
 
 
 def test_the_rule_still_sees_sendings_archived_by_the_purge(db_url: str, tmp_path: Path) -> None:
-    """After purge.py deleted the recipient rows of old sendings, their kept outcomes (delivery_outcome)
+    """After archive.py deleted the recipient rows of old sendings, their kept outcomes (delivery_outcome)
     and counters still count: three failures in three sendings delivered to others, two of them archived."""
     from datetime import timedelta
 
-    from mailshot_core import purge
     from mailshot_core.duration import parse_duration
-    from mailshot_core.models import utcnow
+    from mailshot_core.sending import archive
+    from mailshot_core.store.models import utcnow
 
     settings = make_settings(db_url)
     engine = engine_for(settings)
@@ -180,7 +181,7 @@ def test_the_rule_still_sees_sendings_archived_by_the_purge(db_url: str, tmp_pat
             run = make_settings(db_url, relay)
             ids.append(create(engine, run, ("news",)))
             drive(engine, run, ids[-1])
-    report = purge.purge(engine, parse_duration("1d"), now=utcnow() + timedelta(days=30))
+    report = archive.purge(engine, parse_duration("1d"), now=utcnow() + timedelta(days=30))
     assert sorted(a.id for a in report.archived) == ids[:2]  # the most recent one is kept
     with session_scope(engine) as session:
         assert fail_rule.check_addresses(session, [f"dead@{D}", f"ok@{D}"], 3) == 1

@@ -15,9 +15,10 @@ from sqlalchemy import func, select, update
 from conftest import engine_for, make_settings
 from fakes.webhooks import SnsSigner, WebServer, basic, free_socket, mailjet_event, webhook_settings
 from helpers import create, seed
-from mailshot_core import feedback, mailshots, sending
-from mailshot_core.db import session_scope
-from mailshot_core.models import FeedbackEvent, Recipient, Subscriber
+from mailshot_core.feedback import inbox
+from mailshot_core.sending import pipeline, sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import FeedbackEvent, Recipient, Subscriber
 
 RECIPIENTS = 2000
 PER_RECIPIENT = 9  # 18,000 distinct events
@@ -33,10 +34,10 @@ def test_20000_events_with_duplicates_while_applying(db_url: str, tmp_path: Path
     engine = engine_for(settings)
     seed(engine, tmp_path, RECIPIENTS)
     mid = create(engine, settings)
-    sending.start_sending(engine, settings, mid)  # materialise, then pretend every message was accepted
+    pipeline.start_sending(engine, settings, mid)  # materialise, then pretend every message was accepted
     with session_scope(engine) as session:
         session.execute(update(Recipient).where(Recipient.mailshot_id == mid).values(status="sent"))
-        mailshots.finish(session, mid)
+        sendings.finish(session, mid)
         ids = dict(session.execute(select(Recipient.email, Recipient.id).where(Recipient.mailshot_id == mid)).all())
 
     rng = random.Random(4)
@@ -59,7 +60,7 @@ def test_20000_events_with_duplicates_while_applying(db_url: str, tmp_path: Path
         # Back to back, with a short pause: the flow runs every minute, here as often as it can be
         # useful without spinning on an empty inbox.
         while posting.is_set():
-            applied.append(feedback.apply_all(engine).applied)
+            applied.append(inbox.apply_all(engine).applied)
             time.sleep(0.05)
 
     with WebServer(settings, sock, SnsSigner()) as web, ThreadPoolExecutor(6) as pool:
@@ -76,7 +77,7 @@ def test_20000_events_with_duplicates_while_applying(db_url: str, tmp_path: Path
             posting.clear()
         for f in appliers:
             f.result()
-    applied.append(feedback.apply_all(engine).applied)
+    applied.append(inbox.apply_all(engine).applied)
 
     assert sum(r["stored"] for r in replies) == len(unique)  # 0 lost
     assert sum(r["duplicates"] for r in replies) == DUPLICATES
@@ -95,8 +96,8 @@ def test_20000_events_with_duplicates_while_applying(db_url: str, tmp_path: Path
                 select(Recipient.status, func.count()).where(Recipient.mailshot_id == mid).group_by(Recipient.status)
             ).all()
         )
-        m = mailshots.get(session, mid)
-        assert mailshots.stored_counters(m) == mailshots.recount(session, mid)
+        m = sendings.get(session, mid)
+        assert sendings.stored_counters(m) == sendings.recount(session, mid)
         gone = session.execute(
             select(func.count()).select_from(Subscriber).where(Subscriber.status == "unsubscribed")
         ).scalar_one()

@@ -22,14 +22,14 @@ from bouncemail import arf, dsn
 from conftest import REPO, engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from imapserver import PASSWORD, USER, ImapServer, ImapServerError
-from mailshot_core import mailshots
-from mailshot_core.bounce_sources import BounceSourceError, ImapBox, MaildirBox, ingest, ingest_configured
+from mailshot_core.audience.subscribers import get_subscriber
 from mailshot_core.cli import main
 from mailshot_core.config import get_settings
-from mailshot_core.db import get_engine, session_scope
-from mailshot_core.devrelay import DevRelay
-from mailshot_core.feedback import apply_all
-from mailshot_core.subscribers import get_subscriber
+from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.feedback.inbox import apply_all
+from mailshot_core.feedback.mailboxes import BounceSourceError, ImapBox, MaildirBox, ingest, ingest_configured
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import get_engine, session_scope
 
 BOUNCES = "bounces@news.example.org"
 
@@ -146,7 +146,7 @@ def test_send_bounce_into_dovecot_ingest_then_apply(
         assert get_subscriber(session, emails[2]).status == "unsubscribed"
         assert "spam complaint" in (get_subscriber(session, emails[2]).unsubscribe_reason or "")
         assert {get_subscriber(session, e).status for e in emails if e != emails[2]} == {"valid"}
-        assert mailshots.recount(session, mailshot_id) == mailshots.stored_counters(mailshots.get(session, mailshot_id))
+        assert sendings.recount(session, mailshot_id) == sendings.stored_counters(sendings.get(session, mailshot_id))
     assert (_count(client, "INBOX"), _count(client, "mailshot-processed")) == (2, 5)  # nothing deleted
 
     # `mailshot ingest-bounces` again: what could not be processed is reported again, nothing else changes.
@@ -192,7 +192,7 @@ def test_the_flow_reads_a_maildir(prefect_harness: None, sqlite_url: str, monkey
     import mailbox
 
     from flows.ingest_bounces import ingest_bounces
-    from mailshot_core.db import get_engine as engine_of
+    from mailshot_core.store.db import get_engine as engine_of
 
     engine_of(sqlite_url)  # migrated
     path = os.path.join(os.getcwd(), "bounces")

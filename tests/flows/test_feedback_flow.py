@@ -11,8 +11,9 @@ import pytest
 from conftest import engine_for
 from fakes.webhooks import mailjet_event
 from helpers import create, seed
-from mailshot_core import esp_events, feedback, sending
 from mailshot_core.config import Settings, get_settings
+from mailshot_core.feedback import esp_events, inbox
+from mailshot_core.sending import pipeline
 
 
 @pytest.fixture
@@ -28,9 +29,9 @@ def _one_open(settings: Settings, tmp_path: Path) -> None:
     engine = engine_for(settings)
     seed(engine, tmp_path, 1)
     mid = create(engine, settings)
-    sending.start_sending(engine, settings, mid)  # materialises recipient 1
+    pipeline.start_sending(engine, settings, mid)  # materialises recipient 1
     body = json.dumps([mailjet_event("open", "u0@example.com", mid, 1)]).encode()
-    assert feedback.store(engine, esp_events.mailjet(body)).stored == 1
+    assert inbox.store(engine, esp_events.mailjet(body)).stored == 1
 
 
 def test_the_flow_applies_the_inbox(prefect_harness: None, env_settings: Settings, tmp_path: Path) -> None:
@@ -49,7 +50,7 @@ def test_apply_feedback_is_deployed_every_minute() -> None:
 
     (deployment,) = [d for d in deployments() if d.flow_name == "apply-feedback"]
     assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]  # type: ignore[union-attr]
-    prefect_yaml = (Path(__file__).parent.parent / "prefect.yaml").read_text()
+    prefect_yaml = (Path(__file__).resolve().parents[2] / "prefect.yaml").read_text()
     assert (
         "entrypoint: flows/apply_feedback.py:apply_feedback" in prefect_yaml and '- cron: "* * * * *"' in prefect_yaml
     )

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import RelayProcess, engine_for, make_settings
 from helpers import create, seed
-from mailshot_core import mailshots
 from mailshot_core.config import get_settings
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay
-from mailshot_core.models import MailshotStatus
+from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import MailshotStatus
 
 
 @pytest.fixture
@@ -91,8 +91,8 @@ def test_ten_thousand_recipients_get_exactly_one_personalised_message(
     assert len(ids) == 10_000
     assert recipients == {f"u{i}@example.com" for i in range(10_000)}
     with session_scope(engine) as session:
-        m = mailshots.get(session, mid)
-        assert mailshots.stored_counters(m) == mailshots.recount(session, mid)
+        m = sendings.get(session, mid)
+        assert sendings.stored_counters(m) == sendings.recount(session, mid)
         assert m.flow_run_id
 
 

@@ -17,10 +17,11 @@ from sqlmodel import select
 
 from conftest import engine_for, make_settings
 from legacy_fixtures import SCENARIOS, load
-from mailshot_core import legacy, mailshots
-from mailshot_core.db import session_scope
 from mailshot_core.errors import MailshotError
-from mailshot_core.models import Mailshot, Recipient
+from mailshot_core.legacy import mapping
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import Mailshot, Recipient
 from mariaserver import MariaServer, MariaServerError
 from test_cli import _dump, cli  # noqa: F401 (the fixture)
 
@@ -84,7 +85,7 @@ def _recipients(engine: Engine, mailshot_id: int) -> dict[str, tuple[str, int]]:
         return {r.email: (r.status, r.tries) for r in rows}
 
 
-def _problems(report: legacy.ImportReport) -> set[tuple[str, str]]:
+def _problems(report: mapping.ImportReport) -> set[tuple[str, str]]:
     return {(p.table, p.row_id) for p in report.problems}
 
 
@@ -93,13 +94,13 @@ def _counters_are_a_recount(engine: Engine) -> None:
         for m in session.exec(select(Mailshot)).all():
             assert m.id is not None
             if m.status != "archive":
-                assert mailshots.stored_counters(m) == mailshots.recount(session, m.id), m.id
+                assert sendings.stored_counters(m) == sendings.recount(session, m.id), m.id
 
 
 def test_spip_listes(sites: dict[str, str], db_url: str) -> None:
     """Lists, subscribers (format 'non' refused), memberships, courriers with their totals; re-run changes nothing."""
     engine = engine_for(make_settings(db_url))
-    report = legacy.import_legacy(engine, sites["spip-listes"], "spip-listes")
+    report = mapping.import_legacy(engine, sites["spip-listes"], "spip-listes")
     state = _state(engine)
     assert state["lists"] == {"1-lettre-d-info": "Lettre d'info", "2-evenements": "Événements"}
     assert state["subscribers"] == {
@@ -129,7 +130,7 @@ def test_spip_listes(sites: dict[str, str], db_url: str) -> None:
     assert report.created["sendings"] == 2 and report.created["recipients"] == 0
 
     before = _snapshot(engine)
-    again = legacy.import_legacy(engine, sites["spip-listes"], "spip-listes")
+    again = mapping.import_legacy(engine, sites["spip-listes"], "spip-listes")
     assert _snapshot(engine) == before
     assert sum(again.created.values()) == 0 and again.existing["sendings"] == 2
 
@@ -137,7 +138,7 @@ def test_spip_listes(sites: dict[str, str], db_url: str) -> None:
 def test_spip_lettres(sites: dict[str, str], db_url: str) -> None:
     """Subscribers, rubriques as lists, unsubscribed addresses, sent letters with their recipients."""
     engine = engine_for(make_settings(db_url))
-    report = legacy.import_legacy(engine, sites["spip-lettres"], "spip-lettres")
+    report = mapping.import_legacy(engine, sites["spip-lettres"], "spip-lettres")
     state = _state(engine)
     assert state["lists"] == {"rubrique-1-actualites": "Actualités", "rubrique-0-site": "Whole site"}
     assert state["subscribers"] == {
@@ -172,7 +173,7 @@ def test_spip_lettres(sites: dict[str, str], db_url: str) -> None:
     _counters_are_a_recount(engine)
 
     before = _snapshot(engine)
-    again = legacy.import_legacy(engine, sites["spip-lettres"], "spip-lettres")
+    again = mapping.import_legacy(engine, sites["spip-lettres"], "spip-lettres")
     assert _snapshot(engine) == before
     assert sum(again.created.values()) == 0
 
@@ -180,7 +181,7 @@ def test_spip_lettres(sites: dict[str, str], db_url: str) -> None:
 def test_mailshot_and_mailsubscribers(sites: dict[str, str], db_url: str) -> None:
     """Mailsubscribers 2.x tables and SPIP Mailshot sendings with their per-recipient rows."""
     engine = engine_for(make_settings(db_url))
-    report = legacy.import_legacy(engine, sites["mailshot"], "mailshot")
+    report = mapping.import_legacy(engine, sites["mailshot"], "mailshot")
     state = _state(engine)
     assert state["lists"] == {"newsletter": "La lettre", "events": "Événements"}
     assert state["subscribers"] == {
@@ -222,7 +223,7 @@ def test_mailshot_and_mailsubscribers(sites: dict[str, str], db_url: str) -> Non
     _counters_are_a_recount(engine)
 
     before = _snapshot(engine)
-    again = legacy.import_legacy(engine, sites["mailshot"], "mailshot")
+    again = mapping.import_legacy(engine, sites["mailshot"], "mailshot")
     assert _snapshot(engine) == before
     assert sum(again.created.values()) == 0
 
@@ -271,8 +272,8 @@ def test_table_prefix(maria: MariaServer, sqlite_url: str) -> None:
         load(conn, SCENARIOS["spip-lettres"], prefix="news_")
     engine = engine_for(make_settings(sqlite_url))
     with pytest.raises(MailshotError, match="no legacy table found"):
-        legacy.import_legacy(engine, url)
-    report = legacy.import_legacy(engine, url, prefix="news_")
+        mapping.import_legacy(engine, url)
+    report = mapping.import_legacy(engine, url, prefix="news_")
     assert report.sources == ["spip-lettres"] and report.created["sendings"] == 1
 
 
@@ -286,7 +287,7 @@ def test_a_table_without_its_key_columns_is_a_clear_error(maria: MariaServer, sq
     with pytest.raises(
         MailshotError, match="table spip_abonnes has no column id_abonne: not the expected plugin schema"
     ):
-        legacy.import_legacy(engine, url, "spip-lettres")
+        mapping.import_legacy(engine, url, "spip-lettres")
     assert _state(engine)["subscribers"] == {}
 
 
@@ -308,7 +309,7 @@ def test_mailsubscribers_1x_listes_column(maria: MariaServer, sqlite_url: str) -
             ],
         )
     engine = engine_for(make_settings(sqlite_url))
-    legacy.import_legacy(engine, url, "mailshot")
+    mapping.import_legacy(engine, url, "mailshot")
     state = _state(engine)
     assert state["subscribers"]["v@example.net"] == ("Valérie", "valid")
     assert state["subscriptions"] == [

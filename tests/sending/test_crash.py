@@ -20,7 +20,7 @@ import pytest
 
 from conftest import engine_for, make_settings
 from helpers import create, recipients, seed
-from mailshot_core.devrelay import DevRelay
+from mailshot_core.devtools.relay import DevRelay
 
 CONNECTIONS = 4
 

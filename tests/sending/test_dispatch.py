@@ -12,12 +12,12 @@ from sqlmodel import col
 
 from conftest import engine_for, make_settings
 from helpers import create, drive, seed
-from mailshot_core import dispatch, mailshots
 from mailshot_core.config import Settings, get_settings
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay
+from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.duration import parse_duration
-from mailshot_core.models import Mailshot, MailshotStatus, utcnow
+from mailshot_core.sending import dispatch, sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 
 
 def test_due_schedules_and_sendings_in_progress_are_candidates_late_ones_expire(
@@ -34,17 +34,17 @@ def test_due_schedules_and_sendings_in_progress_are_candidates_late_ones_expire(
     late = create(engine, settings, start_at=now + timedelta(minutes=20))
     paused = create(engine, settings)
     with session_scope(engine) as session:
-        mailshots.pause(session, paused)
+        sendings.pause(session, paused)
     clock = now + timedelta(hours=1)  # `due` is 50 min late, `late` 40 min: with a 45 min expiry only `due` expires
     with session_scope(engine) as session:
         expired = dispatch.expire_late(session, parse_duration("45min"), clock)
     assert expired == [due]
     with session_scope(engine) as session:
-        m = mailshots.get(session, due)
+        m = sendings.get(session, due)
         assert m.status == MailshotStatus.CANCEL and "expired: scheduled for" in (m.status_reason or "")
         assert "MAILSHOT_START_EXPIRY" in (m.status_reason or "")
         assert [c.id for c in dispatch.candidates(session, clock)] == [running, late]
-        assert mailshots.get(session, later).status == MailshotStatus.INIT
+        assert sendings.get(session, later).status == MailshotStatus.INIT
         dispatch.record_run(session, running, "run-1")
     with session_scope(engine) as session:
         assert [c.flow_run_id for c in dispatch.candidates(session, clock)] == ["run-1", None]
@@ -80,12 +80,12 @@ def test_dispatcher_starts_one_run_per_sending_and_not_twice(
     first = dispatch_mailshots(deployment="send-mailshot/dispatch-test")
     assert first["started"] == [mid] and first["expired"] == []
     with session_scope(engine) as session:
-        run_id = mailshots.get(session, mid).flow_run_id
+        run_id = sendings.get(session, mid).flow_run_id
     assert run_id
     second = dispatch_mailshots(deployment="send-mailshot/dispatch-test")  # the run is still SCHEDULED: alive
     assert second["started"] == [] and second["running"] == [mid]
     with session_scope(engine) as session:
-        assert mailshots.get(session, mid).flow_run_id == run_id
+        assert sendings.get(session, mid).flow_run_id == run_id
 
     # The run crashed (its machine died): the sending is resumed by a new run.
     from uuid import UUID
@@ -98,7 +98,7 @@ def test_dispatcher_starts_one_run_per_sending_and_not_twice(
     third = dispatch_mailshots(deployment="send-mailshot/dispatch-test")
     assert third["started"] == [mid]
     with session_scope(engine) as session:
-        assert mailshots.get(session, mid).flow_run_id not in (None, run_id)
+        assert sendings.get(session, mid).flow_run_id not in (None, run_id)
         dispatch.record_run(session, mid, "4a1c7e0e-0000-4000-8000-000000000000")  # a run this server never knew
     assert dispatch_mailshots(deployment="send-mailshot/dispatch-test")["started"] == [mid]
 
@@ -137,5 +137,5 @@ def test_create_and_send_and_purge_flows(prefect_harness: None, flow_env: Settin
     assert latest.description and "archived 1 sending(s)" in latest.description
     assert f'"sending": {done[0]}' in str(latest.data)
     with session_scope(engine) as session:
-        assert mailshots.get(session, done[0]).status == MailshotStatus.ARCHIVE
-        assert mailshots.get(session, done[1]).status == MailshotStatus.END
+        assert sendings.get(session, done[0]).status == MailshotStatus.ARCHIVE
+        assert sendings.get(session, done[1]).status == MailshotStatus.END

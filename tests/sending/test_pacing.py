@@ -13,11 +13,11 @@ from sqlmodel import col, select
 
 from conftest import engine_for, make_settings
 from helpers import create, drive, seed
-from mailshot_core import db
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay
-from mailshot_core.models import Recipient
-from mailshot_core.ratelimit import Cadence, Pacer, cap_wait
+from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.sending.pacing import Cadence, Pacer, cap_wait
+from mailshot_core.store import db
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import Recipient
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -83,10 +83,10 @@ def test_hard_cap_counts_what_the_ledger_says_was_sent(sqlite_url: str, tmp_path
     engine = engine_for(settings)
     seed(engine, tmp_path, 5)
     mid = create(engine, settings)
-    from mailshot_core import mailshots
+    from mailshot_core.sending import sendings
 
     with session_scope(engine) as session:
-        mailshots.materialise(session, mailshots.get(session, mid))
+        sendings.materialise(session, sendings.get(session, mid))
     with session_scope(engine) as session:
         rows = session.exec(select(Recipient).order_by(col(Recipient.id))).all()
         for i, r in enumerate(rows[:4]):

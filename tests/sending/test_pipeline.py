@@ -11,17 +11,18 @@ from sqlmodel import select
 
 from conftest import engine_for, make_settings
 from helpers import create, drive, recipients, seed
-from mailshot_core import mailshots, sending, subscribers
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay, FaultPlan
-from mailshot_core.models import FeedbackEvent, MailshotStatus, Subscriber
+from mailshot_core.audience import subscribers
+from mailshot_core.devtools.relay import DevRelay, FaultPlan
+from mailshot_core.sending import pipeline, sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import FeedbackEvent, MailshotStatus, Subscriber
 from mailshot_core.transports.base import TransportUnavailable
 
 
 def _counters_match(engine: object, mailshot_id: int) -> None:
     with session_scope(engine) as session:  # type: ignore[arg-type]
-        m = mailshots.get(session, mailshot_id)
-        assert mailshots.stored_counters(m) == mailshots.recount(session, mailshot_id)
+        m = sendings.get(session, mailshot_id)
+        assert sendings.stored_counters(m) == sendings.recount(session, mailshot_id)
 
 
 def test_relay_faults_end_in_the_stated_status_and_tries(db_url: str, tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_messages_are_personalised_with_bulk_headers(sqlite_url: str, tmp_path: 
     mid = create(engine, settings, lists=("news", "offers"))
     drive(engine, settings, mid)
     assert len(relay.messages) == 5  # deduplicated across lists
-    from mailshot_core.tokens import UNSUBSCRIBE, parse_verp, read_token
+    from mailshot_core.content.tokens import UNSUBSCRIBE, parse_verp, read_token
 
     for received in relay.messages:
         msg = email.message_from_bytes(received.data, policy=email.policy.default)
@@ -118,7 +119,7 @@ def test_authentication_error_pauses_without_consuming_tries(sqlite_url: str, tm
         # Fixed credentials: resume and everything goes out.
         settings = make_settings(sqlite_url, relay, smtp_user="user", smtp_password="right")
         with session_scope(engine) as session:
-            mailshots.resume(session, mid)
+            sendings.resume(session, mid)
         m = drive(engine, settings, mid)
         assert m.status == MailshotStatus.END and m.sent == 20
         assert len(relay.messages) == 20
@@ -132,9 +133,9 @@ def test_relay_down_releases_the_batch_without_consuming_tries(sqlite_url: str, 
     engine = engine_for(settings)
     seed(engine, tmp_path, 10)
     mid = create(engine, settings)
-    sending.start_sending(engine, settings, mid)
+    pipeline.start_sending(engine, settings, mid)
     with pytest.raises(TransportUnavailable):
-        sending.send_batch(engine, settings, mid)
+        pipeline.send_batch(engine, settings, mid)
     assert set(recipients(engine, mid).values()) == {("todo", 0)}
     _counters_match(engine, mid)
 
@@ -145,16 +146,16 @@ def test_pause_and_cancel_take_effect_before_the_next_batch(sqlite_url: str, tmp
     engine = engine_for(settings)
     seed(engine, tmp_path, 35)
     mid = create(engine, settings)
-    sending.start_sending(engine, settings, mid)
-    assert sending.send_batch(engine, settings, mid).sent == 10
+    pipeline.start_sending(engine, settings, mid)
+    assert pipeline.send_batch(engine, settings, mid).sent == 10
     with session_scope(engine) as session:
-        mailshots.pause(session, mid)
-    report = sending.send_batch(engine, settings, mid)
+        sendings.pause(session, mid)
+    report = pipeline.send_batch(engine, settings, mid)
     assert report.sent == 0 and report.stopped == "sending is pause"
-    assert sending.next_step(engine, settings, mid).action == "stopped"
+    assert pipeline.next_step(engine, settings, mid).action == "stopped"
     with session_scope(engine) as session:
-        m = mailshots.cancel(session, mid)
-    sending.end_sending(engine, mid, finished=False)
+        m = sendings.cancel(session, mid)
+    pipeline.end_sending(engine, mid, finished=False)
     assert m.status == MailshotStatus.CANCEL
     statuses = [s for s, _ in recipients(engine, mid).values()]
     assert statuses.count("sent") == 10 and statuses.count("kill") == 25
@@ -169,11 +170,11 @@ def test_unsubscribed_after_materialisation_is_not_sent(db_url: str, tmp_path: P
     seed(engine, tmp_path, 12)
     seed(engine, tmp_path, 12, list_name="other")
     mid = create(engine, settings)
-    sending.start_sending(engine, settings, mid)  # materialises 12 recipients
+    pipeline.start_sending(engine, settings, mid)  # materialises 12 recipients
     with session_scope(engine) as session:
         subscribers.unsubscribe(session, "u7@example.com", reason="test")
         subscribers.unsubscribe(session, "u9@example.com", "news", reason="test")  # still on "other"
-    sending.end_sending(engine, mid, finished=False)
+    pipeline.end_sending(engine, mid, finished=False)
     m = drive(engine, settings, mid)
     received = {msg.rcpt_tos[0] for msg in relay.messages}
     assert "u7@example.com" not in received and "u9@example.com" not in received
@@ -194,9 +195,9 @@ def test_scheduled_sending_does_not_start_early(sqlite_url: str, tmp_path: Path)
     seed(engine, tmp_path, 3)
     mid = create(engine, settings, start_at=datetime.now(UTC) + timedelta(hours=2))
     with session_scope(engine) as session:
-        assert mailshots.get(session, mid).status == MailshotStatus.INIT
+        assert sendings.get(session, mid).status == MailshotStatus.INIT
     with pytest.raises(InvalidState, match="scheduled"):
-        sending.start_sending(engine, settings, mid)
+        pipeline.start_sending(engine, settings, mid)
 
 
 def test_send_test_prefixes_subject_and_changes_no_row(sqlite_url: str, tmp_path: Path, relay: DevRelay) -> None:
@@ -205,14 +206,14 @@ def test_send_test_prefixes_subject_and_changes_no_row(sqlite_url: str, tmp_path
     engine = engine_for(settings)
     seed(engine, tmp_path, 3)
     mid = create(engine, settings)
-    sending.send_test(engine, settings, mid, "u1@example.com")
-    sending.send_test(engine, settings, mid, "stranger@elsewhere.org")
+    pipeline.send_test(engine, settings, mid, "u1@example.com")
+    pipeline.send_test(engine, settings, mid, "stranger@elsewhere.org")
     first, second = (email.message_from_bytes(m.data, policy=email.policy.default) for m in relay.messages)
     assert first["Subject"] == "[TEST] Hello User 1"
     assert second["Subject"] == "[TEST] Hello"
     assert recipients(engine, mid) == {}
     with session_scope(engine) as session:
-        assert mailshots.get(session, mid).status == MailshotStatus.PROCESSING
+        assert sendings.get(session, mid).status == MailshotStatus.PROCESSING
 
 
 def test_temporary_failures_are_retried_after_everyone_else(sqlite_url: str, tmp_path: Path) -> None:
@@ -251,7 +252,7 @@ def test_prefect_cancellation_pauses_the_sending(
     _pause_on_cancel(send_mailshot, run, Cancelled())
     get_settings.cache_clear()
     with session_scope(engine) as session:
-        m = mailshots.get(session, mid)
+        m = sendings.get(session, mid)
         assert m.status == MailshotStatus.PAUSE and "cancelled in Prefect" in (m.status_reason or "")
 
 
@@ -267,7 +268,7 @@ def test_throttling_relay_loses_nobody_and_burns_no_try(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: str
 ) -> None:
     """A relay deferring a third of the commands to slow us down: every recipient ends sent, none failed."""
-    from mailshot_core import sending as sending_module
+    from mailshot_core.sending import pipeline as sending_module
 
     monkeypatch.setattr(sending_module, "CONNECTION_BACKOFF", (0.001, 0.01))  # time, not behaviour
     plan = FaultPlan(random_fault=(0.33, reply), seed=4)
@@ -291,19 +292,19 @@ def test_late_results_of_a_worker_taken_over_do_not_overwrite(sqlite_url: str, t
     import asyncio
     from datetime import UTC, datetime, timedelta
 
-    from mailshot_core.models import SendWorker
-    from mailshot_core.sending import Ledger, Outcome, Result
+    from mailshot_core.sending.pipeline import Ledger, Outcome, Result
+    from mailshot_core.store.models import SendWorker
 
     settings = make_settings(sqlite_url)
     engine = engine_for(settings)
     seed(engine, tmp_path, 3)
     mid = create(engine, settings)
-    sending.start_sending(engine, settings, mid)
-    token = mailshots.new_worker_token()
+    pipeline.start_sending(engine, settings, mid)
+    token = sendings.new_worker_token()
     now = datetime.now(UTC)
     with session_scope(engine) as session:
-        mailshots.register_worker(session, mid, token, now)
-        claimed, _ = mailshots.claim(session, mailshots.get(session, mid), token, 3, now)
+        sendings.register_worker(session, mid, token, now)
+        claimed, _ = sendings.claim(session, sendings.get(session, mid), token, 3, now)
     ledger = Ledger(engine, mid, token, max_try=5, retry_delay=0, clock=lambda: datetime.now(UTC))
 
     async def start_all() -> list[bool]:
@@ -313,7 +314,7 @@ def test_late_results_of_a_worker_taken_over_do_not_overwrite(sqlite_url: str, t
     with session_scope(engine) as session:  # another run decides this worker is dead
         session.get(SendWorker, token).heartbeat_at = now - timedelta(hours=1)  # type: ignore[union-attr]
     with session_scope(engine) as session:
-        assert mailshots.recover_dead_workers(session, mid, datetime.now(UTC), timedelta(minutes=5)) == (0, 3)
+        assert sendings.recover_dead_workers(session, mid, datetime.now(UTC), timedelta(minutes=5)) == (0, 3)
 
     async def finish() -> None:
         for r in claimed:

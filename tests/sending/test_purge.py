@@ -12,12 +12,13 @@ from sqlmodel import col, select
 
 from conftest import engine_for, make_settings
 from helpers import create, drive, seed
-from mailshot_core import mailshots, purge, subscribers
+from mailshot_core.audience import subscribers
 from mailshot_core.config import Settings
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay, FaultPlan
+from mailshot_core.devtools.relay import DevRelay, FaultPlan
 from mailshot_core.duration import parse_duration
-from mailshot_core.models import DeliveryOutcome, Mailshot, MailshotStatus, Recipient, utcnow
+from mailshot_core.sending import archive, sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import DeliveryOutcome, Mailshot, MailshotStatus, Recipient, utcnow
 from test_cli import _dump, cli  # noqa: F401 (the fixture)
 
 
@@ -30,8 +31,8 @@ def _feedback(engine: Engine, mailshot_id: int, statuses: dict[str, str]) -> Non
                 .where(col(Recipient.mailshot_id) == mailshot_id, col(Recipient.email) == email)
                 .values(status=status)
             )
-        m = mailshots.get(session, mailshot_id)
-        for name, value in mailshots.recount(session, mailshot_id).items():
+        m = sendings.get(session, mailshot_id)
+        for name, value in sendings.recount(session, mailshot_id).items():
             setattr(m, name, value)
         session.add(m)
 
@@ -45,7 +46,7 @@ def _ended(engine: Engine, mailshot_id: int, days_ago: int) -> None:
 
 def _counters(engine: Engine) -> dict[int, dict[str, int]]:
     with session_scope(engine) as session:
-        return {m.id: mailshots.stored_counters(m) for m in session.exec(select(Mailshot)).all() if m.id}
+        return {m.id: sendings.stored_counters(m) for m in session.exec(select(Mailshot)).all() if m.id}
 
 
 def _rows(engine: Engine, mailshot_id: int) -> int:
@@ -71,9 +72,9 @@ def _four_sendings(db_url: str, tmp_path: Path) -> tuple[Engine, Settings, list[
     _feedback(engine, ids[1], {"u5@example.com": "bounce", "u6@example.com": "unsub"})
     cancelled = create(engine, settings, subject="Cancelled")
     with session_scope(engine) as session:
-        m = mailshots.get(session, cancelled)
-        mailshots.materialise(session, m)
-        mailshots.cancel(session, cancelled)
+        m = sendings.get(session, cancelled)
+        sendings.materialise(session, m)
+        sendings.cancel(session, cancelled)
     ids.append(cancelled)
     return engine, settings, ids
 
@@ -88,11 +89,11 @@ def test_purge_keeps_every_counter_and_removes_the_rows(db_url: str, tmp_path: P
     assert before[b]["nb_bounce"] == 1 and before[b]["nb_unsub"] == 1 and before[a]["failed"] == 1
     assert before[cancelled]["failed"] == 12  # every recipient killed
 
-    dry = purge.purge(engine, parse_duration("12 months"), dry_run=True)
+    dry = archive.purge(engine, parse_duration("12 months"), dry_run=True)
     assert [x.id for x in dry.archived] == [a, b, cancelled]
     assert _counters(engine) == before and _rows(engine, a) == 12  # a dry run changes nothing
 
-    report = purge.purge(engine, parse_duration("12 months"))
+    report = archive.purge(engine, parse_duration("12 months"))
     assert [x.id for x in report.archived] == [a, b, cancelled]
     assert [x.recipients for x in report.archived] == [12, 12, 12]
     assert report.repaired == []
@@ -101,7 +102,7 @@ def test_purge_keeps_every_counter_and_removes_the_rows(db_url: str, tmp_path: P
         statuses = {m.id: m.status for m in session.exec(select(Mailshot)).all()}
         assert statuses == {a: "archive", b: "archive", cancelled: "archive", recent: "end"}
         # The MAX_FAIL evidence survives: u3's 550 failures in the archived sendings, by sending.
-        assert [(o.mailshot_id, o.status) for o in purge.outcomes(session, "u3@example.com")] == [
+        assert [(o.mailshot_id, o.status) for o in archive.outcomes(session, "u3@example.com")] == [
             (cancelled, "kill"),
             (b, "fail"),
             (a, "fail"),
@@ -115,7 +116,7 @@ def test_purge_keeps_every_counter_and_removes_the_rows(db_url: str, tmp_path: P
     assert _rows(engine, recent) == 12
     assert "archived 3 sending(s)" in report.summary()
     # A second purge has nothing left to do.
-    assert purge.purge(engine, parse_duration("12 months")).archived == []
+    assert archive.purge(engine, parse_duration("12 months")).archived == []
 
 
 def test_the_most_recent_sending_is_never_archived(sqlite_url: str, tmp_path: Path) -> None:
@@ -123,14 +124,14 @@ def test_the_most_recent_sending_is_never_archived(sqlite_url: str, tmp_path: Pa
     engine, _, ids = _four_sendings(sqlite_url, tmp_path)
     for n, mid in enumerate(ids):
         _ended(engine, mid, 800 - n)
-    report = purge.purge(engine, parse_duration("0d"))
+    report = archive.purge(engine, parse_duration("0d"))
     assert report.kept_latest == ids[-1]
     assert [x.id for x in report.archived] == ids[:-1]
     assert _rows(engine, ids[-1]) == 12
     # A newer sending that is already archived (an imported SPIP courrier) does not count as the latest.
     with session_scope(engine) as session:
         session.add(Mailshot(subject="imported", status=MailshotStatus.ARCHIVE, ended_at=utcnow()))
-    assert purge.purge(engine, parse_duration("0d")).archived == []
+    assert archive.purge(engine, parse_duration("0d")).archived == []
     assert _rows(engine, ids[-1]) == 12
 
 
@@ -138,7 +139,7 @@ def test_outcomes_are_bounded_per_address(sqlite_url: str) -> None:
     """Only the OUTCOMES_KEPT most recent archived outcomes of an address are kept (older ones can't count)."""
     engine = engine_for(make_settings(sqlite_url))
     with session_scope(engine) as session:
-        for n in range(purge.OUTCOMES_KEPT + 3):
+        for n in range(archive.OUTCOMES_KEPT + 3):
             m = Mailshot(subject=f"s{n}", status=MailshotStatus.ARCHIVE)
             session.add(m)
             session.flush()
@@ -146,9 +147,9 @@ def test_outcomes_are_bounded_per_address(sqlite_url: str) -> None:
             session.add(DeliveryOutcome(email="a@example.com", mailshot_id=m.id, status="fail", tries=2))
             session.add(DeliveryOutcome(email="b@example.com", mailshot_id=m.id, status="sent", tries=1))
     with session_scope(engine) as session:
-        assert purge.prune_outcomes(session) == 6
-        kept = purge.outcomes(session, "a@example.com")
-        assert len(kept) == purge.OUTCOMES_KEPT and kept[0].mailshot_id == purge.OUTCOMES_KEPT + 3
+        assert archive.prune_outcomes(session) == 6
+        kept = archive.outcomes(session, "a@example.com")
+        assert len(kept) == archive.OUTCOMES_KEPT and kept[0].mailshot_id == archive.OUTCOMES_KEPT + 3
 
 
 def test_only_finished_sendings_are_archived(sqlite_url: str, tmp_path: Path) -> None:
@@ -159,13 +160,13 @@ def test_only_finished_sendings_are_archived(sqlite_url: str, tmp_path: Path) ->
     running = create(engine, settings)
     paused = create(engine, settings)
     with session_scope(engine) as session:
-        mailshots.pause(session, paused)
+        sendings.pause(session, paused)
         session.execute(update(Mailshot).values(updated_at=utcnow() - timedelta(days=900)))
-    assert purge.purge(engine, parse_duration("1d")).archived == []
+    assert archive.purge(engine, parse_duration("1d")).archived == []
     with session_scope(engine) as session:
         assert {m.status for m in session.exec(select(Mailshot)).all()} == {"processing", "pause"}
         with pytest.raises(Exception, match="only ended or cancelled"):
-            purge.archive(session, mailshots.get(session, running), utcnow())
+            archive.archive(session, sendings.get(session, running), utcnow())
 
 
 def test_cli_purge_dry_run_and_bad_durations(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

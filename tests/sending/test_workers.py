@@ -10,9 +10,9 @@ import pytest
 
 from conftest import RelayProcess, engine_for, make_settings
 from helpers import create, drive_in_process, recipients, seed
-from mailshot_core import mailshots
-from mailshot_core.db import session_scope
-from mailshot_core.models import MailshotStatus
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import MailshotStatus
 
 
 @pytest.mark.slow
@@ -46,6 +46,6 @@ def test_parallel_workers_send_each_recipient_once(
     rows = recipients(engine, mid)
     assert set(rows) == set(everyone) and {s for s, _ in rows.values()} == {"sent"}
     with session_scope(engine) as session:
-        m = mailshots.get(session, mid)
+        m = sendings.get(session, mid)
         assert m.status == MailshotStatus.END
-        assert mailshots.stored_counters(m) == mailshots.recount(session, mid)
+        assert sendings.stored_counters(m) == sendings.recount(session, mid)

@@ -7,7 +7,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-from mailshot_core import db
+from mailshot_core.store import db
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -48,7 +48,7 @@ def test_a_database_of_the_first_release_upgrades_without_loss(db_url: str) -> N
     from alembic import command
     from sqlalchemy import create_engine, text
 
-    from mailshot_core.db import alembic_config
+    from mailshot_core.store.db import alembic_config
 
     url = db_url.replace("postgresql://", "postgresql+psycopg://")
     old = create_engine(url)

@@ -10,9 +10,9 @@ import pytest
 from conftest import engine_for, make_settings
 from fakes.esp import FakeEspServer, settings_for
 from helpers import create, drive, recipients, seed
-from mailshot_core import mailshots
-from mailshot_core.db import session_scope
-from mailshot_core.models import MailshotStatus, Recipient
+from mailshot_core.sending import sendings
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import MailshotStatus, Recipient
 from mailshot_core.transports import get_transport
 from mailshot_core.transports.ses import sigv4_headers
 
@@ -173,12 +173,12 @@ def test_a_recipient_the_provider_refuses_fails_alone(provider: str, tmp_path: P
     assert set(rows.values()) == {("sent", 1)}
     assert (m.sent, m.failed) == (11, 1)
     with session_scope(engine) as session:
-        assert mailshots.stored_counters(mailshots.get(session, mid)) == mailshots.recount(session, mid)
+        assert sendings.stored_counters(sendings.get(session, mid)) == sendings.recount(session, mid)
 
 
 def test_test_sends_go_through_an_esp_too(tmp_path: Path) -> None:
     """`mailshot test` on an ESP sending: one [TEST] message, outside the provider's campaign."""
-    from mailshot_core.sending import send_test
+    from mailshot_core.sending.pipeline import send_test
 
     server = FakeEspServer("mailjet")
     with server as fake:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from mailshot_core.devrelay import DevRelay, FaultPlan
+from mailshot_core.devtools.relay import DevRelay, FaultPlan
 from mailshot_core.transports.smtp_session import SmtpDisconnected, SmtpReplyError, SmtpSession
 
 TIMEOUT = 5.0

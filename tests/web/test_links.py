@@ -22,10 +22,13 @@ from sqlmodel import Session, col, select
 from conftest import engine_for, make_settings
 from fakes.webhooks import WebServer, free_socket
 from helpers import create, drive, seed
-from mailshot_core import db, mailshots, purge, tracking
 from mailshot_core.config import Settings
-from mailshot_core.devrelay import DevRelay
-from mailshot_core.models import (
+from mailshot_core.content.tokens import TRACK, UNSUBSCRIBE, make_token
+from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.feedback import tracking
+from mailshot_core.sending import archive, sendings
+from mailshot_core.store import db
+from mailshot_core.store.models import (
     FeedbackEvent,
     Mailshot,
     Recipient,
@@ -33,7 +36,6 @@ from mailshot_core.models import (
     Subscription,
     utcnow,
 )
-from mailshot_core.tokens import TRACK, UNSUBSCRIBE, make_token
 from pagesite import csrf_of
 
 HTML = (
@@ -70,10 +72,10 @@ class Site:
     def counters(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         """(stored, recount of the rows, stored machine counters == their recount)."""
         with Session(self.engine) as session:
-            m = mailshots.get(session, self.mailshot_id)
+            m = sendings.get(session, self.mailshot_id)
             machine = {"nb_read_machine": m.nb_read_machine, "nb_clic_machine": m.nb_clic_machine}
             assert machine == tracking.machine_recount(session, self.mailshot_id)
-            return mailshots.stored_counters(m), mailshots.recount(session, self.mailshot_id), machine
+            return sendings.stored_counters(m), sendings.recount(session, self.mailshot_id), machine
 
     def status(self, address: str) -> str:
         with Session(self.engine) as session:
@@ -85,7 +87,7 @@ class Site:
 
 
 def subscriptions(engine: Engine, address: str) -> dict[str, str]:
-    from mailshot_core.models import MailingList
+    from mailshot_core.store.models import MailingList
 
     with Session(engine) as session:
         rows = session.exec(
@@ -207,7 +209,7 @@ def test_the_unsubscribe_page_asks_first_and_offers_one_list_or_all(news: Site) 
 def test_the_unsubscribe_link_still_works_once_the_sending_is_archived(news: Site) -> None:
     """The link names the subscriber, not the purged recipient row: a year-old message still unsubscribes."""
     with Session(news.engine) as session:
-        purge.archive(session, mailshots.get(session, news.mailshot_id), utcnow() + timedelta(days=400))
+        archive.archive(session, sendings.get(session, news.mailshot_id), utcnow() + timedelta(days=400))
         session.commit()
     response = httpx.post(news.unsubscribe_url("u3@example.com"), files={"List-Unsubscribe": (None, "One-Click")})
     assert response.status_code == 200
@@ -218,11 +220,11 @@ def test_links_of_messages_sent_before_the_upgrade_name_their_recipient(news: Si
     """Earlier releases signed (sending, *recipient*) under the old purpose: such a link unsubscribes
     that recipient's address (the recipient id is no subscriber id), and once the row is purged it is
     refused rather than guessed."""
-    from mailshot_core import sending
-    from mailshot_core.tokens import LEGACY_UNSUBSCRIBE
+    from mailshot_core.content.tokens import LEGACY_UNSUBSCRIBE
+    from mailshot_core.sending import pipeline
 
     offers = create(news.engine, news.settings, lists=("offers",), html=HTML)
-    sending.start_sending(news.engine, news.settings, offers)  # recipients 9.. : no subscriber has those ids
+    pipeline.start_sending(news.engine, news.settings, offers)  # recipients 9.. : no subscriber has those ids
 
     def recipient_id(mailshot_id: int, address: str) -> int:
         with Session(news.engine) as session:
@@ -241,7 +243,7 @@ def test_links_of_messages_sent_before_the_upgrade_name_their_recipient(news: Si
         b"test-secret", LEGACY_UNSUBSCRIBE, news.mailshot_id, recipient_id(news.mailshot_id, "u1@example.com")
     )
     with Session(news.engine) as session:
-        purge.archive(session, mailshots.get(session, news.mailshot_id), utcnow())
+        archive.archive(session, sendings.get(session, news.mailshot_id), utcnow())
         session.commit()
     assert httpx.get(f"{news.web.url}/u/{archived}").status_code == 404
 
@@ -255,9 +257,10 @@ def test_a_link_followed_before_the_recipient_s_turn_leaves_the_row_to_the_claim
     engine = engine_for(settings)
     seed(engine, tmp_path, 2)
     mid = create(engine, settings, html=HTML)
-    from mailshot_core import sending, unsubscribe_links
+    from mailshot_core.feedback import unsubscribe_links
+    from mailshot_core.sending import pipeline
 
-    sending.start_sending(engine, settings, mid)
+    pipeline.start_sending(engine, settings, mid)
     with Session(engine) as session:
         sid = session.exec(select(Subscriber.id).where(Subscriber.email == "u1@example.com")).one()
     token = make_token(b"test-secret", UNSUBSCRIBE, mid, sid)
@@ -265,13 +268,13 @@ def test_a_link_followed_before_the_recipient_s_turn_leaves_the_row_to_the_claim
     assert target is not None and unsubscribe_links.unsubscribe(engine, target, None, one_click=True) == 1
     with Session(engine) as session:
         status = session.exec(select(Recipient.status).where(col(Recipient.email) == "u1@example.com")).one()
-        assert status == "todo" and mailshots.get(session, mid).nb_unsub == 0
+        assert status == "todo" and sendings.get(session, mid).nb_unsub == 0
     with DevRelay() as relay:
         drive(engine, make_settings(sqlite_url, relay), mid)
     assert [m.rcpt_tos for m in relay.messages] == [["u0@example.com"]]
     with Session(engine) as session:
         status = session.exec(select(Recipient.status).where(col(Recipient.email) == "u1@example.com")).one()
-        assert status == "kill" and mailshots.stored_counters(mailshots.get(session, mid)) == mailshots.recount(
+        assert status == "kill" and sendings.stored_counters(sendings.get(session, mid)) == sendings.recount(
             session, mid
         )
 
@@ -416,7 +419,7 @@ def test_no_redirect_outside_the_sending_s_link_table(news: Site, tmp_path: Path
     a URL smuggled in the path or the query string all get 404 or go to the stored link."""
     other = create(news.engine, news.settings, html='<a href="https://elsewhere.example/x">x</a>')
     with Session(news.engine) as session:
-        foreign = tracking.links_for(session, mailshots.get(session, other))["https://elsewhere.example/x"]
+        foreign = tracking.links_for(session, sendings.get(session, other))["https://elsewhere.example/x"]
     link = news.links("u1@example.com")[0]
     base, token, link_id = link.rsplit("/", 2)
     client = httpx.Client(timeout=10, follow_redirects=False, headers={"User-Agent": BROWSER})

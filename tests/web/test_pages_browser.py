@@ -179,8 +179,8 @@ def test_a_subscriber_unsubscribes_from_the_link_s_page(site: Site, operator: Op
     from sqlmodel import Session, select
 
     from conftest import engine_for
-    from mailshot_core.models import Subscriber
-    from mailshot_core.tokens import UNSUBSCRIBE, make_token
+    from mailshot_core.content.tokens import UNSUBSCRIBE, make_token
+    from mailshot_core.store.models import Subscriber
 
     page, expect = operator.page, playwright_api.expect
     with Session(engine_for(site.settings)) as session:

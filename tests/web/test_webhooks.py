@@ -28,10 +28,12 @@ from fakes.webhooks import (
     webhook_settings,
 )
 from helpers import create, drive, seed
-from mailshot_core import db, feedback, mailshots
-from mailshot_core.db import session_scope
-from mailshot_core.devrelay import DevRelay
-from mailshot_core.models import FeedbackEvent, Recipient, Subscriber
+from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.feedback import inbox
+from mailshot_core.sending import sendings
+from mailshot_core.store import db
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import FeedbackEvent, Recipient, Subscriber
 from mailshot_core.web.auth import mandrill_signature
 
 # provider -> [(event name, extra fields, expected recipient status)]: every documented event type.
@@ -218,14 +220,14 @@ def test_every_documented_event_reaches_its_recipient(provider: str, every_provi
         assert r.status_code == 200 and r.json()["stored"] == 0
     assert _stored(site.engine, provider) == len(events)
 
-    report = feedback.apply_all(site.engine)
+    report = inbox.apply_all(site.engine)
     assert report.applied == len(events) and report.unmatched == 0 and report.deferred == 0
     with session_scope(site.engine) as session:
         status = dict(
             session.execute(select(Recipient.email, Recipient.status).where(Recipient.mailshot_id == mid)).all()
         )
-        m = mailshots.get(session, mid)
-        assert mailshots.stored_counters(m) == mailshots.recount(session, mid)
+        m = sendings.get(session, mid)
+        assert sendings.stored_counters(m) == sendings.recount(session, mid)
         subs = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
     for i, (kind, _, expected) in enumerate(cases):
         assert status[address[i]] == expected, (kind, expected)
@@ -238,7 +240,7 @@ def test_every_documented_event_reaches_its_recipient(provider: str, every_provi
     for name in ("sent", "failed", "nb_read", "nb_clic", "nb_spam", "nb_bounce", "nb_unsub"):
         assert getattr(m, name) == expected_counts.get(name, 0), name
     # Idempotent: nothing pending, and applying again changes nothing.
-    assert feedback.apply_all(site.engine).applied == 0
+    assert inbox.apply_all(site.engine).applied == 0
 
 
 def test_late_events_never_move_a_recipient_backwards(site: Site) -> None:
@@ -255,12 +257,12 @@ def test_late_events_never_move_a_recipient_backwards(site: Site) -> None:
     ]
     for e in events:  # one at a time, applied after each: the worst ordering
         post(site.web, "mailjet", [e], site.signer)
-        feedback.apply_all(site.engine)
+        inbox.apply_all(site.engine)
     with session_scope(site.engine) as session:
         status = dict(
             session.execute(select(Recipient.email, Recipient.status).where(Recipient.mailshot_id == mid)).all()
         )
-        assert mailshots.stored_counters(mailshots.get(session, mid)) == mailshots.recount(session, mid)
+        assert sendings.stored_counters(sendings.get(session, mid)) == sendings.recount(session, mid)
     assert status["u0@example.com"] == "clic" and status["u1@example.com"] == "spam"
 
 
