@@ -3,7 +3,7 @@
     .venv/bin/python bench/materialise.py --count 1000000 [--database-url URL]
 
 Fills a fresh database with COUNT subscribers on one list (set-based inserts, not timed),
-then times `sendings.materialise` (one INSERT .. SELECT) and the first claim of a batch,
+then times `claims.materialise` (one INSERT .. SELECT) and the first claim of a batch,
 and prints the process's peak RSS.
 """
 
@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from mailshot_core.audience import subscribers
 from mailshot_core.config import load_settings
-from mailshot_core.sending import sendings
+from mailshot_core.sending import claims, sendings
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import utcnow
 
@@ -70,11 +70,11 @@ def main() -> int:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     with session_scope(engine) as session:
-        total = sendings.materialise(session, sendings.get(session, mid))  # type: ignore[arg-type]
+        total = claims.materialise(session, sendings.get(session, mid))  # type: ignore[arg-type]
     materialise_s = time.perf_counter() - started
     started = time.perf_counter()
     with session_scope(engine) as session:
-        claimed, _ = sendings.claim(session, sendings.get(session, mid), "bench:1:x", 2000, utcnow())  # type: ignore[arg-type]
+        claimed, _ = claims.claim(session, sendings.get(session, mid), "bench:1:x", 2000, utcnow())  # type: ignore[arg-type]
     claim_s = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -29,7 +29,9 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.feedback import fail_rule
 from mailshot_core.sending import sendings
-from mailshot_core.sending.pipeline import BatchReport, end_sending, next_step, send_batch, send_batches, start_sending
+from mailshot_core.sending.ledger import BatchReport
+from mailshot_core.sending.lifecycle import end_sending, next_step, start_sending
+from mailshot_core.sending.pipeline import send_batch, send_batches
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 from mailshot_core.transports.base import TransportUnavailable

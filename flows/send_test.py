@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from mailshot_core.config import get_settings
-from mailshot_core.sending.pipeline import send_test as send_test_message
+from mailshot_core.sending.one_message import send_test as send_test_message
 from mailshot_core.store.db import get_engine
 
 

@@ -26,7 +26,7 @@ from sqlmodel import Session
 from mailshot_core.audience import subscribers
 from mailshot_core.config import ConfigError, Settings, get_settings
 from mailshot_core.errors import InvalidInput, MailshotError
-from mailshot_core.sending import sendings
+from mailshot_core.sending import claims, sendings
 from mailshot_core.store.db import get_engine, session_scope
 
 app = typer.Typer(
@@ -233,7 +233,7 @@ def create(
 @app.command("test")
 def test(mailshot_id: int, email: str) -> None:
     """Send one test message of sending ID to EMAIL (subject prefixed [TEST])."""
-    from mailshot_core.sending.pipeline import send_test
+    from mailshot_core.sending.one_message import send_test
 
     msg = send_test(_engine(), _settings(), mailshot_id, email)
     out.print(f"test message sent to {msg.envelope_to} ({msg.message_id})")
@@ -262,7 +262,7 @@ def status(
     unknown: list[str] = []
     if mailshot_id is not None:
         with _session() as session:
-            unknown = sendings.unknown_recipients(session, mailshot_id)
+            unknown = claims.unknown_recipients(session, mailshot_id)
     if as_json:
         data = [_status_dict(m) | ({"unknown_recipients": unknown} if mailshot_id is not None else {}) for m in rows]
         out.print_json(json.dumps(data[0] if mailshot_id is not None else data, default=str))
@@ -322,7 +322,7 @@ def cancel(mailshot_id: int) -> None:
 def resend_unknown(mailshot_id: int) -> None:
     """Queue again the recipients in doubt after a crash (they may receive the message twice)."""
     with _session() as session:
-        n = sendings.resend_unknown(session, mailshot_id)
+        n = claims.resend_unknown(session, mailshot_id)
     out.print(f"{n} recipient(s) queued again; run: mailshot send {mailshot_id}")
 
 

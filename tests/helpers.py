@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from mailshot_core.audience import subscribers
 from mailshot_core.config import Settings
-from mailshot_core.sending import pipeline, sendings
+from mailshot_core.sending import lifecycle, pipeline, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Mailshot
 
@@ -46,10 +46,10 @@ def create(engine: Engine, settings: Settings, lists: tuple[str, ...] = ("news",
 
 def drive(engine: Engine, settings: Settings, mailshot_id: int, max_batches: int = 10_000) -> Mailshot:
     """What the send-mailshot flow does, without Prefect: start, batches, waits, end."""
-    pipeline.start_sending(engine, settings, mailshot_id)
+    lifecycle.start_sending(engine, settings, mailshot_id)
     finished = False
     for _ in range(max_batches):
-        step = pipeline.next_step(engine, settings, mailshot_id)
+        step = lifecycle.next_step(engine, settings, mailshot_id)
         if step.action == "send":
             if pipeline.send_batch(engine, settings, mailshot_id).stopped:
                 break
@@ -58,7 +58,7 @@ def drive(engine: Engine, settings: Settings, mailshot_id: int, max_batches: int
         else:
             finished = step.action == "done"
             break
-    return pipeline.end_sending(engine, mailshot_id, finished=finished)
+    return lifecycle.end_sending(engine, mailshot_id, finished=finished)
 
 
 def recipients(engine: Engine, mailshot_id: int) -> dict[str, tuple[str, int]]:

@@ -18,6 +18,7 @@ import binascii
 import functools
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.charset import Charset
 from email.header import Header
@@ -26,7 +27,38 @@ from typing import Any
 
 from mailshot_core.content.render import CompiledMailshot, Personalisation, RenderedContent, Skeleton, Slot
 from mailshot_core.content.tokens import RecipientRef, verp_address
-from mailshot_core.transports.base import OutgoingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class MessageParts:
+    """The same message as fields, for HTTP APIs that assemble the MIME themselves (ESPs).
+
+    Rendered by our own sandbox like the SMTP bytes, so variables behave the same on every transport.
+    """
+
+    mailshot_id: int
+    from_email: str
+    from_name: str
+    to_email: str
+    to_name: str
+    subject: str
+    html: str
+    text: str
+    reply_to: str | None
+    headers: Mapping[str, str]  # List-Unsubscribe(-Post), List-Id, Precedence, X-Mailshot-*: as in the MIME
+    test: bool = False  # a [TEST] message: kept out of the provider's campaign (deduplication, stats)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One personalised message, ready for the wire."""
+
+    recipient_id: int
+    envelope_from: str
+    envelope_to: str
+    data: bytes
+    message_id: str
+    parts: MessageParts | None = None  # set on the batched (ESP) path only
 
 
 class HeaderError(ValueError):

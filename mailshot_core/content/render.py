@@ -170,7 +170,7 @@ def _compile_with_skeleton(
 class CompiledMailshot:
     """The three templates of one sending, compiled once.
 
-    ``links``: the sending's tracked links (URL -> id, tracking.links_for): the HTML's links then go
+    ``links``: the sending's tracked links (URL -> id, sending/tracked_links.links_for): the HTML's links then go
     through the click redirects and the open pixel is added (:func:`track_html`).  The text part is
     left as written: its URLs stay readable and copyable.
     """

@@ -34,7 +34,7 @@ from email.utils import getaddresses
 from flufl.bounce import all_failures
 
 from mailshot_core.content.tokens import RecipientRef, parse_verp
-from mailshot_core.feedback.inbox import Effect
+from mailshot_core.feedback.effects import Effect
 
 E = Effect
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")

@@ -32,7 +32,7 @@ from sqlmodel import Session
 
 from mailshot_core.audience import subscribers
 from mailshot_core.errors import NotFound
-from mailshot_core.feedback.inbox import Effect, classify
+from mailshot_core.feedback.effects import Effect, classify
 from mailshot_core.sending import sendings
 from mailshot_core.store.models import (
     DeliveryOutcome,

@@ -33,8 +33,8 @@ from sqlalchemy.engine import Connection, Engine
 from mailshot_core.config import Settings
 from mailshot_core.errors import MailshotError
 from mailshot_core.feedback import bounces, inbox
+from mailshot_core.feedback.effects import Effect
 from mailshot_core.feedback.esp_events import IncomingEvent, digest
-from mailshot_core.feedback.inbox import Effect
 from mailshot_core.store.models import Recipient
 
 log = logging.getLogger("mailshot.bounces")

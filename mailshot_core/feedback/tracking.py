@@ -1,9 +1,9 @@
 """Open and click tracking done by Mailshot itself (email-standards.md §4).
 
-- **Links**: each sending's trackable links are stored once in ``tracked_link`` (:func:`links_for`);
-  the HTML then points at ``/c/<token>/<link id>`` (render.track_html), and the redirect looks the
-  target up by id *within the token's sending*: no URL in a request can make the server redirect
-  elsewhere (CWE-601).
+- **Links**: each sending's trackable links are stored once in ``tracked_link``
+  (sending/tracked_links.py); the HTML then points at ``/c/<token>/<link id>`` (render.track_html),
+  and the redirect looks the target up by id *within the token's sending*: no URL in a request can
+  make the server redirect elsewhere (CWE-601).
 - **Hits** (:func:`record_open`, :func:`record_click`) go through the feedback pipeline like an ESP's
   events (inbox.record_and_apply): stored once per recipient and kind, applied at once, so the
   recipient moves to ``read``/``clic`` with the counters, and a repeated hit changes nothing.
@@ -22,48 +22,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from mailshot_core.config import Settings
-from mailshot_core.content.render import find_links
 from mailshot_core.feedback import inbox
 from mailshot_core.feedback.esp_events import IncomingEvent
-from mailshot_core.store.models import FeedbackEvent, Mailshot, Recipient, TrackedLink
+from mailshot_core.sending import tracked_links
+from mailshot_core.store.models import FeedbackEvent, Recipient
 
 SOURCE = "web"  # feedback_event.source of the hits recorded here (and of web unsubscriptions)
-_links = TrackedLink.__table__  # type: ignore[attr-defined]
-
-
-def tracks(settings: Settings, transport: str) -> bool:
-    """Whether a new sending through ``transport`` carries our tracking (MAILSHOT_TRACKING)."""
-    return settings.tracking == "all" or (settings.tracking == "smtp" and transport == "smtp")
-
-
-def links_for(session: Session, mailshot: Mailshot) -> dict[str, int]:
-    """The sending's tracked links (URL -> id), storing those of its HTML not stored yet.
-
-    Called when a sending is created and when a worker builds its context: the insert ignores links
-    already there, so concurrent workers agree on the ids.
-    """
-    assert mailshot.id is not None
-    urls = find_links(mailshot.html)
-    if urls:
-        module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        insert = module.insert(_links).on_conflict_do_nothing(index_elements=["mailshot_id", "url"])
-        session.execute(insert, [{"mailshot_id": mailshot.id, "url": url} for url in urls])
-    rows = session.execute(select(_links.c.url, _links.c.id).where(_links.c.mailshot_id == mailshot.id)).all()
-    return {url: link_id for url, link_id in rows}
-
-
-def link_target(engine: Engine, mailshot_id: int, link_id: int) -> str | None:
-    """The URL of one of the sending's links; None for an id that is not one of them."""
-    with engine.connect() as conn:
-        url = conn.execute(
-            select(_links.c.url).where(_links.c.id == link_id, _links.c.mailshot_id == mailshot_id)
-        ).scalar_one_or_none()
-    return str(url) if url is not None else None
 
 
 # --- machines ---------------------------------------------------------------------------------------
@@ -193,12 +161,7 @@ def machine_recount(session: Session, mailshot_id: int) -> dict[str, int]:
 def per_link_clicks(session: Session, mailshot_id: int) -> list[tuple[str, int, int]]:
     """(URL, people, machines): how many recipients clicked each of the sending's links."""
     events = FeedbackEvent.__table__  # type: ignore[attr-defined]
-    links = {
-        link_id: url
-        for link_id, url in session.execute(
-            select(_links.c.id, _links.c.url).where(_links.c.mailshot_id == mailshot_id)
-        )
-    }
+    links = tracked_links.by_id(session, mailshot_id)
     people: dict[int, int] = {}
     machines: dict[int, int] = {}
     rows: Iterable[Any] = session.execute(

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from mailshot_core.audience import subscribers
 from mailshot_core.content.tokens import LEGACY_UNSUBSCRIBE, UNSUBSCRIBE, read_token
 from mailshot_core.errors import NotFound
-from mailshot_core.feedback.inbox import IN_FLIGHT, RANK
+from mailshot_core.feedback.effects import IN_FLIGHT, RANK
 from mailshot_core.sending import sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import (

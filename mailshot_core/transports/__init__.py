@@ -1,4 +1,5 @@
-"""Transports: one module per way of handing messages over (see base.py for the interface)."""
+"""Transports: how messages leave, one module per way (SMTP relay, each ESP API); base.py is the
+interface and the error classification.  Never touches the database (import-linter contract)."""
 
 from __future__ import annotations
 

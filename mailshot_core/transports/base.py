@@ -17,41 +17,13 @@ transport, into the three outcomes the send pipeline acts on (DESIGN §4.3):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class MessageParts:
-    """The same message as fields, for HTTP APIs that assemble the MIME themselves (ESPs).
-
-    Rendered by our own sandbox like the SMTP bytes, so variables behave the same on every transport.
-    """
-
-    mailshot_id: int
-    from_email: str
-    from_name: str
-    to_email: str
-    to_name: str
-    subject: str
-    html: str
-    text: str
-    reply_to: str | None
-    headers: Mapping[str, str]  # List-Unsubscribe(-Post), List-Id, Precedence, X-Mailshot-*: as in the MIME
-    test: bool = False  # a [TEST] message: kept out of the provider's campaign (deduplication, stats)
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """One personalised message, ready for the wire."""
-
-    recipient_id: int
-    envelope_from: str
-    envelope_to: str
-    data: bytes
-    message_id: str
-    parts: MessageParts | None = None  # set on the batched (ESP) path only
+# A transport's input is what content/ builds; named here too, for the transports that take it.
+from mailshot_core.content.message import MessageParts as MessageParts
+from mailshot_core.content.message import OutgoingMessage as OutgoingMessage
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,40 +1,25 @@
 """The FastAPI application factory: ``create_app(settings)`` -> the app ``mailshot web`` serves.
 
-Each feature is a router of its own (``webhooks.py`` ...) sharing one :class:`WebContext` (settings,
+Each feature is a router of its own (``webhooks.py`` ...) sharing one :class:`WebContext` (context.py: settings,
 engine, outbound fetcher) kept in ``app.state``; the schema is migrated when the engine is opened,
 like every other entry point.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.store.db import get_engine
+from mailshot_core.web import links, pages, webhooks
 from mailshot_core.web.auth import Fetch, SnsVerifier, https_get
-
-
-@dataclass(frozen=True)
-class WebContext:
-    settings: Settings
-    engine: Engine
-    sns: SnsVerifier
-    fetch: Fetch  # outbound GETs (SNS certificates, subscription confirmations): injectable for tests
-
-
-def context(request: Request) -> WebContext:
-    ctx: WebContext = request.app.state.mailshot
-    return ctx
+from mailshot_core.web.context import WebContext
 
 
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, fetch: Fetch | None = None
 ) -> FastAPI:
-    from mailshot_core.web import links, pages, webhooks
-
     settings = settings or get_settings()
     engine = engine or get_engine(settings.database_url)
     fetch = fetch or https_get

@@ -24,8 +24,9 @@ from starlette.concurrency import run_in_threadpool
 
 from mailshot_core.content.tokens import TRACK, read_token
 from mailshot_core.feedback import tracking, unsubscribe_links
+from mailshot_core.sending import tracked_links
 from mailshot_core.store.models import utcnow
-from mailshot_core.web.app import WebContext, context
+from mailshot_core.web.context import WebContext, context
 from mailshot_core.web.forms import capped_body
 from mailshot_core.web.templating import SECURITY_HEADERS, render
 
@@ -132,7 +133,7 @@ def click(token: str, link_id: str, request: Request) -> Response:
     if ids is None or not (link_id.isascii() and link_id.isdigit()) or len(link_id) > 18:
         return _gone()
     mailshot_id, recipient_id = ids
-    url = tracking.link_target(ctx.engine, mailshot_id, int(link_id))
+    url = tracked_links.link_target(ctx.engine, mailshot_id, int(link_id))
     if url is None:  # not one of this sending's links: never a redirect to anything else
         return _gone()
     try:

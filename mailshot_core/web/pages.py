@@ -30,7 +30,7 @@ from mailshot_core.sending import archive, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import utcnow
 from mailshot_core.web import views
-from mailshot_core.web.app import context
+from mailshot_core.web.context import context
 from mailshot_core.web.login import (
     COOKIE,
     AdminSession,

@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from mailshot_core.feedback import esp_events, inbox
 from mailshot_core.feedback.esp_events import IncomingEvent, MalformedPayload
-from mailshot_core.web.app import WebContext, context
 from mailshot_core.web.auth import Forbidden, check_mandrill, check_shared_secret, check_sns_url
+from mailshot_core.web.context import WebContext, context
 
 log = logging.getLogger("mailshot.web.webhooks")
 router = APIRouter()

@@ -10,7 +10,7 @@ from bouncemail import arf, dsn
 from conftest import REPO
 from mailshot_core.content.tokens import RecipientRef, verp_address
 from mailshot_core.feedback import bounces
-from mailshot_core.feedback.inbox import Effect
+from mailshot_core.feedback.effects import Effect
 
 KEY = b"test-secret"
 CORPUS = REPO / "tests" / "data" / "bounces" / "flufl"

@@ -92,6 +92,6 @@ def test_ses_records_accept_or_explain(message: Any, record: dict[str, Any]) -> 
 )
 def test_the_mapping_never_fails_on_an_odd_event(source: str, kind: str, event: dict[str, Any]) -> None:
     """apply-feedback maps any stored event to an effect (an odd one to "ignore"): no poison event."""
-    from mailshot_core.feedback.inbox import Effect, classify
+    from mailshot_core.feedback.effects import Effect, classify
 
     assert isinstance(classify(source, kind, json.dumps(event)), Effect)

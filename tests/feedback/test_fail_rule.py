@@ -129,7 +129,7 @@ def test_circuit_breaker_pauses_a_sending_that_fails_for_most(
     from datetime import timedelta
 
     from helpers import seed
-    from mailshot_core.sending import pipeline, sendings
+    from mailshot_core.sending import lifecycle, pipeline, sendings
     from mailshot_core.store.models import utcnow
 
     since = utcnow() - timedelta(seconds=1)
@@ -138,10 +138,10 @@ def test_circuit_breaker_pauses_a_sending_that_fails_for_most(
         engine = engine_for(settings)
         seed(engine, tmp_path, 200)
         mailshot_id = create(engine, settings)
-        pipeline.start_sending(engine, settings, mailshot_id)
+        lifecycle.start_sending(engine, settings, mailshot_id)
         reason = None
         for batch in range(3):
-            if pipeline.next_step(engine, settings, mailshot_id).action != "send":
+            if lifecycle.next_step(engine, settings, mailshot_id).action != "send":
                 break  # what the flow does: a paused sending gets no more batches
             pipeline.send_batch(engine, settings, mailshot_id)
             with session_scope(engine) as session:
@@ -156,7 +156,7 @@ def test_circuit_breaker_pauses_a_sending_that_fails_for_most(
             assert fail_rule.breaker(session, mailshot_id, utcnow(), settings.max_fail_ratio) is None
         if paused:
             assert reason is not None and "MAILSHOT_MAX_FAIL_RATIO=50%" in reason and "relay" in reason
-            assert pipeline.next_step(engine, settings, mailshot_id).action == "stopped"
+            assert lifecycle.next_step(engine, settings, mailshot_id).action == "stopped"
             assert sum(1 for s, _ in recipients(engine, mailshot_id).values() if s == "todo") == 100  # not burnt
 
 

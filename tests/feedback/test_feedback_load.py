@@ -16,7 +16,7 @@ from conftest import engine_for, make_settings
 from fakes.webhooks import SnsSigner, WebServer, basic, free_socket, mailjet_event, webhook_settings
 from helpers import create, seed
 from mailshot_core.feedback import inbox
-from mailshot_core.sending import pipeline, sendings
+from mailshot_core.sending import lifecycle, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import FeedbackEvent, Recipient, Subscriber
 
@@ -34,7 +34,7 @@ def test_20000_events_with_duplicates_while_applying(db_url: str, tmp_path: Path
     engine = engine_for(settings)
     seed(engine, tmp_path, RECIPIENTS)
     mid = create(engine, settings)
-    pipeline.start_sending(engine, settings, mid)  # materialise, then pretend every message was accepted
+    lifecycle.start_sending(engine, settings, mid)  # materialise, then pretend every message was accepted
     with session_scope(engine) as session:
         session.execute(update(Recipient).where(Recipient.mailshot_id == mid).values(status="sent"))
         sendings.finish(session, mid)

@@ -13,7 +13,7 @@ from fakes.webhooks import mailjet_event
 from helpers import create, seed
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.feedback import esp_events, inbox
-from mailshot_core.sending import pipeline
+from mailshot_core.sending import lifecycle
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def _one_open(settings: Settings, tmp_path: Path) -> None:
     engine = engine_for(settings)
     seed(engine, tmp_path, 1)
     mid = create(engine, settings)
-    pipeline.start_sending(engine, settings, mid)  # materialises recipient 1
+    lifecycle.start_sending(engine, settings, mid)  # materialises recipient 1
     body = json.dumps([mailjet_event("open", "u0@example.com", mid, 1)]).encode()
     assert inbox.store(engine, esp_events.mailjet(body)).stored == 1
 

@@ -83,10 +83,10 @@ def test_hard_cap_counts_what_the_ledger_says_was_sent(sqlite_url: str, tmp_path
     engine = engine_for(settings)
     seed(engine, tmp_path, 5)
     mid = create(engine, settings)
-    from mailshot_core.sending import sendings
+    from mailshot_core.sending import claims, sendings
 
     with session_scope(engine) as session:
-        sendings.materialise(session, sendings.get(session, mid))
+        claims.materialise(session, sendings.get(session, mid))
     with session_scope(engine) as session:
         rows = session.exec(select(Recipient).order_by(col(Recipient.id))).all()
         for i, r in enumerate(rows[:4]):

@@ -13,7 +13,7 @@ from conftest import engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from mailshot_core.audience import subscribers
 from mailshot_core.devtools.relay import DevRelay, FaultPlan
-from mailshot_core.sending import pipeline, sendings
+from mailshot_core.sending import claims, lifecycle, one_message, pipeline, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import FeedbackEvent, MailshotStatus, Subscriber
 from mailshot_core.transports.base import TransportUnavailable
@@ -133,7 +133,7 @@ def test_relay_down_releases_the_batch_without_consuming_tries(sqlite_url: str, 
     engine = engine_for(settings)
     seed(engine, tmp_path, 10)
     mid = create(engine, settings)
-    pipeline.start_sending(engine, settings, mid)
+    lifecycle.start_sending(engine, settings, mid)
     with pytest.raises(TransportUnavailable):
         pipeline.send_batch(engine, settings, mid)
     assert set(recipients(engine, mid).values()) == {("todo", 0)}
@@ -146,16 +146,16 @@ def test_pause_and_cancel_take_effect_before_the_next_batch(sqlite_url: str, tmp
     engine = engine_for(settings)
     seed(engine, tmp_path, 35)
     mid = create(engine, settings)
-    pipeline.start_sending(engine, settings, mid)
+    lifecycle.start_sending(engine, settings, mid)
     assert pipeline.send_batch(engine, settings, mid).sent == 10
     with session_scope(engine) as session:
         sendings.pause(session, mid)
     report = pipeline.send_batch(engine, settings, mid)
     assert report.sent == 0 and report.stopped == "sending is pause"
-    assert pipeline.next_step(engine, settings, mid).action == "stopped"
+    assert lifecycle.next_step(engine, settings, mid).action == "stopped"
     with session_scope(engine) as session:
         m = sendings.cancel(session, mid)
-    pipeline.end_sending(engine, mid, finished=False)
+    lifecycle.end_sending(engine, mid, finished=False)
     assert m.status == MailshotStatus.CANCEL
     statuses = [s for s, _ in recipients(engine, mid).values()]
     assert statuses.count("sent") == 10 and statuses.count("kill") == 25
@@ -170,11 +170,11 @@ def test_unsubscribed_after_materialisation_is_not_sent(db_url: str, tmp_path: P
     seed(engine, tmp_path, 12)
     seed(engine, tmp_path, 12, list_name="other")
     mid = create(engine, settings)
-    pipeline.start_sending(engine, settings, mid)  # materialises 12 recipients
+    lifecycle.start_sending(engine, settings, mid)  # materialises 12 recipients
     with session_scope(engine) as session:
         subscribers.unsubscribe(session, "u7@example.com", reason="test")
         subscribers.unsubscribe(session, "u9@example.com", "news", reason="test")  # still on "other"
-    pipeline.end_sending(engine, mid, finished=False)
+    lifecycle.end_sending(engine, mid, finished=False)
     m = drive(engine, settings, mid)
     received = {msg.rcpt_tos[0] for msg in relay.messages}
     assert "u7@example.com" not in received and "u9@example.com" not in received
@@ -197,7 +197,7 @@ def test_scheduled_sending_does_not_start_early(sqlite_url: str, tmp_path: Path)
     with session_scope(engine) as session:
         assert sendings.get(session, mid).status == MailshotStatus.INIT
     with pytest.raises(InvalidState, match="scheduled"):
-        pipeline.start_sending(engine, settings, mid)
+        lifecycle.start_sending(engine, settings, mid)
 
 
 def test_send_test_prefixes_subject_and_changes_no_row(sqlite_url: str, tmp_path: Path, relay: DevRelay) -> None:
@@ -206,8 +206,8 @@ def test_send_test_prefixes_subject_and_changes_no_row(sqlite_url: str, tmp_path
     engine = engine_for(settings)
     seed(engine, tmp_path, 3)
     mid = create(engine, settings)
-    pipeline.send_test(engine, settings, mid, "u1@example.com")
-    pipeline.send_test(engine, settings, mid, "stranger@elsewhere.org")
+    one_message.send_test(engine, settings, mid, "u1@example.com")
+    one_message.send_test(engine, settings, mid, "stranger@elsewhere.org")
     first, second = (email.message_from_bytes(m.data, policy=email.policy.default) for m in relay.messages)
     assert first["Subject"] == "[TEST] Hello User 1"
     assert second["Subject"] == "[TEST] Hello"
@@ -268,9 +268,9 @@ def test_throttling_relay_loses_nobody_and_burns_no_try(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: str
 ) -> None:
     """A relay deferring a third of the commands to slow us down: every recipient ends sent, none failed."""
-    from mailshot_core.sending import pipeline as sending_module
+    from mailshot_core.sending import connections
 
-    monkeypatch.setattr(sending_module, "CONNECTION_BACKOFF", (0.001, 0.01))  # time, not behaviour
+    monkeypatch.setattr(connections, "CONNECTION_BACKOFF", (0.001, 0.01))  # time, not behaviour
     plan = FaultPlan(random_fault=(0.33, reply), seed=4)
     with DevRelay(faults=plan) as relay:
         settings = make_settings(sqlite_url, relay, batch_size=50, smtp_connections=4, max_try=2)
@@ -292,19 +292,19 @@ def test_late_results_of_a_worker_taken_over_do_not_overwrite(sqlite_url: str, t
     import asyncio
     from datetime import UTC, datetime, timedelta
 
-    from mailshot_core.sending.pipeline import Ledger, Outcome, Result
+    from mailshot_core.sending.ledger import Ledger, Outcome, Result
     from mailshot_core.store.models import SendWorker
 
     settings = make_settings(sqlite_url)
     engine = engine_for(settings)
     seed(engine, tmp_path, 3)
     mid = create(engine, settings)
-    pipeline.start_sending(engine, settings, mid)
-    token = sendings.new_worker_token()
+    lifecycle.start_sending(engine, settings, mid)
+    token = claims.new_worker_token()
     now = datetime.now(UTC)
     with session_scope(engine) as session:
-        sendings.register_worker(session, mid, token, now)
-        claimed, _ = sendings.claim(session, sendings.get(session, mid), token, 3, now)
+        claims.register_worker(session, mid, token, now)
+        claimed, _ = claims.claim(session, sendings.get(session, mid), token, 3, now)
     ledger = Ledger(engine, mid, token, max_try=5, retry_delay=0, clock=lambda: datetime.now(UTC))
 
     async def start_all() -> list[bool]:
@@ -314,7 +314,7 @@ def test_late_results_of_a_worker_taken_over_do_not_overwrite(sqlite_url: str, t
     with session_scope(engine) as session:  # another run decides this worker is dead
         session.get(SendWorker, token).heartbeat_at = now - timedelta(hours=1)  # type: ignore[union-attr]
     with session_scope(engine) as session:
-        assert sendings.recover_dead_workers(session, mid, datetime.now(UTC), timedelta(minutes=5)) == (0, 3)
+        assert claims.recover_dead_workers(session, mid, datetime.now(UTC), timedelta(minutes=5)) == (0, 3)
 
     async def finish() -> None:
         for r in claimed:

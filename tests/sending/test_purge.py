@@ -16,7 +16,7 @@ from mailshot_core.audience import subscribers
 from mailshot_core.config import Settings
 from mailshot_core.devtools.relay import DevRelay, FaultPlan
 from mailshot_core.duration import parse_duration
-from mailshot_core.sending import archive, sendings
+from mailshot_core.sending import archive, claims, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import DeliveryOutcome, Mailshot, MailshotStatus, Recipient, utcnow
 from test_cli import _dump, cli  # noqa: F401 (the fixture)
@@ -73,7 +73,7 @@ def _four_sendings(db_url: str, tmp_path: Path) -> tuple[Engine, Settings, list[
     cancelled = create(engine, settings, subject="Cancelled")
     with session_scope(engine) as session:
         m = sendings.get(session, cancelled)
-        sendings.materialise(session, m)
+        claims.materialise(session, m)
         sendings.cancel(session, cancelled)
     ids.append(cancelled)
     return engine, settings, ids

@@ -178,7 +178,7 @@ def test_a_recipient_the_provider_refuses_fails_alone(provider: str, tmp_path: P
 
 def test_test_sends_go_through_an_esp_too(tmp_path: Path) -> None:
     """`mailshot test` on an ESP sending: one [TEST] message, outside the provider's campaign."""
-    from mailshot_core.sending.pipeline import send_test
+    from mailshot_core.sending.one_message import send_test
 
     server = FakeEspServer("mailjet")
     with server as fake:

@@ -26,7 +26,7 @@ from mailshot_core.config import Settings
 from mailshot_core.content.tokens import TRACK, UNSUBSCRIBE, make_token
 from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.feedback import tracking
-from mailshot_core.sending import archive, sendings
+from mailshot_core.sending import archive, sendings, tracked_links
 from mailshot_core.store import db
 from mailshot_core.store.models import (
     FeedbackEvent,
@@ -221,10 +221,10 @@ def test_links_of_messages_sent_before_the_upgrade_name_their_recipient(news: Si
     that recipient's address (the recipient id is no subscriber id), and once the row is purged it is
     refused rather than guessed."""
     from mailshot_core.content.tokens import LEGACY_UNSUBSCRIBE
-    from mailshot_core.sending import pipeline
+    from mailshot_core.sending import lifecycle
 
     offers = create(news.engine, news.settings, lists=("offers",), html=HTML)
-    pipeline.start_sending(news.engine, news.settings, offers)  # recipients 9.. : no subscriber has those ids
+    lifecycle.start_sending(news.engine, news.settings, offers)  # recipients 9.. : no subscriber has those ids
 
     def recipient_id(mailshot_id: int, address: str) -> int:
         with Session(news.engine) as session:
@@ -258,9 +258,9 @@ def test_a_link_followed_before_the_recipient_s_turn_leaves_the_row_to_the_claim
     seed(engine, tmp_path, 2)
     mid = create(engine, settings, html=HTML)
     from mailshot_core.feedback import unsubscribe_links
-    from mailshot_core.sending import pipeline
+    from mailshot_core.sending import lifecycle
 
-    pipeline.start_sending(engine, settings, mid)
+    lifecycle.start_sending(engine, settings, mid)
     with Session(engine) as session:
         sid = session.exec(select(Subscriber.id).where(Subscriber.email == "u1@example.com")).one()
     token = make_token(b"test-secret", UNSUBSCRIBE, mid, sid)
@@ -419,7 +419,7 @@ def test_no_redirect_outside_the_sending_s_link_table(news: Site, tmp_path: Path
     a URL smuggled in the path or the query string all get 404 or go to the stored link."""
     other = create(news.engine, news.settings, html='<a href="https://elsewhere.example/x">x</a>')
     with Session(news.engine) as session:
-        foreign = tracking.links_for(session, sendings.get(session, other))["https://elsewhere.example/x"]
+        foreign = tracked_links.links_for(session, sendings.get(session, other))["https://elsewhere.example/x"]
     link = news.links("u1@example.com")[0]
     base, token, link_id = link.rsplit("/", 2)
     client = httpx.Client(timeout=10, follow_redirects=False, headers={"User-Agent": BROWSER})

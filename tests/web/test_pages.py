@@ -17,7 +17,7 @@ import pytest
 from conftest import engine_for, make_settings
 from fakes.webhooks import SnsSigner, WebServer, free_socket
 from helpers import create
-from mailshot_core.sending import sendings
+from mailshot_core.sending import claims, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.web import login
 from mailshot_core.web.login import AdminSession, LoginThrottle, Sessions
@@ -192,7 +192,7 @@ def test_cancel_then_archive(site: Site, admin: tuple[httpx.Client, str]) -> Non
     client, csrf = admin
     mid = create(engine_for(site.settings), site.settings, subject="To be cancelled")
     with session_scope(engine_for(site.settings)) as session:
-        sendings.materialise(session, sendings.get(session, mid))
+        claims.materialise(session, sendings.get(session, mid))
     page = client.get(f"/admin/sendings/{mid}").text
     assert f'action="/admin/sendings/{mid}/cancel"' in page and "To send (41)" in page
     r = client.post(f"/admin/sendings/{mid}/cancel", data={"csrf": csrf})

@@ -1,0 +1,316 @@
+"""A sending's recipients and their claims: materialise once, claim a batch, workers and crash recovery.
+
+- **Materialise** (:func:`materialise`): one ``INSERT .. SELECT`` of the lists' valid subscribers,
+  never a Python loop over them.
+- **Claim** (:func:`claim`): one short transaction selects the next due rows, fewest tries first, and
+  marks them ``claimed`` with the worker's token.  PostgreSQL uses ``FOR UPDATE SKIP LOCKED``; SQLite
+  transactions start with ``BEGIN IMMEDIATE``, which serialises writers so the select-then-update is
+  atomic.  The same step re-checks each recipient's subscriptions: gone -> ``kill``.
+- **Recovery** (:func:`recover_dead_workers`): a dead worker's ``claimed`` rows go back to ``todo``,
+  its ``sending`` rows become ``unknown`` (in doubt: never resent unless the operator asks,
+  :func:`resend_unknown`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, bindparam, func, or_, text, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from mailshot_core.sending.sendings import apply_counter_deltas, counter_deltas, get, list_identifiers
+from mailshot_core.store.models import (
+    MailingList,
+    Mailshot,
+    MailshotStatus,
+    Recipient,
+    RecipientStatus,
+    SendWorker,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
+
+S = RecipientStatus
+
+
+def materialise(session: Session, mailshot: Mailshot) -> int:
+    """Freeze the recipient list: one set-based INSERT .. SELECT, deduplicated across lists.
+
+    Only subscribers whose overall status is valid and who hold a valid subscription to at least one
+    of the sending's lists.  ``ON CONFLICT DO NOTHING`` on (mailshot_id, email) makes a re-run (after a
+    crash during materialisation) add only what is missing.  Relies on subscription's primary key
+    and ix_subscription_list_id; never loops over subscribers in Python.
+    """
+    assert mailshot.id is not None
+    list_ids = [
+        m.id
+        for m in session.exec(select(MailingList).where(col(MailingList.identifier).in_(list_identifiers(mailshot))))
+    ]
+    dialect = session.get_bind().dialect.name
+    conflict = "ON CONFLICT (mailshot_id, email) DO NOTHING"
+    stmt = text(
+        f"""
+        INSERT INTO recipient (mailshot_id, email, subscriber_id, status, tries)
+        SELECT :mailshot_id, s.email, s.id, 'todo', 0
+        FROM subscriber s
+        WHERE s.status = 'valid'
+          AND EXISTS (
+            SELECT 1 FROM subscription sub
+            WHERE sub.subscriber_id = s.id AND sub.status = 'valid' AND sub.list_id IN :list_ids
+          )
+        ORDER BY s.id
+        {conflict if dialect in ("sqlite", "postgresql") else ""}
+        """
+    ).bindparams(bindparam("list_ids", expanding=True))
+    session.execute(stmt, {"mailshot_id": mailshot.id, "list_ids": list_ids})
+    total = session.exec(select(func.count()).select_from(Recipient).where(Recipient.mailshot_id == mailshot.id)).one()
+    # Only todo rows can have been added here: total and nothing else moves.
+    mailshot.total = int(total)
+    mailshot.materialised = True
+    mailshot.updated_at = utcnow()
+    session.add(mailshot)
+    session.flush()
+    return mailshot.total
+
+
+@dataclass(frozen=True)
+class ClaimedRecipient:
+    id: int
+    email: str
+    tries: int
+    throttled: int
+    nom: str
+    lang: str
+    status: str
+    listes: tuple[str, ...]
+    subscriber_id: int
+
+
+def claim(
+    session: Session, mailshot: Mailshot, token: str, limit: int, now: datetime
+) -> tuple[list[ClaimedRecipient], int]:
+    """Reserve up to ``limit`` due recipients for this worker; returns (sendable, killed).
+
+    Fewest tries first (never-tried addresses before retries: the original's retry-at-end rule),
+    then by id.  On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several workers claim in parallel
+    without waiting on each other; on SQLite the transaction holds the write lock from BEGIN
+    IMMEDIATE (db.py), which makes the select-then-update atomic.  Uses ix_recipient_claim.
+
+    Recipients whose subscriber left the sending's lists since materialisation are re-checked here
+    (DESIGN §4.4) and become ``kill`` instead of being sent.
+    """
+    assert mailshot.id is not None
+    due = (
+        select(Recipient.id)
+        .where(
+            col(Recipient.mailshot_id) == mailshot.id,
+            col(Recipient.status) == S.TODO,
+            or_(col(Recipient.next_attempt_at).is_(None), col(Recipient.next_attempt_at) <= now),
+        )
+        .order_by(col(Recipient.tries), col(Recipient.id))
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = list(session.exec(due).all())
+    if not ids:
+        return [], 0
+    session.execute(
+        update(Recipient).where(col(Recipient.id).in_(ids)).values(status=S.CLAIMED, claim_token=token, claimed_at=now)
+    )
+    rows = session.execute(
+        sa_select(  # type: ignore[call-overload]
+            Recipient.id,
+            Recipient.email,
+            Recipient.tries,
+            Recipient.throttled,
+            Subscriber.nom,
+            Subscriber.lang,
+            Subscriber.status,
+            Subscriber.id,
+        )
+        .join(Subscriber, col(Subscriber.id) == Recipient.subscriber_id, isouter=True)
+        .where(col(Recipient.id).in_(ids))
+        .order_by(col(Recipient.tries), col(Recipient.id))
+    ).all()
+    names = list_identifiers(mailshot)
+    memberships: dict[int, list[str]] = {}
+    sub_ids = [r[7] for r in rows if r[7] is not None]
+    if sub_ids:
+        for sub_id, identifier in session.exec(
+            select(Subscription.subscriber_id, MailingList.identifier)
+            .join(MailingList, col(MailingList.id) == Subscription.list_id)
+            .where(
+                col(Subscription.subscriber_id).in_(sub_ids),
+                col(Subscription.status) == SubscriptionStatus.VALID,
+                col(MailingList.identifier).in_(names),
+            )
+        ).all():
+            memberships.setdefault(sub_id, []).append(identifier)
+    sendable: list[ClaimedRecipient] = []
+    gone: list[int] = []
+    for rid, email, tries, throttled, nom, lang, status, sub_id in rows:
+        listes = memberships.get(sub_id, []) if sub_id is not None else []
+        if status != SubscriberStatus.VALID or not listes:
+            gone.append(rid)
+            continue
+        ordered = tuple(n for n in names if n in listes)
+        sendable.append(ClaimedRecipient(rid, email, tries, throttled, nom or "", lang or "", status, ordered, sub_id))
+    if gone:
+        session.execute(
+            update(Recipient)
+            .where(col(Recipient.id).in_(gone))
+            .values(status=S.KILL, claim_token=None, last_error="unsubscribed before sending")
+        )
+        apply_counter_deltas(session, mailshot.id, counter_deltas((S.CLAIMED, S.KILL) for _ in gone))
+    return sendable, len(gone)
+
+
+def release(session: Session, mailshot_id: int, token: str) -> int:
+    """Give back this worker's claimed (not yet attempted) rows; they stay due, no try consumed."""
+    result = session.execute(
+        update(Recipient)
+        .where(col(Recipient.claim_token) == token, col(Recipient.status) == S.CLAIMED)
+        .values(status=S.TODO, claim_token=None, claimed_at=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- workers and crash recovery ---------------------------------------------------------------------
+
+
+def new_worker_token() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def register_worker(session: Session, mailshot_id: int, token: str, now: datetime) -> None:
+    hostname, pid, _ = token.rsplit(":", 2)
+    session.add(
+        SendWorker(
+            token=token, mailshot_id=mailshot_id, hostname=hostname, pid=int(pid), started_at=now, heartbeat_at=now
+        )
+    )
+    session.flush()
+
+
+def heartbeat(session: Session, token: str, now: datetime) -> None:
+    session.execute(update(SendWorker).where(col(SendWorker.token) == token).values(heartbeat_at=now))
+
+
+def unregister_worker(session: Session, mailshot_id: int, token: str) -> None:
+    release(session, mailshot_id, token)
+    worker = session.get(SendWorker, token)
+    if worker is not None:
+        session.delete(worker)
+    session.flush()
+
+
+def _is_dead(worker: SendWorker, now: datetime, lease: timedelta) -> bool:
+    if worker.heartbeat_at < now - lease:
+        return True
+    if worker.hostname == socket.gethostname()[:40]:
+        try:
+            os.kill(worker.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+def recover_dead_workers(session: Session, mailshot_id: int, now: datetime, lease: timedelta) -> tuple[int, int]:
+    """Take back the claims of workers that died; returns (released, in_doubt).
+
+    A dead worker's ``claimed`` rows were never attempted: back to ``todo``.  Its ``sending`` rows
+    were handed to the transport and their fate is unknown (SMTP has no idempotency key): they
+    become ``unknown``, are reported, and are not resent unless the operator asks
+    (:func:`resend_unknown`).  A worker is dead when its heartbeat is older than the lease, or at
+    once when it ran on this host and its process no longer exists.
+    """
+    released = in_doubt = 0
+    workers = session.exec(select(SendWorker).where(SendWorker.mailshot_id == mailshot_id)).all()
+    for worker in workers:
+        if not _is_dead(worker, now, lease):
+            continue
+        released += int(
+            session.execute(
+                update(Recipient)
+                .where(col(Recipient.claim_token) == worker.token, col(Recipient.status) == S.CLAIMED)
+                .values(status=S.TODO, claim_token=None, claimed_at=None)
+            ).rowcount  # type: ignore[attr-defined]
+        )
+        n = int(
+            session.execute(
+                update(Recipient)
+                .where(col(Recipient.claim_token) == worker.token, col(Recipient.status) == S.SENDING)
+                .values(
+                    status=S.UNKNOWN, claim_token=None, last_error="in flight when its worker died: maybe delivered"
+                )
+            ).rowcount  # type: ignore[attr-defined]
+        )
+        apply_counter_deltas(session, mailshot_id, counter_deltas((S.SENDING, S.UNKNOWN) for _ in range(n)))
+        in_doubt += n
+        session.delete(worker)
+    # Rows claimed by a token with no worker row at all (registration lost): same treatment.
+    orphan = and_(
+        col(Recipient.mailshot_id) == mailshot_id,
+        col(Recipient.status).in_([S.CLAIMED, S.SENDING]),
+        ~col(Recipient.claim_token).in_(select(SendWorker.token).where(SendWorker.mailshot_id == mailshot_id)),
+    )
+    orphans = session.exec(select(Recipient.status, func.count()).where(orphan).group_by(col(Recipient.status))).all()
+    if orphans:
+        session.execute(
+            update(Recipient).where(orphan, col(Recipient.status) == S.CLAIMED).values(status=S.TODO, claim_token=None)
+        )
+        session.execute(
+            update(Recipient)
+            .where(orphan, col(Recipient.status) == S.SENDING)
+            .values(status=S.UNKNOWN, claim_token=None, last_error="in flight when its worker died: maybe delivered")
+        )
+        for status, n in orphans:
+            if status == S.SENDING:
+                apply_counter_deltas(session, mailshot_id, counter_deltas((S.SENDING, S.UNKNOWN) for _ in range(n)))
+                in_doubt += n
+            else:
+                released += n
+    session.flush()
+    return released, in_doubt
+
+
+def resend_unknown(session: Session, mailshot_id: int) -> int:
+    """Operator's choice: put the in-doubt recipients back in the queue (they may get it twice)."""
+    mailshot = get(session, mailshot_id)
+    n = int(
+        session.execute(
+            update(Recipient)
+            .where(col(Recipient.mailshot_id) == mailshot_id, col(Recipient.status) == S.UNKNOWN)
+            .values(
+                status=S.TODO, claim_token=None, next_attempt_at=None, last_error="resent at the operator's request"
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    )
+    apply_counter_deltas(session, mailshot_id, counter_deltas((S.UNKNOWN, S.TODO) for _ in range(n)))
+    if n and mailshot.status == MailshotStatus.END:
+        mailshot.status = MailshotStatus.PROCESSING
+        mailshot.ended_at = None
+        session.add(mailshot)
+    session.flush()
+    return n
+
+
+def unknown_recipients(session: Session, mailshot_id: int) -> list[str]:
+    return list(
+        session.exec(
+            select(Recipient.email)
+            .where(Recipient.mailshot_id == mailshot_id, col(Recipient.status) == S.UNKNOWN)
+            .order_by(col(Recipient.id))
+        ).all()
+    )

@@ -1,0 +1,265 @@
+"""The per-connection loops of one batch: hand claimed recipients over, one connection each.
+
+SMTP (:func:`_connection_loop`): one message at a time per connection, the next one's envelope
+pipelined with the current data.  ESP APIs (:func:`_batch_loop`): up to the transport's
+``batch_size`` messages per call.  Both start each message in the ledger before it leaves and record
+its result before the connection starts another (ledger.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from mailshot_core.content.message import HeaderError, OutgoingMessage, build_message
+from mailshot_core.content.render import TemplateError
+from mailshot_core.sending import claims
+from mailshot_core.sending.context import SendContext
+from mailshot_core.sending.ledger import Ledger, Outcome, Result
+from mailshot_core.sending.pacing import Pacer
+from mailshot_core.store.models import RecipientStatus
+from mailshot_core.transports.base import (
+    BatchConnection,
+    BatchTransport,
+    ConfigurationError,
+    Connection,
+    PermanentError,
+    SendResult,
+    TemporaryError,
+    Throttled,
+    Transport,
+    TransportError,
+    TransportUnavailable,
+    batch_size_of,
+)
+from mailshot_core.transports.parts import with_parts
+
+S = RecipientStatus
+# How long a connection pauses after a "slow down" reply, doubling up to the maximum, reset on success.
+CONNECTION_BACKOFF = (0.5, 30.0)
+
+
+Prepared = tuple[claims.ClaimedRecipient, OutgoingMessage]
+
+
+def _prepare_next(queue: asyncio.Queue[claims.ClaimedRecipient], ledger: Ledger, ctx: SendContext) -> Prepared | None:
+    """The next recipient of the queue with its message; None when the queue is empty.
+
+    A recipient whose message cannot be built (a template error at run time, a name unusable in a
+    header) is recorded as failed here and skipped.
+    """
+    while True:
+        try:
+            rcpt = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        who = ctx.personalise_claimed(rcpt)
+        try:
+            return rcpt, ctx.message_for(rcpt.id, rcpt.email, who)
+        except (TemplateError, HeaderError) as exc:
+            ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
+
+
+async def _connection_loop(
+    transport: Transport,
+    queue: asyncio.Queue[claims.ClaimedRecipient],
+    ledger: Ledger,
+    ctx: SendContext,
+    stop: asyncio.Event,
+    pacer: Pacer | None,
+) -> None:
+    """Send queued recipients over one connection until the queue is empty or ``stop`` is set.
+
+    The next message is prepared before the current one is handed over, so the transport may start it
+    early (SMTP pipelines its envelope with the current data).  Its content still goes out only after its
+    start is committed.  Not with a pace: its slot may be minutes away.
+    """
+    conn: Connection | None = None
+    backoff = 0.0
+    current: Prepared | None = None
+    upcoming: Prepared | None = None
+    try:
+        while not stop.is_set():
+            current, upcoming = upcoming or _prepare_next(queue, ledger, ctx), None
+            if current is None:
+                return
+            rcpt, msg = current
+            if conn is None:
+                conn = await transport.connect()
+            if pacer is not None:
+                await ledger.wait_until(await asyncio.to_thread(pacer.next_slot))
+            if not await ledger.start(rcpt.id):
+                await conn.withdraw()  # its envelope may be on the wire already
+                continue
+            current = None  # attempted from here on: no longer to give back
+            upcoming = None if pacer is not None else _prepare_next(queue, ledger, ctx)
+            try:
+                reply = await conn.send(msg, then=upcoming[1] if upcoming is not None else None)
+            except (TransportUnavailable, ConfigurationError) as exc:
+                # Reconnecting failed, or the relay refuses us: this message never left, no try consumed.
+                ledger.record(Outcome.of(rcpt, Result.DEFERRED, code=exc.code, text=exc.text))
+                raise
+            except Throttled as exc:
+                ledger.record(Outcome.of(rcpt, Result.THROTTLED, code=exc.code, text=exc.text))
+                backoff = min(backoff * 2, CONNECTION_BACKOFF[1]) if backoff else CONNECTION_BACKOFF[0]
+                if pacer is not None:
+                    pacer.slow_down()
+                await asyncio.sleep(backoff)
+            except TemporaryError as exc:
+                ledger.record(Outcome.of(rcpt, Result.TEMPORARY, code=exc.code, text=exc.text))
+            except PermanentError as exc:
+                ledger.record(
+                    Outcome.of(rcpt, Result.PERMANENT, code=exc.code, text=exc.text, policy_block=exc.is_policy_block)
+                )
+            else:
+                backoff = 0.0
+                ledger.record(
+                    Outcome.of(rcpt, Result.SENT, code=reply.code, text=reply.text, message_id=msg.message_id)
+                )
+    except BaseException:
+        stop.set()
+        # Not attempted: other connections may still send them; otherwise their claims are released.
+        for prepared in (current, upcoming):
+            if prepared is not None:
+                queue.put_nowait(prepared[0])
+        raise
+    finally:
+        if conn is not None:
+            await conn.close()
+
+
+# --- the batched path (ESP APIs) --------------------------------------------------------------------
+
+
+def _esp_message(ctx: SendContext, rcpt: claims.ClaimedRecipient) -> OutgoingMessage:
+    """The recipient's message as bytes *and* fields: rendered once by our sandbox for every transport."""
+    who = ctx.personalise_claimed(rcpt)
+    # Rendered once, kept as fields for the API and serialised by the plain builder (the MIME is only
+    # read back for its bulk headers, and used as is by SES): MessageBuilder's pre-encoded fast path
+    # gives bytes only.
+    content = ctx.builder.compiled.render(who)
+    msg = build_message(ctx.builder.env, rcpt.id, rcpt.email, who.nom, content, who.url_unsubscribe)
+    return with_parts(msg, ctx.builder.env, who.nom, content)
+
+
+def _reply_outcome(rcpt: claims.ClaimedRecipient, msg: OutgoingMessage, reply: SendResult | TransportError) -> Outcome:
+    """What one recipient's part of an API call means for its row."""
+    if isinstance(reply, SendResult):
+        # The provider's id when it gives one per recipient: its events quote it.
+        mid = reply.transport_id or msg.message_id
+        return Outcome.of(rcpt, Result.SENT, code=reply.code, text=reply.text, message_id=mid)
+    if isinstance(reply, Throttled):
+        return Outcome.of(rcpt, Result.THROTTLED, code=reply.code, text=reply.text)
+    if isinstance(reply, PermanentError):
+        return Outcome.of(rcpt, Result.PERMANENT, code=reply.code, text=reply.text, policy_block=reply.is_policy_block)
+    if isinstance(reply, ConfigurationError | TransportUnavailable):
+        return Outcome.of(rcpt, Result.DEFERRED, code=reply.code, text=reply.text)
+    return Outcome.of(rcpt, Result.TEMPORARY, code=reply.code, text=reply.text)
+
+
+async def _batch_loop(
+    transport: Transport,
+    queue: asyncio.Queue[claims.ClaimedRecipient],
+    ledger: Ledger,
+    ctx: SendContext,
+    stop: asyncio.Event,
+    pacer: Pacer | None,
+) -> None:
+    """One ESP connection: up to ``batch_size`` messages per API call.
+
+    All messages of a call become ``sending`` in one flush before the call (one ledger transaction),
+    so after a kill at most ``batch_size`` x connections rows are in doubt, instead of one per
+    connection on the SMTP path (docs/ARCHITECTURE.md).
+    """
+    size = batch_size_of(transport)
+    conn: BatchConnection | None = None
+    backoff = 0.0
+    try:
+        while not stop.is_set():
+            chunk: list[tuple[claims.ClaimedRecipient, OutgoingMessage]] = []
+            while len(chunk) < size:
+                try:
+                    rcpt = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                try:
+                    chunk.append((rcpt, _esp_message(ctx, rcpt)))
+                except (TemplateError, HeaderError) as exc:
+                    ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
+            if not chunk:
+                return
+            if conn is None:
+                try:
+                    conn = await cast(BatchTransport, transport).connect()
+                except BaseException:
+                    for rcpt, _ in chunk:
+                        queue.put_nowait(rcpt)  # not attempted: released with the rest
+                    raise
+            if pacer is not None:
+                slot = None
+                for _ in chunk:  # one paced slot per message: the cadence counts messages, not calls
+                    slot = await asyncio.to_thread(pacer.next_slot)
+                assert slot is not None
+                await ledger.wait_until(slot)
+            granted = await asyncio.gather(*(ledger.start(rcpt.id) for rcpt, _ in chunk))
+            chunk = [item for item, ok in zip(chunk, granted, strict=True) if ok]
+            if not chunk:
+                continue
+            try:
+                replies = await conn.send_many([msg for _, msg in chunk])
+            except (TransportUnavailable, ConfigurationError) as exc:
+                for rcpt, _ in chunk:  # the call never reached the provider, or it refuses us
+                    ledger.record(Outcome.of(rcpt, Result.DEFERRED, code=exc.code, text=exc.text))
+                raise
+            except Throttled as exc:
+                for rcpt, _ in chunk:
+                    ledger.record(Outcome.of(rcpt, Result.THROTTLED, code=exc.code, text=exc.text))
+                backoff = min(backoff * 2, CONNECTION_BACKOFF[1]) if backoff else CONNECTION_BACKOFF[0]
+                if pacer is not None:
+                    pacer.slow_down()
+                await asyncio.sleep(max(backoff, min(exc.retry_after or 0.0, CONNECTION_BACKOFF[1])))
+                continue
+            except TemporaryError as exc:
+                for rcpt, _ in chunk:
+                    ledger.record(Outcome.of(rcpt, Result.TEMPORARY, code=exc.code, text=exc.text))
+                continue
+            backoff = 0.0
+            refused: ConfigurationError | None = None
+            for (rcpt, msg), reply in zip(chunk, replies, strict=True):
+                ledger.record(_reply_outcome(rcpt, msg, reply))
+                if isinstance(reply, ConfigurationError):
+                    refused = refused or reply
+            if refused is not None:
+                raise refused
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if conn is not None:
+            await conn.close()
+
+
+async def send_claimed(
+    transport: Transport,
+    claimed: list[claims.ClaimedRecipient],
+    ledger: Ledger,
+    ctx: SendContext,
+    pacer: Pacer | None = None,
+) -> None:
+    queue: asyncio.Queue[claims.ClaimedRecipient] = asyncio.Queue()
+    for rcpt in claimed:
+        queue.put_nowait(rcpt)
+    stop = asyncio.Event()
+    width = max(1, min(transport.parallelism, len(claimed)))
+    # ESP transports take many messages per call: their own loop (see _batch_loop).
+    loop = _batch_loop if batch_size_of(transport) > 1 else _connection_loop
+    results = await asyncio.gather(
+        *(loop(transport, queue, ledger, ctx, stop, pacer) for _ in range(width)),
+        return_exceptions=True,
+    )
+    await ledger.close()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    # A configuration error explains more than the disconnects it caused in sibling connections.
+    errors.sort(key=lambda e: 0 if isinstance(e, ConfigurationError) else 1)
+    if errors:
+        raise errors[0]
