@@ -55,7 +55,7 @@ test: $(STAMP) system-deps lint typecheck
 # The follow-up pages' screenshots (the browser tests write them to artifacts/screenshots/), copied to
 # docs/screenshots/ where reviewers see them.
 screenshots: $(STAMP) system-deps
-	$(BIN)/pytest -q -p no:cacheprovider tests/test_pages_browser.py
+	$(BIN)/pytest -q -p no:cacheprovider tests/web/test_pages_browser.py
 	mkdir -p docs/screenshots
 	cp artifacts/screenshots/*.png docs/screenshots/
 

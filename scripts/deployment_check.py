@@ -7,7 +7,7 @@ sending with the CLI, then runs
 
 and checks that every recipient received the message.  Everything runs on
 loopback in a temporary directory and is stopped at the end.  Used by
-tests/test_deployment.py; run it by hand with `.venv/bin/python scripts/deployment_check.py`.
+tests/flows/test_deployment.py; run it by hand with `.venv/bin/python scripts/deployment_check.py`.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ then, as an operator would:
    described field per parameter and that the server refuses a form without `lists`;
 and checks that both sendings end with every recipient served exactly once by the relay, that
 dispatch runs were created by the schedule (``auto_scheduled``), and that `purge-stats/daily`
-carries its daily cron (its run is tested in tests/test_dispatch.py: running it here too would
+carries its daily cron (its run is tested in tests/sending/test_dispatch.py: running it here too would
 only add a process start on a busy 2-core machine).
-Used by tests/test_schedules.py; run it by hand with `.venv/bin/python scripts/schedule_check.py
+Used by tests/flows/test_schedules.py; run it by hand with `.venv/bin/python scripts/schedule_check.py
 [postgresql+asyncpg://user@host/db]` (Prefect's server on SQLite when no URL is given).
 """
 

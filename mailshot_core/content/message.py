@@ -320,7 +320,7 @@ def build_message(
 
     Built by hand rather than through ``EmailMessage``: the stdlib's header registry and generator
     cost ~3 ms per message (profiled), more than the SMTP exchange itself, while this costs tens of
-    microseconds.  tests/test_message.py parses the output with the stdlib parser to prove it is a
+    microseconds.  tests/content/test_message.py parses the output with the stdlib parser to prove it is a
     well-formed message with the same headers.
     """
     head, mid = _head(env, recipient_id, to_email, to_name, content.subject, url_unsubscribe, test)
@@ -359,7 +359,7 @@ class MessageBuilder:
     SMTP exchange (bench/RESULTS.md).  When the templates are only text and ``{{ variable }}`` slots
     (:class:`render.Skeleton`), each static piece is encoded here once, and a message costs the
     encoding of its few personal values plus a join.  Other templates go through Jinja2 and
-    :func:`build_message`.  Both give the same decoded message (tests/test_message.py).
+    :func:`build_message`.  Both give the same decoded message (tests/content/test_message.py).
     """
 
     def __init__(self, env: Envelope, compiled: CompiledMailshot) -> None:

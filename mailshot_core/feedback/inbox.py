@@ -285,7 +285,7 @@ def apply_pending(
             report.unsubscribed += fail_rule.check_addresses(session, failed, max_fail)
         if done:
             # Guarded by `applied_at IS NULL`: the row count is what *this* run applied, so the sum over
-            # all runs equals the number of events, never more (tests/test_feedback_load.py).
+            # all runs equals the number of events, never more (tests/feedback/test_feedback_load.py).
             result = session.execute(
                 update(_events).where(_events.c.id.in_(done), _events.c.applied_at.is_(None)).values(applied_at=now)
             )

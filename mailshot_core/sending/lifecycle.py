@@ -40,7 +40,7 @@ def start_sending(
         # Locked first: two runs starting together (the dispatcher and an operator's `send`, fast-mode
         # workers) must not both see `materialised` false.  The second used to materialise again,
         # waiting on rows the first run's workers were updating while holding the sending's row those
-        # workers needed for their counters: a deadlock on PostgreSQL (tests/test_workers.py, under load).
+        # workers needed for their counters: a deadlock on PostgreSQL (tests/sending/test_workers.py, under load).
         mailshot = sendings.get(session, mailshot_id, lock=True)
         if mailshot.status == MailshotStatus.INIT:
             if mailshot.start_at is not None and mailshot.start_at > now:

@@ -11,7 +11,7 @@ Status machine (DESIGN §2)::
 
 Counters are derived from the recipient rows: :func:`recount` is the truth, and
 every write that moves recipients between statuses moves the counters in the same
-transaction (:func:`apply_counter_deltas`), so they never drift (tests/test_counters.py).
+transaction (:func:`apply_counter_deltas`), so they never drift (the tests compare them with a recount after every scenario).
 """
 
 from __future__ import annotations

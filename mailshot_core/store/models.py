@@ -3,7 +3,7 @@
 Prefect keeps orchestration history; every guarantee (no duplicate, nothing lost,
 counters equal to a recount) is enforced here.  Schema changes go through Alembic
 (``mailshot_core/migrations``); these classes and the latest migration must agree,
-which ``tests/test_migrations.py`` checks.
+which ``tests/store/test_migrations.py`` checks.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Mailshot(SQLModel, table=True):
     status_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     materialised: bool = False
 
-    # Counters: always equal to mailshots.recount() until archive (tests/test_counters.py).
+    # Counters: always equal to sendings.recount() until archive (the tests compare them after every scenario).
     total: int = 0
     current: int = 0
     sent: int = 0
