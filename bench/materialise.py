@@ -64,7 +64,9 @@ def main() -> int:
     print(f"setup: {args.count:,} subscribers in {time.perf_counter() - started:.1f} s", flush=True)
     with session_scope(engine) as session:
         m = sendings.create(
-            session, settings, sendings.NewMailshot(subject="Hi", html="<p>Hi {{ nom }}</p>", lists=("big",))
+            session,
+            settings,
+            sendings.NewMailshot(subject="Hi", html="<p>Hi {{ nom }}</p>", lists=("big",), send_now=True),
         )
         mid = m.id
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -53,6 +53,7 @@ def create_and_send(
         from_email=from_email,
         rate_per_day=rate_per_day,
         track=track,
+        send_now=True,  # the form's meaning: send now, or at start_at
     )
     with session_scope(engine) as session:
         mailshot = sendings.create(session, settings, spec)

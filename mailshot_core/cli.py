@@ -28,6 +28,7 @@ from mailshot_core.config import ConfigError, Settings, get_settings
 from mailshot_core.errors import InvalidInput, MailshotError
 from mailshot_core.sending import claims, sendings
 from mailshot_core.store.db import get_engine, session_scope
+from mailshot_core.store.models import MailshotStatus
 
 app = typer.Typer(
     name="mailshot",
@@ -207,8 +208,12 @@ def create(
             "--track/--no-track", help="Open pixel and click redirects in the HTML (default: MAILSHOT_TRACKING)."
         ),
     ] = None,
+    send_now: Annotated[
+        bool, typer.Option("--send", help="Start it at once (the dispatcher sends it) instead of leaving a draft.")
+    ] = False,
 ) -> None:
-    """Create a sending; prints its id alone on the last line."""
+    """Create a sending: a draft (test it, then `mailshot send ID`), or scheduled with --start-at, or started
+    with --send.  Prints its id alone on the last line."""
     settings = _settings()
     spec = sendings.NewMailshot(
         subject=subject,
@@ -223,10 +228,15 @@ def create(
         rate_per_hour=rate_per_hour,
         rate_per_minute=rate_per_minute,
         track=track,
+        send_now=send_now,
     )
     with _session() as session:
         m = sendings.create(session, settings, spec)
         err.print(f"sending {m.id} created ({m.status}) for lists {m.lists}")
+        if m.status == MailshotStatus.DRAFT:
+            err.print(
+                f"a draft: nothing sends it until `mailshot send {m.id}` (try `mailshot test {m.id} ADDRESS` first)"
+            )
         out.print(str(m.id))
 
 

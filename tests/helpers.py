@@ -32,6 +32,8 @@ def seed(engine: Engine, tmp: Path, n: int, list_name: str = "news", domain: str
 
 
 def create(engine: Engine, settings: Settings, lists: tuple[str, ...] = ("news",), **kw: object) -> int:
+    """A sending in progress (``send_now``), or scheduled with ``start_at``; ``send_now=False``: a draft."""
+    kw.setdefault("send_now", True)
     spec = sendings.NewMailshot(
         subject=str(kw.pop("subject", "Hello {{ nom }}")),
         html=str(kw.pop("html", HTML)),

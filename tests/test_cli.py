@@ -60,7 +60,7 @@ def seeded(cli, tmp_path: Path):  # type: ignore[no-untyped-def]
     (tmp_path / "ok.csv").write_text("email,nom\nann@example.org,Ann\nbob@example.org,Bob\n")
     assert cli("subscribers", "import", str(tmp_path / "ok.csv"), "--list", "news")[0] == 0
     (tmp_path / "body.html").write_text("<p>Hello {{ nom }}</p>")
-    code, out, _ = cli("create", "--subject", "Hi", "--html", str(tmp_path / "body.html"), "--list", "news")
+    code, out, _ = cli("create", "--subject", "Hi", "--html", str(tmp_path / "body.html"), "--list", "news", "--send")
     assert code == 0 and out.strip().splitlines()[-1] == "1"
     return cli
 
@@ -72,7 +72,18 @@ def test_create_prints_the_id_alone_on_the_last_line(seeded, tmp_path: Path) -> 
     code, out, _ = seeded("status", "2", "--json")
     data = json.loads(out)
     assert {"id", "status", "total", "current", "sent", "failed"} <= set(data)
-    assert data["id"] == 2 and data["status"] == "processing"
+    assert data["id"] == 2 and data["status"] == "draft"
+
+
+def test_a_draft_waits_for_send_and_test_messages_work_on_it(seeded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A sending created without a start instruction is a draft: `--send` starts it, `--start-at` schedules it."""
+    body = str(tmp_path / "body.html")
+    _, out, err = seeded("create", "--subject", "Now", "--html", body, "--list", "news", "--send")
+    assert json.loads(seeded("status", out.strip().splitlines()[-1], "--json")[1])["status"] == "processing"
+    _, out, _ = seeded("create", "--subject", "Later", "--html", body, "--list", "news", "--start-at", "2999-01-01T08:00")
+    assert json.loads(seeded("status", out.strip().splitlines()[-1], "--json")[1])["status"] == "init"
+    _, _, err = seeded("create", "--subject", "Draft", "--html", body, "--list", "news")
+    assert "a draft" in err and "mailshot send" in err
 
 
 BAD_INPUTS = [

@@ -42,6 +42,8 @@ def start_sending(
         # waiting on rows the first run's workers were updating while holding the sending's row those
         # workers needed for their counters: a deadlock on PostgreSQL (tests/sending/test_workers.py, under load).
         mailshot = sendings.get(session, mailshot_id, lock=True)
+        if mailshot.status == MailshotStatus.DRAFT:  # a run of a draft is the operator saying "send"
+            sendings.send_now(session, mailshot_id, now)
         if mailshot.status == MailshotStatus.INIT:
             if mailshot.start_at is not None and mailshot.start_at > now:
                 raise InvalidState(

@@ -2,12 +2,16 @@
 
 Status machine (DESIGN §2)::
 
-    init ──start──> processing ──(no todo left)──> end ──> archive
-                     │  ^
-               pause │  │ resume
-                     v  │
-                     pause
-    init/processing/pause ──cancel──> cancel (pending recipients -> kill) ──> archive
+    draft ──schedule──> init ──start──> processing ──(no todo left)──> end ──> archive
+      └──────────────send now──────────────┘ │  ^
+                                       pause │  │ resume
+                                             v  │
+                                             pause
+    draft/init/processing/pause ──cancel──> cancel (pending recipients -> kill) ──> archive
+
+A new sending is a draft unless it is told when to start: nothing (the dispatcher included) starts
+a draft; test messages work on it; the operator sends it (`mailshot send`, a send-mailshot run, the
+pages) or schedules it.
 
 Counters are derived from the recipient rows: :func:`recount` is the truth, and
 every write that moves recipients between statuses moves the counters in the same
@@ -134,10 +138,12 @@ class NewMailshot:
     rate_per_hour: int | None = None
     rate_per_minute: int | None = None
     track: bool | None = None  # our open pixel and click redirects; None: as MAILSHOT_TRACKING says
+    send_now: bool = False  # start at once (``processing``) instead of a draft; ignored with start_at
 
 
 def create(session: Session, settings: Settings, spec: NewMailshot, now: datetime | None = None) -> Mailshot:
-    """Validate everything a sending needs, then store it (``init`` if scheduled, else ``processing``)."""
+    """Validate everything a sending needs, then store it: ``init`` if scheduled (``start_at``),
+    ``processing`` with ``send_now``, else a ``draft``."""
 
     now = now or utcnow()
     if not spec.lists:
@@ -171,6 +177,12 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
     if start_at is not None:
         start_at = _to_utc(start_at)
     scheduled = start_at is not None and start_at > now
+    if scheduled:
+        status = MailshotStatus.INIT
+    elif spec.send_now or start_at is not None:  # a start time already past: start now
+        status = MailshotStatus.PROCESSING
+    else:
+        status = MailshotStatus.DRAFT
     mailshot = Mailshot(
         subject=subject,
         html=html,
@@ -183,8 +195,8 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
         rate_per_hour=spec.rate_per_hour,
         rate_per_minute=spec.rate_per_minute,
         track=spec.track if spec.track is not None else tracked_links.tracks(settings, transport),
-        status=MailshotStatus.INIT if scheduled else MailshotStatus.PROCESSING,
-        start_at=start_at if scheduled else now,
+        status=status,
+        start_at=start_at if scheduled else (now if status == MailshotStatus.PROCESSING else None),
         created_at=now,
         updated_at=now,
     )
@@ -225,7 +237,8 @@ def list_identifiers(mailshot: Mailshot) -> list[str]:
 # --- status machine ---------------------------------------------------------------------------------
 
 _TRANSITIONS: dict[str, set[str]] = {
-    MailshotStatus.INIT: {MailshotStatus.PROCESSING, MailshotStatus.CANCEL, MailshotStatus.PAUSE},
+    MailshotStatus.DRAFT: {MailshotStatus.INIT, MailshotStatus.PROCESSING, MailshotStatus.CANCEL},
+    MailshotStatus.INIT: {MailshotStatus.DRAFT, MailshotStatus.PROCESSING, MailshotStatus.CANCEL, MailshotStatus.PAUSE},
     MailshotStatus.PROCESSING: {MailshotStatus.PAUSE, MailshotStatus.CANCEL, MailshotStatus.END},
     MailshotStatus.PAUSE: {MailshotStatus.PROCESSING, MailshotStatus.CANCEL},
     MailshotStatus.END: {MailshotStatus.ARCHIVE},
@@ -249,6 +262,36 @@ def set_status(session: Session, mailshot: Mailshot, new: MailshotStatus, reason
         mailshot.ended_at = now
     session.add(mailshot)
     session.flush()
+
+
+def send_now(session: Session, mailshot_id: int, now: datetime | None = None) -> Mailshot:
+    """The operator says send: a draft or a scheduled sending starts now (a paused one is resumed:
+    ``resume``).  Idempotent on a sending already in progress."""
+    mailshot = get(session, mailshot_id, lock=True)
+    if mailshot.status == MailshotStatus.PROCESSING:
+        return mailshot
+    if mailshot.status not in (MailshotStatus.DRAFT, MailshotStatus.INIT):
+        hint = f" (mailshot resume {mailshot_id})" if mailshot.status == MailshotStatus.PAUSE else ""
+        raise InvalidState(f"sending {mailshot_id} is '{mailshot.status}': it cannot be sent now{hint}")
+    mailshot.start_at = now or utcnow()
+    set_status(session, mailshot, MailshotStatus.PROCESSING)
+    return mailshot
+
+
+def schedule(session: Session, mailshot_id: int, start_at: datetime, now: datetime | None = None) -> Mailshot:
+    """A draft (or a scheduled sending) starts at ``start_at``; a time already past means now."""
+    mailshot = get(session, mailshot_id, lock=True)
+    if mailshot.status not in (MailshotStatus.DRAFT, MailshotStatus.INIT):
+        raise InvalidState(
+            f"sending {mailshot_id} is '{mailshot.status}': only a draft or a scheduled one can be scheduled"
+        )
+    when = _to_utc(start_at)
+    if when <= (now or utcnow()):
+        return send_now(session, mailshot_id, now)
+    mailshot.start_at = when
+    set_status(session, mailshot, MailshotStatus.INIT)
+    session.add(mailshot)
+    return mailshot
 
 
 def pause(session: Session, mailshot_id: int, reason: str = "paused by the operator") -> Mailshot:

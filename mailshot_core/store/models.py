@@ -32,6 +32,7 @@ class SubscriptionStatus(StrEnum):
 
 
 class MailshotStatus(StrEnum):
+    DRAFT = "draft"  # created, nothing starts it until the operator says send (or schedules it)
     INIT = "init"  # scheduled, waiting for start_at
     PROCESSING = "processing"
     PAUSE = "pause"
