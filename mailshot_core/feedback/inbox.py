@@ -52,6 +52,7 @@ class StoreReport:
     stored: int
     duplicates: int
     ignored: int  # not about a sending of this site
+    ids: tuple[int, ...] = ()  # the rows stored (new events only): what the web app applies on arrival
 
 
 def _insert_ignore(dialect: str) -> Any:
@@ -98,7 +99,7 @@ def _store(engine: Engine, events: list[IncomingEvent], now: datetime | None) ->
             stmt = _insert_ignore(conn.dialect.name).returning(_events.c.id)
             ids = [row[0] for row in conn.execute(stmt, list(rows.values())).all()]
     ignored = sum(1 for e in events if e.mailshot_id not in known)
-    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored), ids
+    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored, tuple(ids)), ids
 
 
 # --- 2. apply -----------------------------------------------------------------------------------------

@@ -7,10 +7,13 @@ like every other entry point.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings, get_settings
+from mailshot_core.feedback.applier import Applier
 from mailshot_core.store.db import get_engine
 from mailshot_core.web import links, pages, webhooks
 from mailshot_core.web.auth import Fetch, SnsVerifier, https_get
@@ -18,14 +21,19 @@ from mailshot_core.web.context import WebContext
 
 
 def create_app(
-    settings: Settings | None = None, *, engine: Engine | None = None, fetch: Fetch | None = None
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    fetch: Fetch | None = None,
+    start_run: Callable[[int], object] | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     engine = engine or get_engine(settings.database_url)
     fetch = fetch or https_get
     topics = {arn.strip() for arn in settings.ses_topic_arns.split(",") if arn.strip()}
     app = FastAPI(title="Mailshot", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch), fetch)
+    applier = Applier(engine, max_fail=settings.max_fail)
+    app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch), fetch, applier, start_run)
     app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(pages.router)

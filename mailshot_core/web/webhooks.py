@@ -6,8 +6,9 @@
   "test-webhook", SparkPost's ``[{"msys": {}}]``), which gets 200 so that set-up succeeds.
 - Authenticated but not the provider's documented format -> 400 with the reason (which event, which
   field).
-- Otherwise the events are stored (deduplicated) and applied later by ``apply-feedback``: the
-  providers' timeouts are short (SparkPost 10 s) and their retries can last hours.
+- Otherwise the events are stored (deduplicated) and answered at once: the providers' timeouts are
+  short (SparkPost 10 s) and their retries can last hours.  A background thread then applies them
+  (feedback/applier.py); the hourly ``apply-feedback`` sweep applies anything left.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ async def receive(provider: str, request: Request) -> Response:
         log.warning("webhook %s: malformed (400): %s", provider, exc)
         return JSONResponse({"error": str(exc)}, status_code=400)
     report = await run_in_threadpool(inbox.store, ctx.engine, events)
+    ctx.applier.submit(report.ids)  # applied on arrival, in the background (feedback/applier.py)
     return JSONResponse(
         {
             "received": report.received,

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from mailshot_core.config import Settings
+from mailshot_core.feedback.applier import Applier
 from mailshot_core.transports.http import NODELAY
 from mailshot_core.web.app import create_app
 from mailshot_core.web.auth import mandrill_signature, sns_string_to_sign
@@ -91,6 +92,7 @@ class WebServer:
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         app = create_app(settings, fetch=signer.fetch if signer is not None else None)
+        self.applier: Applier = app.state.mailshot.applier
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.client = httpx.Client(base_url=self.url, timeout=30, transport=httpx.HTTPTransport(socket_options=NODELAY))
@@ -102,6 +104,10 @@ class WebServer:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
         return self
+
+    def settle(self) -> None:
+        """Wait until the events posted so far went through the app's on-arrival applier."""
+        assert self.applier.wait_idle(60), "the feedback applier did not finish"
 
     def __exit__(self, *exc: object) -> None:
         self.client.close()
