@@ -57,7 +57,7 @@ def deployments() -> list[Any]:
         # keeps a burst of manual runs from crowding the machine.
         send_mailshot.to_deployment(
             name="now",
-            description="Send a newsletter to its lists now (a draft or scheduled one too; resumable: re-run to continue).",
+            description="Send a newsletter to its lists now (a draft or scheduled one too; resumable, re-run to continue).",
             tags=["mailshot"],
             concurrency_limit=4,
         ),

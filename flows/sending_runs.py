@@ -148,7 +148,7 @@ def ensure_run(
             scheduled_time=wanted,
             timeout=0,
             as_subflow=False,
-            tags=[tag(mailshot_id)],
+            tags=["mailshot", tag(mailshot_id)],  # the deployment's tag is not inherited by the run
         )
     except BaseException:
         with session_scope(engine) as session:

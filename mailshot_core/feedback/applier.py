@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 from sqlalchemy.engine import Engine
 
-from mailshot_core.feedback.inbox import apply_pending
+from mailshot_core.feedback.inbox import ApplyReport, apply_pending
 
 log = logging.getLogger("mailshot.feedback.applier")
 
@@ -39,8 +39,10 @@ class Applier:
         max_fail: int | None,
         retry_after: tuple[float, ...] = RETRY_AFTER,
         clock: Callable[[], float] = time.monotonic,
+        apply: Callable[..., ApplyReport] = apply_pending,  # tests wrap it to act between two attempts
     ) -> None:
         self._engine = engine
+        self._apply = apply
         self._max_fail = max_fail
         self._retry_after = retry_after
         self._clock = clock
@@ -91,7 +93,7 @@ class Applier:
             try:
                 for start in range(0, len(ids), CHUNK):
                     chunk = ids[start : start + CHUNK]
-                    report = apply_pending(self._engine, ids=chunk, limit=len(chunk), max_fail=self._max_fail)
+                    report = self._apply(self._engine, ids=chunk, limit=len(chunk), max_fail=self._max_fail)
                     applied += report.applied
                     log.debug("applied %s of %s event(s) on arrival", report.applied, len(chunk))
                     if report.deferred:

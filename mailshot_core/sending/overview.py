@@ -35,8 +35,8 @@ def accepted_percent(mailshot: Mailshot) -> str:
 
 
 def _cell(text: str) -> str:
-    """Markdown table cell: a `|` or a line break in a subject would cut the row."""
-    return " ".join(text.replace("|", "\\|").split())
+    """Markdown table cell: a `|` in a subject would cut the row (line breaks are refused at creation)."""
+    return text.replace("|", "\\|")
 
 
 def sendings_table(session: Session, base_url: str | None, limit: int = ROWS) -> list[dict[str, str]]:
