@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -88,10 +89,16 @@ class SnsSigner:
 class WebServer:
     """``create_app(settings)`` under uvicorn in a thread, as ``mailshot web`` runs it."""
 
-    def __init__(self, settings: Settings, sock: socket.socket, signer: SnsSigner | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sock: socket.socket,
+        signer: SnsSigner | None = None,
+        start_run: Callable[[int], object] | None = None,
+    ) -> None:
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        app = create_app(settings, fetch=signer.fetch if signer is not None else None)
+        app = create_app(settings, fetch=signer.fetch if signer is not None else None, start_run=start_run)
         self.applier: Applier = app.state.mailshot.applier
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
