@@ -3,7 +3,7 @@
 Starts a real `prefect server start`, a local relay, `mailshot serve`, creates a
 sending with the CLI, then runs
 
-    prefect deployment run 'send-mailshot/default' --param mailshot_id=N --watch
+    prefect deployment run 'send-mailshot/now' --param mailshot_id=N --watch
 
 and checks that every recipient received the message.  Everything runs on
 loopback in a temporary directory and is stopped at the end.  Used by
@@ -107,13 +107,13 @@ def main() -> int:
             if time.monotonic() > deadline:
                 raise TimeoutError("mailshot serve did not register its deployments")
             time.sleep(1)
-        print(f"running: prefect deployment run 'send-mailshot/default' --param mailshot_id={mid} --watch")
+        print(f"running: prefect deployment run 'send-mailshot/now' --param mailshot_id={mid} --watch")
         run(
             [
                 str(BIN / "prefect"),
                 "deployment",
                 "run",
-                "send-mailshot/default",
+                "send-mailshot/now",
                 "--param",
                 f"mailshot_id={mid}",
                 "--watch",
