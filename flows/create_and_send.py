@@ -3,10 +3,12 @@ first, then start it now or schedule it (its `send-mailshot/now` run is created 
 time: flows/sending_runs.py).
 
 How Prefect 3.9.1's UI renders these parameters (checked in its bundle and in Chromium,
-scripts/prefect_screenshots.py): a ``str`` is a ``<textarea>`` (Enter makes a new line, so the
-HTML can be pasted as it is; ``format: json-string`` would be a JSON editor, wrong for HTML), a
-``Literal`` a drop-down list, ``list[str]`` one input per item with an "add" button, ``datetime`` a
-date and time picker.
+scripts/prefect_screenshots.py): a ``str`` is a ``<textarea>`` (one line high, resizable; Enter makes
+a new line, so the HTML can be pasted as it is; ``format: json-string`` would be a JSON editor, wrong
+for HTML), a ``Literal`` a drop-down list, ``list[str]`` one input per item with an "Add item"
+button, ``datetime`` a date and time picker.  An optional parameter (``X | None``) is drawn as a
+toggle between its type and "None" that must be clicked first, so the optional texts and numbers are
+plain types whose empty value (``""``, ``0``) means "the default"; only ``start_at`` stays optional.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mailshot_core.store.models import MailshotStatus
 # The transports of mailshot_core.transports.AVAILABLE (a test keeps them equal), as a Literal so the
 # run form shows a drop-down list; "default" is MAILSHOT_TRANSPORT of the machine that runs the flow.
 TransportChoice = Literal["default", "smtp", "mailjet", "sparkpost", "mandrill", "brevo", "ses"]
+TrackChoice = Literal["default", "on", "off"]
 
 
 @flow(name="create-and-send", flow_run_name="create-and-send: {subject}", log_prints=False)
@@ -36,33 +39,33 @@ def create_and_send(
     subject: str,
     html: str,
     lists: list[str],
-    text: str | None = None,
+    text: str = "",
     start_at: datetime | None = None,
-    test_address: str | None = None,
+    test_address: str = "",
     transport: TransportChoice = "default",
-    from_name: str | None = None,
-    from_email: str | None = None,
-    rate_per_day: int | None = None,
-    rate_per_hour: int | None = None,
-    rate_per_minute: int | None = None,
-    track: bool | None = None,
+    from_name: str = "",
+    from_email: str = "",
+    rate_per_day: int = 0,
+    rate_per_hour: int = 0,
+    rate_per_minute: int = 0,
+    track: TrackChoice = "default",
 ) -> dict[str, Any]:
     """Create a sending and send it now, or at START_AT; with TEST_ADDRESS, a [TEST] message goes there first.
 
     Args:
         subject: Subject line; a template ({{ nom }}, {{ email }} ...).
         html: HTML body; a template, pasted as it is (several lines are fine). A plain-text part is generated from it unless TEXT is given.
-        lists: Identifiers of the lists to send to (mailshot lists list); one per line.
-        text: Plain-text body (default: generated from the HTML).
-        start_at: When to start (UTC when no offset). Empty: now.
-        test_address: Send a [TEST] message to this address first; the sending starts only if it went out (else it stays a draft).
+        lists: Identifiers of the lists to send to (mailshot lists list); Add item for each.
+        text: Plain-text body. Empty: generated from the HTML.
+        start_at: When to start (UTC when no offset). None: now.
+        test_address: Send a [TEST] message to this address first; the sending starts only if it went out (else it stays a draft). Empty: no test.
         transport: How the messages leave; default: MAILSHOT_TRANSPORT.
-        from_name: Sender name (default MAILSHOT_FROM_NAME).
-        from_email: Sender address (default MAILSHOT_FROM_EMAIL).
-        rate_per_day: Messages per day, spread evenly (default MAILSHOT_RATE_PER_DAY).
-        rate_per_hour: At most this many messages per hour (default MAILSHOT_RATE_PER_HOUR).
-        rate_per_minute: At most this many messages per minute (default MAILSHOT_RATE_PER_MINUTE).
-        track: Open pixel and click redirects in the HTML (default: as MAILSHOT_TRACKING says).
+        from_name: Sender name. Empty: MAILSHOT_FROM_NAME.
+        from_email: Sender address. Empty: MAILSHOT_FROM_EMAIL.
+        rate_per_day: Messages per day, spread evenly. 0: MAILSHOT_RATE_PER_DAY.
+        rate_per_hour: At most this many messages per hour. 0: MAILSHOT_RATE_PER_HOUR.
+        rate_per_minute: At most this many messages per minute. 0: MAILSHOT_RATE_PER_MINUTE.
+        track: Open pixel and click redirects in the HTML; default: as MAILSHOT_TRACKING says.
     """
     logger = get_run_logger()
     settings = get_settings()
@@ -70,17 +73,17 @@ def create_and_send(
     spec = sendings.NewMailshot(
         subject=subject,
         html=html,
-        text=text,
+        text=text or None,
         lists=tuple(lists),
         # With a test address: a draft until the test went out, so nothing starts it before.
         start_at=None if test_address else start_at,
         transport=None if transport == "default" else transport,
-        from_name=from_name,
-        from_email=from_email,
-        rate_per_day=rate_per_day,
-        rate_per_hour=rate_per_hour,
-        rate_per_minute=rate_per_minute,
-        track=track,
+        from_name=from_name or None,
+        from_email=from_email or None,
+        rate_per_day=rate_per_day or None,
+        rate_per_hour=rate_per_hour or None,
+        rate_per_minute=rate_per_minute or None,
+        track=None if track == "default" else track == "on",
         send_now=not test_address,  # the form's meaning: send now, or at start_at
     )
     with session_scope(engine) as session:

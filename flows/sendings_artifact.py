@@ -21,7 +21,7 @@ from mailshot_core.sending.overview import ROWS, sendings_table
 from mailshot_core.store.models import utcnow
 
 KEY = "mailshot-sendings"
-EMPTY = [{"id": "-", "subject": "no sending yet: create one with create-and-send/form or `mailshot create`"}]
+EMPTY = [{"id": "—", "subject": "no sending yet: create one with create-and-send/form or `mailshot create`"}]
 
 
 def _latest_table() -> Any:
@@ -50,7 +50,7 @@ def publish_sendings(engine: Engine, settings: Settings) -> bool:
         key=KEY,
         table=table,
         description=(
-            f"The {ROWS} most recent sendings, newest first (as of {utcnow():%Y-%m-%d %H:%M} UTC). "
+            f"The {ROWS} most recent sendings, newest first, times in UTC (as of {utcnow():%Y-%m-%d %H:%M}). "
             "Use an id in control-mailshot/by-id (send, pause, resume, cancel) or send-test/to-address."
         ),
     )

@@ -27,10 +27,14 @@ LABELS = {
 }
 
 
+# Prefect renders each cell as markdown: a lone "-" would become a bullet.
+NOTHING = "—"
+
+
 def accepted_percent(mailshot: Mailshot) -> str:
     """Messages the transport accepted (``sent``, which includes those opened, bounced later...) of the total."""
     if not mailshot.total:
-        return "-"
+        return NOTHING
     return f"{100.0 * mailshot.sent / mailshot.total:.1f} %"
 
 
@@ -40,7 +44,7 @@ def _cell(text: str) -> str:
 
 
 def sendings_table(session: Session, base_url: str | None, limit: int = ROWS) -> list[dict[str, str]]:
-    """The ``limit`` most recent sendings, newest first: id, subject, status, progress, lists, dates,
+    """The ``limit`` most recent sendings, newest first: id, subject, status, progress, lists, dates (UTC),
     and a markdown link to the follow-up page when ``base_url`` (MAILSHOT_BASE_URL) is given."""
     rows = session.exec(
         select(Mailshot)
@@ -56,12 +60,12 @@ def sendings_table(session: Session, base_url: str | None, limit: int = ROWS) ->
             "subject": _cell(m.subject[:80]),
             "status": LABELS.get(MailshotStatus(m.status), m.status),
             "progress": accepted_percent(m),
-            "recipients": str(m.total) if m.total else "-",
+            "recipients": str(m.total) if m.total else NOTHING,
             "lists": ", ".join(list_identifiers(m)),
-            "created": f"{m.created_at:%Y-%m-%d %H:%M} UTC",
-            "start": f"{when:%Y-%m-%d %H:%M} UTC" if when else "-",
+            "created": f"{m.created_at:%Y-%m-%d %H:%M}",
+            "start": f"{when:%Y-%m-%d %H:%M}" if when else NOTHING,
         }
-        if base_url:
-            row["page"] = f"[sending {m.id}]({base_url.rstrip('/')}/admin/sendings/{m.id})"
+        if base_url:  # the column must stay narrow: the UI gives the table the page's width, no more
+            row["page"] = f"[open]({base_url.rstrip('/')}/admin/sendings/{m.id})"
         table.append(row)
     return table

@@ -78,8 +78,9 @@ def test_upcoming_lists_scheduled_sendings_not_yet_due(sqlite_url: str, tmp_path
 
 
 def test_sendings_table_rows(sqlite_url: str, tmp_path: Path) -> None:
-    """Newest first: id, subject (a `|` cannot cut the markdown row), status in words, % accepted, lists,
-    dates, and the follow-up page's link only when a base URL is given."""
+    """Newest first: id, subject (a `|` cannot cut the markdown row), status in words, % accepted (a dash,
+    not "-" which markdown makes a bullet), lists, dates, and the follow-up page's link only when a base
+    URL is given."""
     settings = make_settings(sqlite_url)
     engine = engine_for(settings)
     seed(engine, tmp_path, 4)
@@ -93,9 +94,9 @@ def test_sendings_table_rows(sqlite_url: str, tmp_path: Path) -> None:
         rows = overview.sendings_table(session, "https://news.example.org/")
         bare = overview.sendings_table(session, None, limit=1)
     assert [r["id"] for r in rows] == [str(draft), str(first)]
-    assert rows[0]["status"] == "draft" and rows[0]["progress"] == "-" and rows[0]["start"] == "-"
+    assert rows[0]["status"] == "draft" and rows[0]["progress"] == "—" and rows[0]["start"] == "—"
     assert rows[1]["status"] == "sending" and rows[1]["progress"] == "75.0 %" and rows[1]["recipients"] == "4"
     assert rows[1]["subject"] == "Issue 1 \\| news"
-    assert rows[1]["lists"] == "news" and rows[1]["created"].endswith(" UTC")
-    assert rows[1]["page"] == f"[sending {first}](https://news.example.org/admin/sendings/{first})"
+    assert rows[1]["lists"] == "news" and len(rows[1]["created"]) == len("2026-12-01 08:00")
+    assert rows[1]["page"] == f"[open](https://news.example.org/admin/sendings/{first})"
     assert [list(r) for r in bare] == [[k for k in rows[0] if k != "page"]]
