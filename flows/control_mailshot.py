@@ -18,7 +18,7 @@ from sqlmodel import Session
 from flows.sending_runs import drop_waiting_run, ensure_run
 from flows.sendings_artifact import publish_sendings
 from mailshot_core.config import get_settings
-from mailshot_core.sending import runs, sendings
+from mailshot_core.sending import run_slot, sendings
 from mailshot_core.store.db import get_engine, session_scope
 
 Action = Literal["send", "pause", "resume", "cancel"]
@@ -58,7 +58,7 @@ def control_mailshot(mailshot_id: int, action: Action) -> dict[str, Any]:
         )
     else:
         with Session(engine) as session:
-            dropped = drop_waiting_run(runs.current_run(session, mailshot_id))
+            dropped = drop_waiting_run(run_slot.current_run(session, mailshot_id))
         logger.info(
             "sending %s %s%s", mailshot_id, status, " (its run waiting for the start time deleted)" if dropped else ""
         )

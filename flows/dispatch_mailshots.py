@@ -10,8 +10,8 @@ than MAILSHOT_START_EXPIRY.
 
 Two ticks may run at once (no deployment concurrency limit: a tick left in Submitting by a stopping
 server held the limit's slot for its 300 s lease, and every tick in between was cancelled): each
-sending's run slot is taken by compare-and-set in the database (sending/runs.py), so they never both
-start a run for one sending.  The decisions are mailshot_core.sending.dispatch's and runs.py's.
+sending's run slot is taken by compare-and-set in the database (sending/run_slot.py), so they never both
+start a run for one sending.  The decisions are mailshot_core.sending.dispatch's and run_slot.py's.
 A quiet tick logs at DEBUG only.
 """
 
@@ -25,7 +25,7 @@ from flows.sending_runs import SEND_NOW, ensure_run
 from flows.sendings_artifact import publish_sendings
 from mailshot_core.config import get_settings
 from mailshot_core.duration import parse_duration
-from mailshot_core.sending import dispatch, runs
+from mailshot_core.sending import dispatch, run_slot
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import utcnow
 
@@ -47,7 +47,7 @@ def dispatch_mailshots(deployment: str = SEND_NOW) -> dict[str, Any]:
         logger.warning("sending %s expired: not started within MAILSHOT_START_EXPIRY of its start time", mailshot_id)
     with session_scope(engine) as session:
         due = dispatch.candidates(session, now)
-        later = runs.upcoming(session, now)
+        later = run_slot.upcoming(session, now)
     started, running, scheduled = [], [], []
     for candidate in due:
         served = ensure_run(engine, candidate.id, deployment=deployment, now=now)

@@ -6,7 +6,7 @@ control-mailshot, `mailshot create --send/--start-at`) calls :func:`ensure_run`:
 - a scheduled sending gets a run *scheduled at its start time* (plus :data:`START_MARGIN`), so it
   starts within seconds of that time without a dispatcher tick every minute (an idle site then
   makes a few hundred flow runs a day instead of thousands: bench/idle_runs.py);
-- the run's id is recorded in ``mailshot.flow_run_id`` by compare-and-set (sending/runs.py), so two
+- the run's id is recorded in ``mailshot.flow_run_id`` by compare-and-set (sending/run_slot.py), so two
   callers racing (two dispatcher ticks, a tick and an operator) never both create one;
 - a sending already served by a live run gets none; a run scheduled for another time (the sending
   was rescheduled, or is sent now) is deleted and replaced;
@@ -25,7 +25,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
-from mailshot_core.sending import runs
+from mailshot_core.sending import run_slot
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import utcnow
 
@@ -76,7 +76,7 @@ def is_alive(run: FlowRun | None) -> bool:
 
 def run_is_alive(flow_run_id: str | None, now: datetime | None = None) -> bool:
     """A live run, or a placeholder younger than its TTL (a run being created by another caller)."""
-    fresh = runs.placeholder_is_fresh(flow_run_id or "", now or utcnow())
+    fresh = run_slot.placeholder_is_fresh(flow_run_id or "", now or utcnow())
     if fresh is not None:
         return fresh
     return is_alive(read_run(flow_run_id))
@@ -126,8 +126,8 @@ def ensure_run(
     now = now or utcnow()
     wanted = start_at + START_MARGIN if start_at is not None and start_at > now else None
     with session_scope(engine) as session:
-        seen = runs.current_run(session, mailshot_id)
-    fresh = runs.placeholder_is_fresh(seen or "", now)
+        seen = run_slot.current_run(session, mailshot_id)
+    fresh = run_slot.placeholder_is_fresh(seen or "", now)
     if fresh:
         return Served(None, False)  # another caller is creating its run right now
     if fresh is None and seen:
@@ -138,7 +138,7 @@ def ensure_run(
                 return Served(seen, False, _scheduled_time(run))
             drop_waiting_run(seen)
     with session_scope(engine) as session:
-        token = runs.reserve(session, mailshot_id, seen, now)
+        token = run_slot.reserve(session, mailshot_id, seen, now)
     if token is None:
         return Served(None, False)  # another caller took the slot between our read and our write
     try:
@@ -152,10 +152,10 @@ def ensure_run(
         )
     except BaseException:
         with session_scope(engine) as session:
-            runs.release(session, mailshot_id, token, seen)
+            run_slot.release(session, mailshot_id, token, seen)
         raise
     with session_scope(engine) as session:
-        runs.settle(session, mailshot_id, token, str(created.id))
+        run_slot.settle(session, mailshot_id, token, str(created.id))
     return Served(str(created.id), True, wanted)
 
 

@@ -29,7 +29,7 @@ from mailshot_core.errors import InvalidInput, InvalidState, MailshotError, NotF
 from mailshot_core.feedback import tracking
 from mailshot_core.sending import archive, sendings
 from mailshot_core.sending.one_message import send_test
-from mailshot_core.sending.runs import PLACEHOLDER
+from mailshot_core.sending.run_slot import PLACEHOLDER
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import utcnow
 from mailshot_core.web import views
@@ -314,7 +314,7 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
         titles = views.list_titles(session)
         clicks = tracking.per_link_clicks(session, mailshot_id) if mailshot.track else []
     run_url = f"{ctx.settings.prefect_ui}/runs/flow-run/{mailshot.flow_run_id}" if mailshot.flow_run_id else None
-    # Only a run's id makes a link (sending/runs.py writes a placeholder while a run is being created).
+    # Only a run's id makes a link (sending/run_slot.py writes a placeholder while a run is being created).
     run_url = run_url if mailshot.flow_run_id and not mailshot.flow_run_id.startswith(PLACEHOLDER) else None
     return render(
         "sending.html",

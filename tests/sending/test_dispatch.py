@@ -19,7 +19,7 @@ from helpers import create, drive, seed
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.duration import parse_duration
-from mailshot_core.sending import dispatch, runs, sendings
+from mailshot_core.sending import dispatch, run_slot, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 
@@ -208,10 +208,10 @@ def test_a_crashed_ticks_placeholder_is_taken_over_once_stale(
     seed(engine, tmp_path, 1)
     mid = create(engine, flow_env)
     with session_scope(engine) as session:
-        dispatch.record_run(session, mid, runs.placeholder(utcnow()))
+        dispatch.record_run(session, mid, run_slot.placeholder(utcnow()))
     assert mid not in dispatch_mailshots()["started"] and runs_tagged(mid, test_start) == []
     with session_scope(engine) as session:
-        dispatch.record_run(session, mid, runs.placeholder(utcnow() - runs.PLACEHOLDER_TTL))
+        dispatch.record_run(session, mid, run_slot.placeholder(utcnow() - run_slot.PLACEHOLDER_TTL))
     assert mid in dispatch_mailshots()["started"]
     assert len(runs_tagged(mid, test_start)) == 1
 

@@ -1,4 +1,4 @@
-"""A sending's run slot (sending/runs.py) and the sendings table rows (sending/overview.py), without Prefect."""
+"""A sending's run slot (sending/run_slot.py) and the sendings table rows (sending/overview.py), without Prefect."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import engine_for, make_settings
 from helpers import create, seed
-from mailshot_core.sending import overview, runs, sendings
+from mailshot_core.sending import overview, run_slot, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import utcnow
 
@@ -25,10 +25,10 @@ def test_two_callers_that_read_the_same_slot_never_both_take_it(db_url: str, tmp
 
     def tick() -> None:
         with session_scope(engine) as session:
-            seen = runs.current_run(session, mid)
+            seen = run_slot.current_run(session, mid)
         barrier.wait()
         with session_scope(engine) as session:
-            token = runs.reserve(session, mid, seen)
+            token = run_slot.reserve(session, mid, seen)
         if token:
             won.append(token)
 
@@ -39,25 +39,25 @@ def test_two_callers_that_read_the_same_slot_never_both_take_it(db_url: str, tmp
         t.join(60)
     assert len(won) == 1
     with session_scope(engine) as session:
-        assert runs.current_run(session, mid) == won[0]
-        assert runs.settle(session, mid, won[0], "run-1")
-        assert not runs.settle(session, mid, won[0], "run-2")  # our placeholder is gone: never overwrite
-        assert runs.current_run(session, mid) == "run-1"
-        token = runs.reserve(session, mid, "run-1")
+        assert run_slot.current_run(session, mid) == won[0]
+        assert run_slot.settle(session, mid, won[0], "run-1")
+        assert not run_slot.settle(session, mid, won[0], "run-2")  # our placeholder is gone: never overwrite
+        assert run_slot.current_run(session, mid) == "run-1"
+        token = run_slot.reserve(session, mid, "run-1")
         assert token is not None
-        runs.release(session, mid, token, "run-1")  # the run could not be created: as it was
-        assert runs.current_run(session, mid) == "run-1"
+        run_slot.release(session, mid, token, "run-1")  # the run could not be created: as it was
+        assert run_slot.current_run(session, mid) == "run-1"
 
 
 def test_a_placeholder_is_alive_while_fresh_and_taken_over_once_stale() -> None:
     """A placeholder younger than its TTL means a run is being created; older or unreadable, it is a
     crashed caller's leftover; anything else is not a placeholder (None: ask Prefect)."""
     now = utcnow()
-    assert runs.placeholder_is_fresh(runs.placeholder(now - timedelta(seconds=5)), now) is True
-    assert runs.placeholder_is_fresh(runs.placeholder(now - runs.PLACEHOLDER_TTL), now) is False
-    assert runs.placeholder_is_fresh("pending:yesterday", now) is False
-    assert runs.placeholder_is_fresh("4a1c7e0e-0000-4000-8000-000000000000", now) is None
-    assert len(runs.placeholder(now)) <= 64  # mailshot.flow_run_id is VARCHAR(64)
+    assert run_slot.placeholder_is_fresh(run_slot.placeholder(now - timedelta(seconds=5)), now) is True
+    assert run_slot.placeholder_is_fresh(run_slot.placeholder(now - run_slot.PLACEHOLDER_TTL), now) is False
+    assert run_slot.placeholder_is_fresh("pending:yesterday", now) is False
+    assert run_slot.placeholder_is_fresh("4a1c7e0e-0000-4000-8000-000000000000", now) is None
+    assert len(run_slot.placeholder(now)) <= 64  # mailshot.flow_run_id is VARCHAR(64)
 
 
 def test_upcoming_lists_scheduled_sendings_not_yet_due(sqlite_url: str, tmp_path: Path) -> None:
@@ -71,10 +71,10 @@ def test_upcoming_lists_scheduled_sendings_not_yet_due(sqlite_url: str, tmp_path
     create(engine, settings)  # processing
     create(engine, settings, send_now=False)  # draft
     with session_scope(engine) as session:
-        found = runs.upcoming(session, now)
+        found = run_slot.upcoming(session, now)
         assert [u.id for u in found] == [soon, later]
         assert found[0].start_at == now + timedelta(minutes=5)
-        assert runs.upcoming(session, now + timedelta(hours=3)) == []
+        assert run_slot.upcoming(session, now + timedelta(hours=3)) == []
 
 
 def test_sendings_table_rows(sqlite_url: str, tmp_path: Path) -> None:
