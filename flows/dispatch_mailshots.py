@@ -16,6 +16,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
+from flows.run_records import record_dead_runs
 from mailshot_core.config import get_settings
 from mailshot_core.duration import parse_duration
 from mailshot_core.sending import dispatch
@@ -63,6 +64,8 @@ def dispatch_mailshots(deployment: str = SEND_DEPLOYMENT) -> dict[str, Any]:
         expired = dispatch.expire_late(session, parse_duration(settings.start_expiry), now)
     for mailshot_id in expired:
         logger.warning("sending %s expired: not started within MAILSHOT_START_EXPIRY of its start time", mailshot_id)
+    # Send runs that died without a word (kill -9, a lost machine) get their record here.
+    record_dead_runs(engine, settings)
     with session_scope(engine) as session:
         todo = dispatch.candidates(session, now)
     started, running = [], []

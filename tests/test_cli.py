@@ -80,7 +80,9 @@ def test_a_draft_waits_for_send_and_test_messages_work_on_it(seeded, tmp_path: P
     body = str(tmp_path / "body.html")
     _, out, err = seeded("create", "--subject", "Now", "--html", body, "--list", "news", "--send")
     assert json.loads(seeded("status", out.strip().splitlines()[-1], "--json")[1])["status"] == "processing"
-    _, out, _ = seeded("create", "--subject", "Later", "--html", body, "--list", "news", "--start-at", "2999-01-01T08:00")
+    _, out, _ = seeded(
+        "create", "--subject", "Later", "--html", body, "--list", "news", "--start-at", "2999-01-01T08:00"
+    )
     assert json.loads(seeded("status", out.strip().splitlines()[-1], "--json")[1])["status"] == "init"
     _, _, err = seeded("create", "--subject", "Draft", "--html", body, "--list", "news")
     assert "a draft" in err and "mailshot send" in err
