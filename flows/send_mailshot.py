@@ -22,13 +22,14 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State, StateType, TaskRun
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import Pause
+from prefect.exceptions import ObjectNotFound, Pause
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.run_records import close_and_record, flow_run_uuid, record_dead_runs
 from mailshot_core.config import Settings, get_settings
+from mailshot_core.errors import MailshotError
 from mailshot_core.feedback import fail_rule
 from mailshot_core.sending import runs, sendings
 from mailshot_core.sending.connections import StopCheck
@@ -95,8 +96,11 @@ def prefect_stop(run_id: str | None) -> StopCheck | None:
         return None
 
     def check() -> str | None:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(uuid).state
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(uuid).state
+        except ObjectNotFound:  # a run this API does not know (deleted): nothing to obey
+            return None
         if state is None:
             return None
         if state.type in (StateType.CANCELLING, StateType.CANCELLED):
@@ -105,6 +109,8 @@ def prefect_stop(run_id: str | None) -> StopCheck | None:
             if state.state_details.pause_reschedule:
                 return f"{SUSPENDED_IN_PREFECT} (resume the run there, or mailshot resume)"
             return f"{PAUSED_IN_PREFECT} (resume the run there, or mailshot resume)"
+        if state.is_final():  # "Change state" in the UI while it sends: the operator wants it stopped
+            return f"paused: flow run marked {state.name} in Prefect (mailshot resume to go on)"
         return None
 
     return check
@@ -254,9 +260,13 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     record_dead_runs(engine, settings, mailshot_id, skip=run_id)  # earlier runs of it that crashed
     _resume_own_pause(engine, mailshot_id, run_id)
     since = utcnow()  # the circuit breaker judges this run's attempts only (fail_rule.breaker)
-    started = start_sending(engine, settings, mailshot_id, run_id=run_id)
     with session_scope(engine) as session:
         runs.open_run(session, run_id, sendings.get(session, mailshot_id))
+    try:
+        started = start_sending(engine, settings, mailshot_id, run_id=run_id)
+    except MailshotError as exc:  # e.g. paused or ended: the run fails, with its record saying why
+        close_and_record(engine, run_id, reason=str(exc))
+        raise
     _ensure_connection_limit(settings, started.transport)
     logger.info("sending %s: %s recipients, %s batch(es) at a time", mailshot_id, started.total, parallel)
     if started.in_doubt:
