@@ -21,6 +21,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.run_records import record_dead_runs
 from flows.sending_runs import SEND_NOW, ensure_run
 from flows.sendings_artifact import publish_sendings
 from mailshot_core.config import get_settings
@@ -45,6 +46,8 @@ def dispatch_mailshots(deployment: str = SEND_NOW) -> dict[str, Any]:
         expired = dispatch.expire_late(session, parse_duration(settings.start_expiry), now)
     for mailshot_id in expired:
         logger.warning("sending %s expired: not started within MAILSHOT_START_EXPIRY of its start time", mailshot_id)
+    # Send runs that died without a word (kill -9, a lost machine) get their record here.
+    record_dead_runs(engine, settings)
     with session_scope(engine) as session:
         due = dispatch.candidates(session, now)
         later = run_slot.upcoming(session, now)

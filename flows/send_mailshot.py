@@ -18,26 +18,36 @@ from typing import Any
 from uuid import UUID
 
 from prefect import Flow, Task, flow, get_client, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import FlowRun, State, TaskRun
+from prefect.client.schemas.objects import FlowRun, State, StateType, TaskRun
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound, Pause
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
+from flows.run_records import close_and_record, flow_run_uuid, record_dead_runs
 from mailshot_core.config import Settings, get_settings
+from mailshot_core.errors import MailshotError
 from mailshot_core.feedback import fail_rule
-from mailshot_core.sending import sendings
+from mailshot_core.sending import runs, sendings
+from mailshot_core.sending.connections import StopCheck
 from mailshot_core.sending.ledger import BatchReport
 from mailshot_core.sending.lifecycle import end_sending, next_step, start_sending
 from mailshot_core.sending.pipeline import send_batch, send_batches
 from mailshot_core.store.db import get_engine, session_scope
-from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
+from mailshot_core.store.models import MailshotStatus, utcnow
 from mailshot_core.transports.base import TransportUnavailable
 
-# Waiting for retries is done in slices so that pause/cancel are seen within this many seconds.
-MAX_WAIT_SLICE = 30.0
+# The flow looks at its batches, the progress and Prefect's controls at least this often (seconds):
+# issue 13 asks for progress and for pause/cancel/suspend to take effect within 5 s.
+TICK = 4.0
+# What the sending's status says when a Prefect control paused it.  The prefixes are how a later run
+# recognises a pause of its own making (a resumed suspension carries on by itself).
+CANCELLED_IN_PREFECT = "paused: flow run cancelled in Prefect"
+SUSPENDED_IN_PREFECT = "paused: flow run suspended in Prefect"
+PAUSED_IN_PREFECT = "paused: flow run paused in Prefect"
 
 
 def _run_name() -> str:
@@ -73,17 +83,71 @@ _BATCH_TASK: dict[str, Any] = {
 }
 
 
+def prefect_stop(run_id: str | None) -> StopCheck | None:
+    """Prefect's controls, read from the run's state: why the sending must stop now, or None.
+
+    Prefect never asks flow code to stop: a Cancel kills the process only once the batch in flight
+    has returned (a whole paced batch later), and a Suspend from the UI changes nothing in the
+    process.  So the batches ask (every STOP_POLL_SECONDS, one GET) and the sending is paused with
+    the reason, which the dispatcher respects.
+    """
+    uuid = flow_run_uuid(run_id)
+    if uuid is None:
+        return None
+
+    def check() -> str | None:
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(uuid).state
+        except ObjectNotFound:  # a run this API does not know (deleted): nothing to obey
+            return None
+        if state is None:
+            return None
+        if state.type in (StateType.CANCELLING, StateType.CANCELLED):
+            return CANCELLED_IN_PREFECT
+        if state.type == StateType.PAUSED:
+            if state.state_details.pause_reschedule:
+                return f"{SUSPENDED_IN_PREFECT} (resume the run there, or mailshot resume)"
+            return f"{PAUSED_IN_PREFECT} (resume the run there, or mailshot resume)"
+        if state.is_final():  # "Change state" in the UI while it sends: the operator wants it stopped
+            return f"paused: flow run marked {state.name} in Prefect (mailshot resume to go on)"
+        return None
+
+    return check
+
+
+def _log_batch(label: str, report: BatchReport) -> None:
+    rate = report.sent / report.seconds if report.seconds > 0 else 0.0
+    get_run_logger().info(
+        "%s: %s sent, %s failed, %s retried later (%s throttled), %s deferred, %.1f msg/s%s",
+        label,
+        report.sent,
+        report.failed,
+        report.retried,
+        report.throttled,
+        report.deferred,
+        rate,
+        f"; stopped: {report.stopped}" if report.stopped else "",
+    )
+
+
 @task(name="send-batch", task_run_name="batch {number}", **_BATCH_TASK)
-def send_batch_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
+def send_batch_task(mailshot_id: int, number: int, transport: str = "smtp", run_id: str | None = None) -> BatchReport:
     with _connection_slots(transport) as settings:
-        return send_batch(get_engine(settings.database_url), settings, mailshot_id)
+        engine = get_engine(settings.database_url)
+        report = send_batch(engine, settings, mailshot_id, run_id=run_id, outside_stop=prefect_stop(run_id))
+    _log_batch(f"batch {number}", report)
+    return report
 
 
 @task(name="send-batches", task_run_name="worker {number}", **_BATCH_TASK)
-def send_batches_task(mailshot_id: int, number: int, transport: str = "smtp") -> BatchReport:
+def send_batches_task(mailshot_id: int, number: int, transport: str = "smtp", run_id: str | None = None) -> BatchReport:
     """Fast mode: one task per process, sending batch after batch (its start-up is paid once)."""
     with _connection_slots(transport) as settings:
-        return send_batches(get_engine(settings.database_url), settings, mailshot_id)
+        engine = get_engine(settings.database_url)
+        report = send_batches(engine, settings, mailshot_id, run_id=run_id, outside_stop=prefect_stop(run_id))
+    _log_batch(f"worker {number}", report)
+    return report
 
 
 def connection_limit_name(transport: str) -> str:
@@ -114,20 +178,54 @@ def _ensure_connection_limit(settings: Settings, transport: str) -> None:
             client.upsert_global_concurrency_limit_by_name(connection_limit_name(transport), settings.max_connections)
 
 
-def _pause_on_cancel(flow: Flow[..., Any], run: FlowRun, state: State[Any]) -> None:
-    """A Prefect cancellation of the run means "stop sending": the sending is paused, not lost."""
-    mailshot_id = run.parameters.get("mailshot_id")
+def _pause_on_cancel(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """A Prefect cancellation of the run means "stop sending": the sending is paused, not lost, and
+    the run's record is written.
+
+    Prefect calls state hooks with the keywords ``flow``, ``flow_run`` and ``state`` (the runner that
+    owns the cancellation does; the engine passes them in that order): the names are part of the API.
+    """
+    mailshot_id = flow_run.parameters.get("mailshot_id")
     if mailshot_id is None:
         return
     settings = get_settings()
-    with session_scope(get_engine(settings.database_url)) as session:
-        mailshot = sendings.get(session, int(mailshot_id))
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
+        mailshot = sendings.get(session, int(mailshot_id), lock=True)
         if mailshot.status == MailshotStatus.PROCESSING:
-            sendings.set_status(session, mailshot, MailshotStatus.PAUSE, "paused: flow run cancelled in Prefect")
+            sendings.set_status(session, mailshot, MailshotStatus.PAUSE, CANCELLED_IN_PREFECT)
+    close_and_record(engine, str(flow_run.id), reason="cancelled in Prefect")
 
 
-def _counters_table(mailshot: Mailshot) -> list[dict[str, Any]]:
-    return [{"counter": name, "value": value} for name, value in sendings.stored_counters(mailshot).items()]
+def _resume_own_pause(engine: Any, mailshot_id: int, run_id: str | None) -> None:
+    """A suspended run that Prefect resumes starts again from the top: the pause it made is its own
+    to lift (one of another run, of the operator or of the breaker is not)."""
+    if run_id is None:
+        return
+    with session_scope(engine) as session:
+        mailshot = sendings.get(session, mailshot_id, lock=True)
+        reason = mailshot.status_reason or ""
+        if (
+            mailshot.status == MailshotStatus.PAUSE
+            and mailshot.flow_run_id == run_id
+            and reason.startswith((SUSPENDED_IN_PREFECT, PAUSED_IN_PREFECT))
+        ):
+            sendings.set_status(session, mailshot, MailshotStatus.PROCESSING)
+
+
+def _tag_run(run_id: str | None, mailshot_id: int) -> None:
+    """Send runs carry ``mailshot:<id>``, however they were started (UI, CLI, dispatcher)."""
+    uuid = flow_run_uuid(run_id)
+    if uuid is None:
+        return
+    tag = f"mailshot:{mailshot_id}"
+    try:
+        with get_client(sync_client=True) as client:
+            tags = list(client.read_flow_run(uuid).tags)
+            if tag not in tags:
+                client.update_flow_run(uuid, tags=[*tags, tag])
+    except Exception as exc:  # a tag is worth a log line, not a sending
+        get_run_logger().debug("could not tag run %s: %s", run_id, exc)
 
 
 @flow(
@@ -136,25 +234,39 @@ def _counters_table(mailshot: Mailshot) -> list[dict[str, Any]]:
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
     on_cancellation=[_pause_on_cancel],  # type: ignore[list-item]
     log_prints=False,
+    persist_result=True,  # the returned counters (this run's included) stay readable in the run's page
 )
 def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     """Send sending MAILSHOT_ID to every recipient not yet served; resumable at any point.
 
-    ``parallel`` batches run at once (each with MAILSHOT_SMTP_CONNECTIONS connections).  With
-    ``parallel`` > 1 each task is a worker looping over batches until nothing is due; the `fast`
-    deployment runs them in separate processes to use every core.
+    A draft starts (the run is the operator saying "send").  ``parallel`` batches run at once (each
+    with MAILSHOT_SMTP_CONNECTIONS connections).  With ``parallel`` > 1 each task is a worker looping
+    over batches until nothing is due; the `fast` deployment runs them in separate processes.
+
+    Prefect's controls act on the sending: Cancel pauses it (the dispatcher leaves it paused),
+    Suspend/Pause pause it and end (or hold) the run, Resume carries on where it stopped.
 
     Args:
-        mailshot_id: The sending to send (`mailshot status` lists them; create-and-send creates one).
+        mailshot_id: The sending to send (the `mailshot-sendings` artifact and `mailshot status` list them).
         parallel: How many batches (fast mode: batch workers) run at once.
     """
     logger = get_run_logger()
     settings = get_settings()
     engine = get_engine(settings.database_url)
-    run_id = str(flow_run.id) if flow_run.id else None
+    run_id = str(flow_run.id) if flow_run.id else runs.local_run_id()
+    outside = prefect_stop(run_id)
 
+    _tag_run(run_id, mailshot_id)
+    record_dead_runs(engine, settings, mailshot_id, skip=run_id)  # earlier runs of it that crashed
+    _resume_own_pause(engine, mailshot_id, run_id)
     since = utcnow()  # the circuit breaker judges this run's attempts only (fail_rule.breaker)
-    started = start_sending(engine, settings, mailshot_id, run_id=run_id)
+    with session_scope(engine) as session:
+        runs.open_run(session, run_id, sendings.get(session, mailshot_id))
+    try:
+        started = start_sending(engine, settings, mailshot_id, run_id=run_id)
+    except MailshotError as exc:  # e.g. paused or ended: the run fails, with its record saying why
+        close_and_record(engine, run_id, reason=str(exc))
+        raise
     _ensure_connection_limit(settings, started.transport)
     logger.info("sending %s: %s recipients, %s batch(es) at a time", mailshot_id, started.total, parallel)
     if started.in_doubt:
@@ -166,20 +278,28 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
             mailshot_id,
         )
     progress_id: UUID = create_progress_artifact(
-        progress=0.0, key=f"mailshot-{mailshot_id}-progress", description=f"Sending {mailshot_id}: accepted/total"
+        progress=0.0, key=f"mailshot-{mailshot_id}-progress", description=f"Sending {mailshot_id}: done/total"
     )  # type: ignore[assignment]
 
     totals = BatchReport()
     finished = False
     number = 0
     running: list[PrefectFuture[BatchReport]] = []
+    stop_reason: str | None = None
     while True:
         # Collect finished batches first: their results decide whether to go on.
-        for future in [f for f in running if f.state.is_final()] if running else []:
+        for future in [f for f in running if f.state.is_final()]:
             running.remove(future)
             totals.add(future.result())
+        if totals.stopped and totals.stopped.startswith(PAUSED_IN_PREFECT):
+            totals.stopped = None  # a pause that keeps the run: _outside_reason waits for Resume
         if totals.stopped:
-            logger.error("sending %s stopped: %s", mailshot_id, totals.stopped)
+            stop_reason = totals.stopped
+            logger.info("sending %s stopped: %s", mailshot_id, totals.stopped)
+            break
+        reason = _outside_reason(outside, engine, mailshot_id)
+        if reason:
+            stop_reason = reason
             break
         with session_scope(engine) as session:  # pauses the sending: next_step then says "stopped"
             fail_rule.breaker(session, mailshot_id, since, settings.max_fail_ratio)
@@ -187,23 +307,23 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         if step.action == "send" and len(running) < max(1, parallel):
             number += 1
             worker = send_batches_task if parallel > 1 else send_batch_task
-            running.append(worker.submit(mailshot_id, number, started.transport))
-            if parallel <= 1:
-                running[-1].wait()
-            _update_progress(engine, mailshot_id, progress_id)
-        elif step.action in ("send", "wait") or (step.action == "done" and running):
-            if running:  # batches take about the same time: waiting on the oldest is waiting on the first
-                running[0].wait(timeout=min(step.seconds or 1.0, MAX_WAIT_SLICE))
-            else:
-                time.sleep(min(step.seconds, MAX_WAIT_SLICE))
-            _update_progress(engine, mailshot_id, progress_id)
+            running.append(worker.submit(mailshot_id, number, started.transport, run_id))
+            if len(running) < parallel:
+                continue  # fill the pool first: fast mode's workers start together
         elif step.action == "stopped":
+            stop_reason = step.reason
             logger.info("sending %s: %s", mailshot_id, step.reason)
             break
-        else:
+        elif step.action == "done" and not running:
             finished = True
             break
-    for future in running:  # a pause or cancel lets the batches in flight finish
+        # Batches in flight, retries not due yet, or other workers finishing: look again soon.
+        if running:
+            running[0].wait(timeout=TICK)
+        elif step.action == "wait":
+            time.sleep(min(step.seconds, TICK))
+        _update_progress(engine, mailshot_id, progress_id)
+    for future in running:  # a pause or cancel stops the batches in flight within seconds
         totals.add(future.result())
     mailshot = end_sending(engine, mailshot_id, finished=finished)
     with session_scope(engine) as session:  # this sending's SMTP-time failures (feedback events: apply-feedback)
@@ -211,26 +331,76 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     if unsubscribed:
         logger.info("%s address(es) unsubscribed by the MAILSHOT_MAX_FAIL rule", unsubscribed)
     _update_progress(engine, mailshot_id, progress_id)
-    create_table_artifact(
-        key=f"mailshot-{mailshot_id}-counters",
-        table=_counters_table(mailshot),
-        description=f"Sending {mailshot_id} ({mailshot.status}): {mailshot.subject[:80]}",
-    )
+    close_and_record(engine, run_id, reason=None if finished else stop_reason)
     logger.info(
-        "sending %s %s: %s sent, %s failed, %s in doubt of %s",
+        "sending %s %s: %s sent, %s failed, %s in doubt, %s not sent of %s (this run: %s sent, %s failed)",
         mailshot_id,
         mailshot.status,
         mailshot.sent,
         mailshot.failed,
         mailshot.nb_unknown,
+        mailshot.nb_kill,
         mailshot.total,
+        totals.sent,
+        totals.failed,
     )
-    return {
+    result = {
         "id": mailshot_id,
         "status": mailshot.status,
         **sendings.stored_counters(mailshot),
         "this_run": asdict(totals),
     }
+    if stop_reason and stop_reason.startswith(SUSPENDED_IN_PREFECT):
+        _end_suspended(run_id)
+    return result
+
+
+def _outside_reason(outside: StopCheck | None, engine: Any, mailshot_id: int) -> str | None:
+    """Prefect's controls seen between batches (the batches see them while they send): a reason
+    pauses the sending.  A pause of the run that keeps its process (Prefect's pause) waits here for
+    Resume, then goes on; a suspension or a cancellation ends the run."""
+    if outside is None:
+        return None
+    try:
+        reason = outside()
+    except Exception as exc:  # the API may be briefly unreachable: the database still rules
+        get_run_logger().debug("could not read the run's state: %s", exc)
+        return None
+    if not reason:
+        _lift_prefect_pause(engine, mailshot_id)  # resumed in Prefect while a batch was stopping
+        return None
+    with session_scope(engine) as session:
+        mailshot = sendings.get(session, mailshot_id, lock=True)
+        if mailshot.status == MailshotStatus.PROCESSING:
+            sendings.set_status(session, mailshot, MailshotStatus.PAUSE, reason)
+    if not reason.startswith(PAUSED_IN_PREFECT):
+        return reason
+    get_run_logger().info("sending %s paused with its run: waiting for Resume in Prefect", mailshot_id)
+    while (reason := outside()) and reason.startswith(PAUSED_IN_PREFECT):
+        time.sleep(TICK)
+    if reason:  # cancelled or suspended meanwhile
+        return reason
+    _lift_prefect_pause(engine, mailshot_id)  # resumed in Prefect: the sending goes on with its run
+    return None
+
+
+def _lift_prefect_pause(engine: Any, mailshot_id: int) -> None:
+    with session_scope(engine) as session:
+        mailshot = sendings.get(session, mailshot_id)
+        if mailshot.status != MailshotStatus.PAUSE or not (mailshot.status_reason or "").startswith(PAUSED_IN_PREFECT):
+            return
+        sendings.set_status(session, sendings.get(session, mailshot_id, lock=True), MailshotStatus.PROCESSING)
+
+
+def _end_suspended(run_id: str) -> None:
+    """Leave the run Suspended, so Prefect's Resume reschedules it (the next start resumes the sending):
+    returning would turn it Completed and lose the Resume button."""
+    uuid = flow_run_uuid(run_id)
+    assert uuid is not None
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(uuid).state
+    if state is not None and state.is_paused():
+        raise Pause(state=state)
 
 
 # Fast mode: batches in separate processes, one per core (the GIL would keep threads on one core).
@@ -240,6 +410,7 @@ send_mailshot_fast = send_mailshot.with_options(
 
 
 def _update_progress(engine: Any, mailshot_id: int, progress_id: UUID) -> None:
+    """The progress bar: done (accepted, failed, in doubt or not sent) of total."""
     with session_scope(engine) as session:
         m = sendings.get(session, mailshot_id)
         done = 100.0 * m.current / m.total if m.total else 100.0

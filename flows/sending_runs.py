@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
@@ -25,6 +24,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
+from flows.run_records import ALIVE, flow_run_uuid
 from mailshot_core.sending import run_slot
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import utcnow
@@ -37,8 +37,6 @@ SEND_NOW = "send-mailshot/now"
 START_MARGIN = timedelta(seconds=10)
 # Within this, a scheduled run's time is the one wanted (Prefect stores microseconds; we compare times).
 _SAME_TIME = timedelta(seconds=1)
-# A run in one of these states will (still) work on its sending: starting another would be waste.
-ALIVE = {StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING}
 
 
 def tag(mailshot_id: int) -> str:
@@ -57,11 +55,8 @@ class Served:
 def read_run(flow_run_id: str | None) -> FlowRun | None:
     """The recorded run, or None: no id, an id that is not a run (a placeholder), or a run this
     Prefect server does not know (deleted, or recorded against another server)."""
-    if not flow_run_id:
-        return None
-    try:
-        run_uuid = UUID(flow_run_id)
-    except ValueError:
+    run_uuid = flow_run_uuid(flow_run_id)
+    if run_uuid is None:
         return None
     try:
         with get_client(sync_client=True) as client:
@@ -71,6 +66,7 @@ def read_run(flow_run_id: str | None) -> FlowRun | None:
 
 
 def is_alive(run: FlowRun | None) -> bool:
+    """A run in a state where it will (still) work on its sending: starting another would be waste."""
     return run is not None and run.state is not None and run.state.type in ALIVE
 
 

@@ -285,6 +285,7 @@ def _status_dict(m: Any) -> dict[str, Any]:
         "id": m.id,
         "status": m.status,
         **sendings.stored_counters(m),
+        "cancelled": m.nb_kill,  # never sent (cancelled, or unsubscribed before their turn): not failures
         "nb_read_machine": m.nb_read_machine,
         "nb_clic_machine": m.nb_clic_machine,
         "track": m.track,
@@ -309,7 +310,7 @@ def status(
         out.print_json(json.dumps(data[0] if mailshot_id is not None else data, default=str))
         return
     table = Table()
-    for name in ("id", "status", "total", "sent", "failed", "in doubt", "opened", "clicked", "unsub"):
+    for name in ("id", "status", "total", "sent", "failed", "in doubt", "cancelled", "opened", "clicked", "unsub"):
         table.add_column(name, no_wrap=True, min_width=max(len(name), 4))  # numbers are never cut
     table.add_column("subject", no_wrap=True, overflow="ellipsis", max_width=24)
     for m in rows:
@@ -320,6 +321,7 @@ def status(
             str(m.sent),
             str(m.failed),
             str(m.nb_unknown),
+            str(m.nb_kill),
             str(m.nb_read),
             str(m.nb_clic),
             str(m.nb_unsub),

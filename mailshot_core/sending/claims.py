@@ -23,6 +23,7 @@ from sqlalchemy import and_, bindparam, func, or_, text, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from mailshot_core.sending.runs import add_in_doubt
 from mailshot_core.sending.sendings import apply_counter_deltas, counter_deltas, get, list_identifiers
 from mailshot_core.store.models import (
     MailingList,
@@ -191,11 +192,18 @@ def new_worker_token() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def register_worker(session: Session, mailshot_id: int, token: str, now: datetime) -> None:
+def register_worker(session: Session, mailshot_id: int, token: str, now: datetime, run_id: str | None = None) -> None:
+    """``run_id``: the send run the worker's batch belongs to, whose record gets its in-doubt messages."""
     hostname, pid, _ = token.rsplit(":", 2)
     session.add(
         SendWorker(
-            token=token, mailshot_id=mailshot_id, hostname=hostname, pid=int(pid), started_at=now, heartbeat_at=now
+            token=token,
+            mailshot_id=mailshot_id,
+            hostname=hostname,
+            pid=int(pid),
+            started_at=now,
+            heartbeat_at=now,
+            run_id=run_id,
         )
     )
     session.flush()
@@ -257,6 +265,7 @@ def recover_dead_workers(session: Session, mailshot_id: int, now: datetime, leas
             ).rowcount  # type: ignore[attr-defined]
         )
         apply_counter_deltas(session, mailshot_id, counter_deltas((S.SENDING, S.UNKNOWN) for _ in range(n)))
+        add_in_doubt(session, worker.run_id, n)
         in_doubt += n
         session.delete(worker)
     # Rows claimed by a token with no worker row at all (registration lost): same treatment.

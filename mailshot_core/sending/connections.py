@@ -9,6 +9,8 @@ its result before the connection starts another (ledger.py).
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import cast
 
 from mailshot_core.content.message import HeaderError, OutgoingMessage, build_message
@@ -35,8 +37,14 @@ from mailshot_core.transports.base import (
 from mailshot_core.transports.parts import with_parts
 
 S = RecipientStatus
+log = logging.getLogger("mailshot.sending")
 # How long a connection pauses after a "slow down" reply, doubling up to the maximum, reset on success.
 CONNECTION_BACKOFF = (0.5, 30.0)
+# How often a batch asks whether it must stop (the sending paused or cancelled, the run cancelled or
+# suspended): a pause takes effect within about this long, in every mode (issue 13: within 5 s).
+STOP_POLL_SECONDS = 1.0
+# Asked every STOP_POLL_SECONDS, in a thread: why the batch must stop now, or None to go on.
+StopCheck = Callable[[], str | None]
 
 
 Prepared = tuple[claims.ClaimedRecipient, OutgoingMessage]
@@ -86,8 +94,8 @@ async def _connection_loop(
             rcpt, msg = current
             if conn is None:
                 conn = await transport.connect()
-            if pacer is not None:
-                await ledger.wait_until(await asyncio.to_thread(pacer.next_slot))
+            if pacer is not None and not await ledger.wait_until(await asyncio.to_thread(pacer.next_slot), stop):
+                return  # stopped while waiting for its slot: `current` stays claimed, released with the batch
             if not await ledger.start(rcpt.id):
                 await conn.withdraw()  # its envelope may be on the wire already
                 continue
@@ -200,7 +208,8 @@ async def _batch_loop(
                 for _ in chunk:  # one paced slot per message: the cadence counts messages, not calls
                     slot = await asyncio.to_thread(pacer.next_slot)
                 assert slot is not None
-                await ledger.wait_until(slot)
+                if not await ledger.wait_until(slot, stop):
+                    return  # stopped while waiting: the chunk stays claimed, released with the batch
             granted = await asyncio.gather(*(ledger.start(rcpt.id) for rcpt, _ in chunk))
             chunk = [item for item, ok in zip(chunk, granted, strict=True) if ok]
             if not chunk:
@@ -245,7 +254,11 @@ async def send_claimed(
     ledger: Ledger,
     ctx: SendContext,
     pacer: Pacer | None = None,
+    should_stop: StopCheck | None = None,
 ) -> None:
+    """Send the claimed recipients over the transport's connections; ``should_stop`` is asked every
+    STOP_POLL_SECONDS and a reason it gives stops every connection before its next message (what was
+    not attempted stays claimed: the batch releases it)."""
     queue: asyncio.Queue[claims.ClaimedRecipient] = asyncio.Queue()
     for rcpt in claimed:
         queue.put_nowait(rcpt)
@@ -253,13 +266,37 @@ async def send_claimed(
     width = max(1, min(transport.parallelism, len(claimed)))
     # ESP transports take many messages per call: their own loop (see _batch_loop).
     loop = _batch_loop if batch_size_of(transport) > 1 else _connection_loop
-    results = await asyncio.gather(
-        *(loop(transport, queue, ledger, ctx, stop, pacer) for _ in range(width)),
-        return_exceptions=True,
-    )
+    watcher = asyncio.create_task(_watch(stop, should_stop, ledger)) if should_stop is not None else None
+    try:
+        results = await asyncio.gather(
+            *(loop(transport, queue, ledger, ctx, stop, pacer) for _ in range(width)),
+            return_exceptions=True,
+        )
+    finally:
+        stop.set()
+        if watcher is not None:
+            await watcher
     await ledger.close()
     errors = [r for r in results if isinstance(r, BaseException)]
     # A configuration error explains more than the disconnects it caused in sibling connections.
     errors.sort(key=lambda e: 0 if isinstance(e, ConfigurationError) else 1)
     if errors:
         raise errors[0]
+
+
+async def _watch(stop: asyncio.Event, should_stop: StopCheck, ledger: Ledger) -> None:
+    """Ask ``should_stop`` every STOP_POLL_SECONDS until the batch ends; a reason stops it."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), STOP_POLL_SECONDS)
+            return
+        except TimeoutError:
+            pass
+        try:
+            reason = await asyncio.to_thread(should_stop)
+        except Exception as exc:  # a failing check must not stop the mail: the next one may work
+            log.warning("could not check whether sending %s must stop: %s", ledger.mailshot_id, exc)
+            continue
+        if reason:
+            ledger.report.stopped = reason
+            stop.set()

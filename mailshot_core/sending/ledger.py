@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from sqlalchemy.engine import Connection as DbConnection
 from sqlalchemy.engine import Engine
 
-from mailshot_core.sending import claims, sendings
+from mailshot_core.sending import claims, runs, sendings
 from mailshot_core.store.db import raw_write_transaction, session_scope
 from mailshot_core.store.models import Recipient, RecipientStatus
 
@@ -87,10 +87,13 @@ class BatchReport:
     failed: int = 0
     killed: int = 0
     skipped: int = 0  # cancelled between claim and send
+    throttled: int = 0  # attempts the relay asked us to retry later (counted in retried unless they failed)
+    deferred: int = 0  # not handed over (relay unreachable, configuration): back to todo, no try consumed
+    seconds: float = 0.0  # time spent sending
     stopped: str | None = None  # why the sending stopped (pause, cancel, configuration error)
 
     def add(self, other: BatchReport) -> None:
-        for name in ("claimed", "sent", "retried", "failed", "killed", "skipped"):
+        for name in ("claimed", "sent", "retried", "failed", "killed", "skipped", "throttled", "deferred", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped = other.stopped or self.stopped
 
@@ -106,6 +109,7 @@ class Ledger:
     retry_delay: float
     clock: Clock
     report: BatchReport = field(default_factory=BatchReport)
+    run_id: str | None = None  # the send run whose record these transitions add to (runs.py)
     _starts: list[tuple[int, asyncio.Future[bool]]] = field(default_factory=list)
     _outcomes: list[Outcome] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
@@ -122,13 +126,23 @@ class Ledger:
         self._kick()
         return await fut
 
-    async def wait_until(self, when: datetime) -> None:
+    async def wait_until(self, when: datetime, stop: asyncio.Event | None = None) -> bool:
         """Sleep until ``when``, heartbeating meanwhile: a slow pace (100/day = one message every 14 min)
-        must not make this live worker look dead to other runs (MAILSHOT_CLAIM_LEASE)."""
+        must not make this live worker look dead to other runs (MAILSHOT_CLAIM_LEASE).  Wakes at once
+        when ``stop`` is set (a pause must not wait for a slot minutes away); False then."""
         while (remaining := (when - self.clock()).total_seconds()) > 0:
-            await asyncio.sleep(min(remaining, HEARTBEAT_EVERY))
+            if stop is None:
+                await asyncio.sleep(min(remaining, HEARTBEAT_EVERY))
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), min(remaining, HEARTBEAT_EVERY))
+                except TimeoutError:
+                    pass
+                else:
+                    return False
             if remaining > HEARTBEAT_EVERY:
                 await asyncio.to_thread(self._beat)
+        return stop is None or not stop.is_set()
 
     def _beat(self) -> None:
         with session_scope(self.engine) as session:
@@ -218,6 +232,7 @@ class Ledger:
             )
         rows: list[tuple[object, ...]] = []
         moves: list[tuple[str, str]] = []
+        before = (self.report.sent, self.report.failed, self.report.throttled, self.report.retried)
         events: list[dict[str, object]] = []
         stamp = sql.time(now)
         for o in outcomes:
@@ -240,6 +255,7 @@ class Ledger:
                     self.report.retried += 1
             elif o.result is Result.THROTTLED:
                 throttled = o.throttled + 1
+                self.report.throttled += 1
                 if throttled >= MAX_THROTTLED:
                     status = S.FAIL
                     self.report.failed += 1
@@ -266,6 +282,7 @@ class Ledger:
                 )
             else:  # DEFERRED: not handed over, no try consumed
                 status, tries = S.TODO, o.tries
+                self.report.deferred += 1
             moves.append((o.from_status, status))
             sent = status == S.SENT
             rows.append(
@@ -288,6 +305,9 @@ class Ledger:
         delta = sendings.counter_deltas(moves)
         if delta:
             cursor.execute(sql.counters(tuple(delta)), (*delta.values(), stamp, self.mailshot_id))
+        after = (self.report.sent, self.report.failed, self.report.throttled, self.report.retried)
+        if self.run_id is not None and after != before:
+            cursor.execute(sql.run_counters, (*(a - b for a, b in zip(after, before, strict=True)), self.run_id))
 
 
 _EVENT_COLUMNS = ("source", "mailshot_id", "recipient_id", "email", "kind", "detail", "received_at", "applied_at")
@@ -310,6 +330,7 @@ class _LedgerSql:
             "message_id = ?, last_error_code = ?, last_error = ?, claim_token = NULL WHERE id = ?"
         )
         self.heartbeat = self._sql("UPDATE send_worker SET heartbeat_at = ? WHERE token = ?")
+        self.run_counters = runs.run_counters_sql(self._mark)
         self._start = self._sql(
             f"UPDATE recipient SET status = '{S.SENDING.value}', last_attempt_at = ? "
             f"WHERE claim_token = ? AND status = '{S.CLAIMED.value}' AND id IN ({{ids}}) RETURNING id"

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings
 from mailshot_core.sending import claims, sendings
-from mailshot_core.sending.connections import send_claimed
+from mailshot_core.sending.connections import StopCheck, send_claimed
 from mailshot_core.sending.context import context_for
 from mailshot_core.sending.ledger import BatchReport, Clock, Ledger
 from mailshot_core.sending.pacing import Pacer
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import MailshotStatus, utcnow
+from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 from mailshot_core.transports import get_transport
 from mailshot_core.transports.base import ConfigurationError, Transport
 
@@ -33,12 +35,20 @@ def send_batch(
     *,
     transport: Transport | None = None,
     clock: Clock = utcnow,
+    run_id: str | None = None,
+    outside_stop: StopCheck | None = None,
 ) -> BatchReport:
     """Claim one batch of due recipients and send it; the sending's state is in the database.
 
     Raises :class:`TransportUnavailable` when the relay cannot be reached (the batch's claims are
     released first, no try consumed): the caller retries the batch later.  A configuration error
     pauses the sending and is reported in ``BatchReport.stopped``.
+
+    While it sends, every STOP_POLL_SECONDS the batch reads the sending's status (a pause or cancel
+    from the CLI, the pages or another process stops it before its next message) and asks
+    ``outside_stop`` (the orchestrator's view: the run cancelled or suspended); a reason from there
+    pauses the sending with that reason, then stops.  ``run_id``: the send run whose record
+    (runs.py) this batch adds to.
     """
     # Each batch is its own worker (its own claims, heartbeat and pid), so batches can run in parallel in
     # threads, processes or machines, and a batch whose process died is recovered on its own.
@@ -47,7 +57,7 @@ def send_batch(
         mailshot = sendings.get(session, mailshot_id)
         if mailshot.status != MailshotStatus.PROCESSING:
             return BatchReport(stopped=f"sending is {mailshot.status}")
-        claims.register_worker(session, mailshot_id, token, clock())
+        claims.register_worker(session, mailshot_id, token, clock(), run_id)
     with session_scope(engine) as session:
         claimed, killed = claims.claim(session, mailshot, token, settings.batch_size, clock())
     report = BatchReport(claimed=len(claimed) + killed, killed=killed)
@@ -57,12 +67,18 @@ def send_batch(
         return report
     ctx = context_for(engine, settings, mailshot_id)
     transport = transport or get_transport(mailshot.transport, settings)
-    ledger = Ledger(engine, mailshot_id, token, settings.max_try, settings.retry_delay, clock, report)
+    ledger = Ledger(engine, mailshot_id, token, settings.max_try, settings.retry_delay, clock, report, run_id)
     cadence = sendings.cadence(mailshot, settings)
     pacer = Pacer(engine, mailshot.transport, cadence, clock) if cadence.limited else None
     try:
         try:
-            asyncio.run(send_claimed(transport, claimed, ledger, ctx, pacer))
+            started = time.monotonic()
+            try:
+                asyncio.run(
+                    send_claimed(transport, claimed, ledger, ctx, pacer, _stop_check(engine, mailshot_id, outside_stop))
+                )
+            finally:
+                report.seconds = time.monotonic() - started
         finally:
             if pacer is not None:
                 pacer.close()
@@ -79,7 +95,37 @@ def send_batch(
     return report
 
 
-def send_batches(engine: Engine, settings: Settings, mailshot_id: int, *, clock: Clock = utcnow) -> BatchReport:
+def _stop_check(engine: Engine, mailshot_id: int, outside: StopCheck | None) -> StopCheck:
+    """Why the batch must stop now: the sending left ``processing``, or the outside check says so
+    (then the sending is paused with its reason, so nothing restarts it behind the operator's back)."""
+    table = Mailshot.__table__  # type: ignore[attr-defined]
+    status_of = select(table.c.status, table.c.status_reason).where(table.c.id == mailshot_id)
+
+    def check() -> str | None:
+        with engine.connect() as conn:  # a read: never waits for the ledger's write lock
+            row = conn.execute(status_of).one()
+        if row.status != MailshotStatus.PROCESSING:
+            return f"sending is {row.status}" + (f" ({row.status_reason})" if row.status_reason else "")
+        reason = outside() if outside is not None else None
+        if reason:
+            with session_scope(engine) as session:
+                m = sendings.get(session, mailshot_id, lock=True)
+                if m.status == MailshotStatus.PROCESSING:
+                    sendings.set_status(session, m, MailshotStatus.PAUSE, reason)
+        return reason
+
+    return check
+
+
+def send_batches(
+    engine: Engine,
+    settings: Settings,
+    mailshot_id: int,
+    *,
+    clock: Clock = utcnow,
+    run_id: str | None = None,
+    outside_stop: StopCheck | None = None,
+) -> BatchReport:
     """Batch after batch until nothing is due now or the sending stops: fast mode's worker.
 
     A fast-mode task runs in a process of its own, whose start (imports, task run, templates) costs far
@@ -89,7 +135,7 @@ def send_batches(engine: Engine, settings: Settings, mailshot_id: int, *, clock:
     """
     total = BatchReport()
     while True:
-        report = send_batch(engine, settings, mailshot_id, clock=clock)
+        report = send_batch(engine, settings, mailshot_id, clock=clock, run_id=run_id, outside_stop=outside_stop)
         total.add(report)
         if report.stopped or report.claimed == 0:
             return total

@@ -57,7 +57,7 @@ _COUNTERS_OF: dict[str, tuple[str, ...]] = {
     S.SENDING: (),
     S.SENT: ("current", "sent"),
     S.FAIL: ("current", "failed"),
-    S.KILL: ("current", "failed"),
+    S.KILL: ("current", "nb_kill"),  # never sent (cancelled, unsubscribed before its turn): not a failure
     S.UNKNOWN: ("current", "nb_unknown"),
     S.READ: ("current", "sent", "nb_read"),
     S.CLIC: ("current", "sent", "nb_read", "nb_clic"),
@@ -76,7 +76,22 @@ COUNTERS = (
     "nb_bounce",
     "nb_unsub",
     "nb_unknown",
+    "nb_kill",
 )
+# The counters as the operator and the data team read them (artifacts, pages): same order as COUNTERS.
+COUNTER_LABELS: dict[str, str] = {
+    "total": "recipients",
+    "current": "done",
+    "sent": "accepted",
+    "failed": "failed",
+    "nb_read": "opened",
+    "nb_clic": "clicked",
+    "nb_spam": "spam complaints",
+    "nb_bounce": "bounced",
+    "nb_unsub": "unsubscribed",
+    "nb_unknown": "in doubt",
+    "nb_kill": "cancelled (never sent)",
+}
 
 
 def counter_deltas(moves: Iterable[tuple[str, str]]) -> dict[str, int]:

@@ -121,6 +121,7 @@ class Mailshot(SQLModel, table=True):
     nb_bounce: int = 0
     nb_unsub: int = 0
     nb_unknown: int = 0
+    nb_kill: int = 0  # never sent: cancelled, or unsubscribed before their turn (not failures)
     # Recipients with at least one open (click) that looked like a machine's (tracking.machine_reason):
     # such a hit does not make the recipient `read` (`clic`), so it is counted apart, once per
     # recipient, from the applied feedback events (tracking.machine_recount).
@@ -171,6 +172,7 @@ class SendWorker(SQLModel, table=True):
     mailshot_id: int = Field(foreign_key="mailshot.id", index=True)
     hostname: str = Field(max_length=255)
     pid: int
+    run_id: str | None = Field(default=None, max_length=64)  # the send run it works for (send_run.id)
     started_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime = Field(default_factory=utcnow)
 
@@ -210,6 +212,32 @@ class SendPace(SQLModel, table=True):
 
     identity: str = Field(primary_key=True, max_length=120)
     tat: datetime
+
+
+class SendRun(SQLModel, table=True):
+    """What one run of a sending did, whatever its end: the data team's per-run record.
+
+    ``id`` is the Prefect flow run id (or a local one for runs without Prefect).  The ledger adds to
+    the counters in the same transaction as the recipient rows; crash recovery adds the run's
+    in-doubt messages; ``ended_at``/``final_status`` are set by the run itself, or by whoever finds
+    it dead; ``recorded_at`` once its record artifact is written in Prefect.
+    """
+
+    __tablename__ = "send_run"
+
+    id: str = Field(primary_key=True, max_length=64)
+    mailshot_id: int = Field(foreign_key="mailshot.id", index=True)
+    transport: str = Field(default="smtp", max_length=40)
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    sent: int = 0
+    failed: int = 0
+    throttled: int = 0  # attempts the relay deferred ("slow down"); counted in retried unless they failed
+    retried: int = 0  # attempts queued again (temporary failures and throttles)
+    in_doubt: int = 0
+    final_status: str | None = Field(default=None, max_length=20)
+    end_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    recorded_at: datetime | None = None
 
 
 # --- issue 7: archive evidence, legacy import (purge.py, legacy.py) ---------------------------------

@@ -276,13 +276,13 @@ _bodies = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="
 
 
 def same_name(parsed: str, name: str) -> bool:
-    """Exact, except one stdlib quirk: Python's phrase parser (3.11) turns each run of spaces or tabs
-    decoded from an encoded word into one space (RFC 2047 decoders keep them).  Other ASCII names are
-    sent as quoted-strings, which it reads exactly."""
+    """Exact, except one stdlib quirk: Python's phrase parser (3.11) turns each run of whitespace decoded
+    from an encoded word (spaces, tabs, and Unicode spaces such as U+00A0 next to them) into one space
+    (RFC 2047 decoders keep them).  Other ASCII names are sent as quoted-strings, which it reads exactly."""
     if parsed == name:
         return True
     encoded = re.fullmatch(r"[\x20-\x7e\t]*", name) is None or re.search(r"=\?.*\?=", name) is not None
-    return encoded and re.sub(r"[ \t]+", " ", name) == parsed
+    return encoded and re.sub(r"\s+", " ", name) == re.sub(r"\s+", " ", parsed)
 
 
 def _stdlib_message(subject: str, from_name: str, to_name: str, text: str, html: str) -> EmailMessage:

@@ -1,4 +1,4 @@
-"""The apply-feedback flow and its deployment (every minute), and `mailshot apply-feedback`."""
+"""The apply-feedback flow (an hourly sweep: webhook events are applied on arrival) and `mailshot apply-feedback`."""
 
 from __future__ import annotations
 

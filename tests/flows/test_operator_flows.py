@@ -76,9 +76,7 @@ def test_control_sends_pauses_resumes_and_cancels_by_id(
     assert {"mailshot", f"mailshot:{mid}"} <= set(run.tags)  # the deployment's tag and the sending's
     assert control_mailshot(mid, "send")["send_run"] == str(run.id)  # idempotent: the live run serves it
     row = next(r for r in _sendings_table() if r["id"] == str(mid))
-    assert (
-        row["status"] == "sending" and row["page"] == f"[sending {mid}](https://news.example.org/admin/sendings/{mid})"
-    )
+    assert row["status"] == "sending" and row["page"] == f"[open](https://news.example.org/admin/sendings/{mid})"
 
     paused = control_mailshot(mid, "pause")
     assert paused["status"] == MailshotStatus.PAUSE and paused["dropped_waiting_run"]

@@ -233,13 +233,17 @@ def test_temporary_failures_are_retried_after_everyone_else(sqlite_url: str, tmp
 def test_prefect_cancellation_pauses_the_sending(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The on_cancellation hook of send-mailshot turns a cancelled run into a paused (resumable) sending."""
+    """The on_cancellation hook of send-mailshot turns a cancelled run into a paused (resumable) sending,
+    called the way Prefect's runner calls it: with the keywords flow, flow_run, state (a hook whose
+    parameters had other names raised TypeError there, logged and skipped, and the sending kept going)."""
+    import asyncio
     from uuid import uuid4
 
     from prefect.client.schemas.objects import FlowRun
+    from prefect.runner._hook_runner import _run_hooks
     from prefect.states import Cancelled
 
-    from flows.send_mailshot import _pause_on_cancel, send_mailshot
+    from flows.send_mailshot import send_mailshot
     from mailshot_core.config import get_settings
 
     monkeypatch.setenv("MAILSHOT_DATABASE_URL", sqlite_url)
@@ -249,7 +253,7 @@ def test_prefect_cancellation_pauses_the_sending(
     seed(engine, tmp_path, 3)
     mid = create(engine, settings)
     run = FlowRun(flow_id=uuid4(), parameters={"mailshot_id": mid})
-    _pause_on_cancel(send_mailshot, run, Cancelled())
+    asyncio.run(_run_hooks(send_mailshot.on_cancellation_hooks, run, send_mailshot, Cancelled()))
     get_settings.cache_clear()
     with session_scope(engine) as session:
         m = sendings.get(session, mid)
@@ -323,4 +327,85 @@ def test_late_results_of_a_worker_taken_over_do_not_overwrite(sqlite_url: str, t
 
     asyncio.run(finish())
     assert {s for s, _ in recipients(engine, mid).values()} == {"unknown"}
+    _counters_match(engine, mid)
+
+
+def test_a_cancelled_sending_counts_its_never_sent_recipients_as_cancelled_not_failed(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Cancel turns the waiting recipients into `kill`: counted in nb_kill ("cancelled" in mailshot
+    status), not in `failed`, and still equal to a recount."""
+    from mailshot_core.cli import _status_dict
+
+    settings = make_settings(sqlite_url)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 7)
+    mid = create(engine, settings)
+    lifecycle.start_sending(engine, settings, mid)  # materialises the 7 recipients
+    with session_scope(engine) as session:
+        m = sendings.cancel(session, mid)
+        assert (m.nb_kill, m.failed, m.current) == (7, 0, 7)
+        assert sendings.stored_counters(m) == sendings.recount(session, mid)
+        shown = _status_dict(m)
+    assert (shown["cancelled"], shown["failed"], shown["status"]) == (7, 0, "cancel")
+
+
+def test_a_pause_stops_a_paced_batch_waiting_for_its_next_slot(db_url: str, tmp_path: Path) -> None:
+    """At one message an hour, the batch waits an hour for its second slot: a pause (from another
+    process: only the database says so) ends the wait and the batch; what was not attempted goes
+    back to the queue, nothing more reaches the relay."""
+    import threading
+
+    with DevRelay() as relay:
+        settings = make_settings(db_url, relay, batch_size=10, smtp_connections=1)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 5)
+        mid = create(engine, settings, rate_per_hour=1)
+        lifecycle.start_sending(engine, settings, mid)
+        result: list[pipeline.BatchReport] = []
+        batch = threading.Thread(target=lambda: result.append(pipeline.send_batch(engine, settings, mid)))
+        batch.start()
+        while not relay.messages:  # the first slot is now
+            batch.join(0.05)
+        with session_scope(engine) as session:
+            sendings.pause(session, mid)
+        batch.join(60)  # a hang guard only: without the pause, the batch would wait an hour
+        assert not batch.is_alive()
+        assert len(relay.messages) == 1
+    assert result[0].sent == 1 and "pause" in (result[0].stopped or "")
+    statuses = [status for status, _ in recipients(engine, mid).values()]
+    assert sorted(statuses) == ["sent", "todo", "todo", "todo", "todo"]
+    _counters_match(engine, mid)
+
+
+def test_an_outside_stop_pauses_the_sending_with_its_reason(db_url: str, tmp_path: Path) -> None:
+    """The orchestrator's view (a cancelled or suspended run) reaches the batch through outside_stop: the
+    sending is paused with that reason (so the dispatcher leaves it), the batch stops before its next
+    message, and the run's record counts what it sent."""
+    from mailshot_core.sending import runs
+    from mailshot_core.store.models import SendRun
+
+    with DevRelay() as relay:
+        settings = make_settings(db_url, relay, batch_size=50, smtp_connections=1)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 50)
+        mid = create(engine, settings, rate_per_minute=600)  # 10/s: the batch takes 5 s unstopped
+        lifecycle.start_sending(engine, settings, mid)
+        run_id = runs.local_run_id()
+        with session_scope(engine) as session:
+            runs.open_run(session, run_id, sendings.get(session, mid))
+
+        def cancelled_once_three_went() -> str | None:
+            return "paused: flow run cancelled in Prefect" if len(relay.messages) >= 3 else None
+
+        report = pipeline.send_batch(engine, settings, mid, run_id=run_id, outside_stop=cancelled_once_three_went)
+        received = len(relay.messages)
+    assert report.stopped == "paused: flow run cancelled in Prefect"
+    assert 3 <= received < 50
+    with session_scope(engine) as session:
+        m = sendings.get(session, mid)
+        assert (m.status, m.status_reason) == (MailshotStatus.PAUSE, "paused: flow run cancelled in Prefect")
+        assert m.sent == received and m.nb_unknown == 0
+        run = session.get(SendRun, run_id)
+        assert run is not None and run.sent == received and run.failed == 0
     _counters_match(engine, mid)

@@ -87,7 +87,7 @@ def test_purge_keeps_every_counter_and_removes_the_rows(db_url: str, tmp_path: P
     before = _counters(engine)
     assert before[a]["nb_read"] == 2 and before[a]["nb_clic"] == 1 and before[a]["nb_spam"] == 1
     assert before[b]["nb_bounce"] == 1 and before[b]["nb_unsub"] == 1 and before[a]["failed"] == 1
-    assert before[cancelled]["failed"] == 12  # every recipient killed
+    assert before[cancelled]["nb_kill"] == 12 and before[cancelled]["failed"] == 0  # every recipient killed
 
     dry = archive.purge(engine, parse_duration("12 months"), dry_run=True)
     assert [x.id for x in dry.archived] == [a, b, cancelled]

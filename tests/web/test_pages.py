@@ -208,7 +208,8 @@ def test_cancel_then_archive(site: Site, admin: tuple[httpx.Client, str]) -> Non
     assert client.post(f"/admin/sendings/{mid}/archive", data={"csrf": csrf}).status_code == 303
     page = client.get(f"/admin/sendings/{mid}").text
     assert "per-recipient detail was deleted" in page and "/archive" not in page
-    assert re.search(r"<td>Failed</td><td class=\"num\">41</td>", page)
+    assert re.search(r"<td>Failed</td><td class=\"num\">0</td>", page)
+    assert re.search(r"<td>Cancelled \(never sent\)</td><td class=\"num\">41</td>", page)
 
 
 def test_html_in_names_and_subjects_is_shown_as_text(site: Site, admin: tuple[httpx.Client, str]) -> None:
