@@ -135,8 +135,8 @@ def main() -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), headless=True)
 
-            def page_of(height: int) -> Any:
-                page = browser.new_context(viewport={"width": 1440, "height": height}).new_page()
+            def page_of(height: int, width: int = 1440) -> Any:
+                page = browser.new_context(viewport={"width": width, "height": height}).new_page()
                 page.set_default_timeout(30_000)
                 return page
 
@@ -161,13 +161,20 @@ def main() -> int:
             mid = sent["parameters"]["mailshot_id"]
             page.goto(f"{ui}/runs/flow-run/{sent['id']}")
             page.get_by_text("Artifacts", exact=True).first.click()
-            counters = page.get_by_role("link", name=f"mailshot-{mid}-counters")
-            expect(counters).to_be_visible()
+            record = page.get_by_role("link", name=re.compile(rf"mailshot-{mid}-run"))
+            expect(record).to_be_visible()
+            expect(page.get_by_role("link", name=re.compile(rf"mailshot-{mid}-counters"))).to_be_visible()
             expect(page.get_by_text(f"mailshot:{mid}").first).to_be_visible()
             shoot(page, "prefect-03-run-artifacts")
-            counters.click()
-            expect(page.get_by_text("nb_unknown", exact=True)).to_be_visible()
-            shoot(page, "prefect-04-run-counters")
+            # The run's record (what this run sent, failed, retried, and how it ended) is one wide row:
+            # a page wide enough to show all its columns.
+            record_url = record.get_attribute("href")
+            page = page_of(700, width=3000)
+            page.goto(f"{ui}{record_url}")
+            expect(page.get_by_text("sent by this run", exact=True)).to_be_visible()
+            expect(page.get_by_text("sending status at the end", exact=True)).to_be_in_viewport()
+            shoot(page, "prefect-04-run-record")
+            page = page_of(1000)
 
             page.goto(f"{ui}/artifacts/key/mailshot-sendings")
             page.locator("a[href*='/artifacts/artifact/']").first.click()  # the latest version
