@@ -17,11 +17,8 @@ an empty mailshot database, waits MINUTES, then asks the Prefect API:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from deployment_check import BIN, free_port, wait_http
+from deployment_check import BIN, Processes, free_port, wait_http
 from schedule_check import api
 
 DAY = timedelta(days=1)
@@ -70,13 +67,8 @@ def main() -> int:
         PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=str(30 * 86400),
         MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
     )
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, cmd: list[str]) -> None:
-        log = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(
-            subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
+    procs = Processes(env, work, work / "logs")
+    start = procs.start
 
     try:
         start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)])
@@ -133,14 +125,7 @@ def main() -> int:
         )
         return 0
     finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        procs.stop()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,42 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) ->
     return done.stdout
 
 
+class Processes:
+    """The background processes of a check (servers, relay, `mailshot serve`): each in its own session,
+    so stopping one stops its children, with its output in ``logs/<name>.log``."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, logs: Path) -> None:
+        self.env, self.cwd, self.logs = env, cwd, logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.procs.append(
+            subprocess.Popen(
+                cmd, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+
+    def print_logs(self, tail: int = 3000) -> None:
+        for log_file in sorted(self.logs.iterdir()):
+            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-tail:]}", file=sys.stderr)
+
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM to every process group, then SIGKILL to those still there after ``grace`` seconds."""
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailshot-deploy-"))
     api_port, relay_port = free_port(), free_port()
@@ -66,15 +102,8 @@ def main() -> int:
         MAILSHOT_SMTP_PORT=str(relay_port),
         MAILSHOT_SMTP_HOST="127.0.0.1",
     )
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = work / "logs"
-    logs.mkdir()
-
-    def start(name: str, cmd: list[str]) -> None:
-        log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(
-            subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
+    procs = Processes(env, work, work / "logs")
+    start = procs.start
 
     try:
         start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)])
@@ -134,18 +163,10 @@ def main() -> int:
         print("deployment check:", "OK" if ok else "FAILED")
         return 0 if ok else 1
     except Exception:
-        for log_file in sorted(logs.iterdir()):
-            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        procs.print_logs()
         raise
     finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        procs.stop()
 
 
 if __name__ == "__main__":

@@ -17,12 +17,9 @@ virtualenv and Chromium (`make system-deps`).  Not part of `make test`: pictures
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from deployment_check import BIN, free_port, run, wait_http
+from deployment_check import BIN, Processes, free_port, run, wait_http
 from schedule_check import api, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,13 +70,8 @@ def main() -> int:
         MAILSHOT_FROM_NAME="Example News",
         MAILSHOT_BASE_URL="http://127.0.0.1:8000",  # where `mailshot web` would be: the table's links
     )
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, cmd: list[str]) -> None:
-        log = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(
-            subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
+    procs = Processes(env, work, work / "logs")
+    start = procs.start
 
     mailshot = [sys.executable, "-m", "mailshot_core.cli"]
     try:
@@ -185,19 +177,10 @@ def main() -> int:
         print(f"screenshots in {OUT}: " + ", ".join(sorted(p.name for p in OUT.glob("prefect-*.png"))))
         return 0
     except Exception:
-        for log_file in sorted(work.glob("*.log")):
-            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        procs.print_logs()
         raise
     finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        procs.stop()
 
 
 def _deployment(base: str, name: str) -> dict[str, Any] | None:

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -37,21 +36,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from deployment_check import BIN, free_port, run, wait_http
+from deployment_check import BIN, Processes, free_port, run, wait_http
 
 RECIPIENTS = 20
-DEPLOYMENTS = {
-    "send-mailshot/now",
-    "send-mailshot/fast",
-    "send-test/to-address",
-    "create-and-send/form",
-    "control-mailshot/by-id",
-    "dispatch-mailshots/sweep",
-    "apply-feedback/sweep",
-    "ingest-bounces/from-mailbox",
-    "purge-stats/daily",
-    "import-legacy/from-spip",
-}
 # The README's "An HTML file with quotes" commands, as an operator types them (issue-42.html, news).
 FORM_PYTHON = (
     "prefect deployment run create-and-send/form --param test_address=editor@example.org "
@@ -99,6 +86,13 @@ def wait_for(what: str, check: Any, timeout: float) -> Any:
     raise TimeoutError(f"{what}: not within {timeout} s")
 
 
+def served_names() -> set[str]:
+    """What `mailshot serve` registers (tests/flows/test_deployments.py checks the names themselves)."""
+    from deployments.serve import deployments
+
+    return {f"{d.flow_name}/{d.name}" for d in deployments()}
+
+
 def tagged_runs(base: str, mailshot_id: int) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = api(
         base, "POST", "/flow_runs/filter", {"flow_runs": {"tags": {"all_": [f"mailshot:{mailshot_id}"]}}}
@@ -126,15 +120,8 @@ def main(argv: list[str]) -> int:
     )
     if argv:  # a PostgreSQL database for Prefect's server: starts in half the time of a fresh SQLite one (M21)
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = argv[0]
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = work / "logs"
-    logs.mkdir()
-
-    def start(name: str, cmd: list[str]) -> None:
-        log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(
-            subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
+    procs = Processes(env, work, work / "logs")
+    start = procs.start
 
     t0 = time.monotonic()
     ok = False
@@ -187,7 +174,7 @@ def main(argv: list[str]) -> int:
 
         def registered() -> dict[str, Any] | None:
             found = {}
-            for name in DEPLOYMENTS:
+            for name in served_names():
                 try:
                     found[name] = api(base, "GET", f"/deployments/name/{name}")
                 except urllib.error.HTTPError:
@@ -195,6 +182,7 @@ def main(argv: list[str]) -> int:
             return found
 
         deployments = wait_for("mailshot serve registers every deployment", registered, 90)
+        assert set(deployments) >= {"create-and-send/form", "control-mailshot/by-id", "dispatch-mailshots/sweep"}
         stage("deployments registered")
         dispatch = deployments["dispatch-mailshots/sweep"]
         assert [s["schedule"].get("interval") for s in dispatch["schedules"]] == [10.0], dispatch["schedules"]
@@ -323,21 +311,10 @@ def main(argv: list[str]) -> int:
         ok = True
         return 0
     except Exception:
-        for log_file in sorted(logs.iterdir()):
-            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+        procs.print_logs(4000)
         raise
     finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3  # throw-away servers: no need to wait long for a clean shutdown
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        procs.stop(grace=3)  # throw-away servers: no need to wait long for a clean shutdown
         stage("stopped")
         if ok:  # kept when the check failed, for its logs
             shutil.rmtree(work, ignore_errors=True)
