@@ -120,7 +120,7 @@ def make_settings(url: str, relay: DevRelay | RelayProcess | None = None, **over
         "retry_delay": 0,
         "from_email": "news@example.org",
         "base_url": "https://news.example.org",
-        "secret_key": "test-secret",
+        "secret_key": "test-secret-of-at-least-32-bytes-x",
     }
     if relay is not None:
         values["smtp_host"] = relay.host
