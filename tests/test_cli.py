@@ -90,6 +90,22 @@ BAD_INPUTS = [
         ["subscribers", "add", "x@example.org", "--list", "news", "--nom", "Evil\r\nBcc: a@b.c"],
         "CR or LF",
     ),
+    (
+        "name longer than its column",
+        ["subscribers", "add", "x@example.org", "--list", "news", "--nom", "N" * 100_000],
+        "name is 100000 characters long; at most 255",
+    ),
+    ("list title too long", ["lists", "create", "other", "--title", "T" * 300], "list title is 300 characters long"),
+    (
+        "sender name too long",
+        ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--from-name", "F" * 256],
+        "sender name is 256 characters long; at most 255",
+    ),
+    (
+        "subject too long",
+        ["create", "--subject", "S" * 5000, "--html", "{tmp}/body.html", "--list", "news"],
+        "subject is 5000 characters long; at most 998",
+    ),
     ("unknown list on import", ["subscribers", "import", "{tmp}/ok.csv", "--list", "nope"], "unknown list 'nope'"),
     (
         "unknown list on create",
