@@ -75,9 +75,11 @@ def test_list_title_and_sending_header_values_are_capped(site: tuple[Engine, Set
     header line (998), a clear error and nothing stored."""
     engine, settings = site
     assert max_length(MailingList, "title") == max_length(Mailshot, "from_name") == 255
-    with pytest.raises(InvalidInput, match="list title is 256 characters long; at most 255"):
-        with session_scope(engine) as session:
-            subscribers.create_list(session, "other", "T" * 256)
+    with (
+        pytest.raises(InvalidInput, match="list title is 256 characters long; at most 255"),
+        session_scope(engine) as session,
+    ):
+        subscribers.create_list(session, "other", "T" * 256)
     with pytest.raises(InvalidInput, match="sender name is 256 characters long; at most 255"):
         create(engine, settings, from_name="S" * 256)
     with pytest.raises(InvalidInput, match="subject is 999 characters long; at most 998"):
