@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
+from helpers import TEST_KEY  # noqa: E402
 from mailshot_core.config import Settings, load_settings  # noqa: E402
 from mailshot_core.devtools.relay import DevRelay, FaultPlan  # noqa: E402
 from mailshot_core.store import db  # noqa: E402
@@ -120,7 +121,7 @@ def make_settings(url: str, relay: DevRelay | RelayProcess | None = None, **over
         "retry_delay": 0,
         "from_email": "news@example.org",
         "base_url": "https://news.example.org",
-        "secret_key": "test-secret-of-at-least-32-bytes-x",
+        "secret_key": TEST_KEY,
     }
     if relay is not None:
         values["smtp_host"] = relay.host

@@ -132,6 +132,11 @@ BAD_INPUTS = [
         ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--from-name", "A\nB"],
         "sender name must be a single line",
     ),
+    (
+        "runaway template",
+        ["create", "--subject", "S", "--html", "{tmp}/huge.html", "--list", "news"],
+        "HTML template: the operator '*' would make a value of 300,000,000 characters",
+    ),
     ("HTML file missing", ["create", "--subject", "S", "--html", "{tmp}/none.html", "--list", "news"], "HTML file"),
     (
         "bad start date",
@@ -162,6 +167,7 @@ def test_bad_input_gives_one_clear_line_and_changes_nothing(
     (tmp_path / "latin1.csv").write_bytes("email,nom\nzoé@example.org,Zoé\n".encode("latin-1"))
     (tmp_path / "onebad.csv").write_text("email\ncarl@example.org\nbroken@@example.org\n")
     (tmp_path / "broken.html").write_text("<p>Hello</p>\n<p>{{ nom </p>\n")
+    (tmp_path / "huge.html").write_text("<p>{{ 'x' * 300000000 }}</p>\n")
     before = _dump(seeded.db_file)
     code, _out, err = seeded(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     lines = [line for line in err.splitlines() if line.strip()]
