@@ -98,7 +98,6 @@ def _render_error(exc: Exception) -> str:
     return str(exc)
 
 
-
 def expand_shorthand(source: str) -> str:
     """``@nom@`` -> ``{{ nom }}`` for the known variables only (a plain ``a@b`` stays as it is)."""
     return _SHORTHAND.sub(r"{{ \1 }}", source)

@@ -105,7 +105,9 @@ def test_ordinary_templates_are_not_affected() -> None:
     out = CompiledMailshot("{{ nom }}", html, "{{ listes }}")
     out.check()
     got = out.render(Personalisation(email="z@example.org", nom="Zoé <o>", listes=("a", "b"), lang="fr")).html
-    assert got.startswith("<h1>Zoé &lt;o&gt;</h1><ul><li>A</li><li>B</li></ul>003.1      r fr-valid 0,1,2,3,4 a &amp; b")
+    assert got.startswith(
+        "<h1>Zoé &lt;o&gt;</h1><ul><li>A</li><li>B</li></ul>003.1      r fr-valid 0,1,2,3,4 a &amp; b"
+    )
     assert "ababab 18446744073709551616 " in got and "Zo&lt;0&gt;" not in got and "Z0é &lt;0&gt;" in got
     assert got.endswith("x.. Zoé &lt;o&gt;! 2000000")
 
