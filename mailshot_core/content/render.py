@@ -89,7 +89,16 @@ _html_env = LimitedSandbox(autoescape=True, keep_trailing_newline=True)
 _text_env = LimitedSandbox(autoescape=False, keep_trailing_newline=True)
 # What a template's expressions can raise at run time ({{ 1 // 0 }}, {{ '%d' % nom }}, a macro calling
 # itself...): a TemplateError lets the send loop record the recipient instead of crashing the batch.
-_RENDER_ERRORS = (JinjaError, ArithmeticError, LookupError, AttributeError, TypeError, ValueError, MemoryError)
+_RENDER_ERRORS = (
+    JinjaError,
+    ArithmeticError,
+    LookupError,
+    AttributeError,
+    TypeError,
+    ValueError,
+    RecursionError,
+    MemoryError,
+)
 
 
 def _render_error(exc: Exception) -> str:
@@ -200,7 +209,7 @@ class CompiledMailshot:
                 subject = self._subject.render(context)
                 html = self._html.render(context)
                 text = self._text.render(context)
-        except (*_RENDER_ERRORS, RecursionError) as exc:
+        except _RENDER_ERRORS as exc:
             raise TemplateError(f"cannot personalise the message for {who.email}: {_render_error(exc)}") from None
         # A subject is one line: a newline that reached it through a variable must not become a header
         # break; message.py refuses CR/LF anyway, this keeps an honest multi-line template usable.
@@ -214,7 +223,7 @@ class CompiledMailshot:
             try:
                 with budget(), time_limit():
                     template.render(context)
-            except (*_RENDER_ERRORS, RecursionError) as exc:
+            except _RENDER_ERRORS as exc:
                 raise TemplateError(f"{part} template: {_render_error(exc)}") from None
 
 
