@@ -413,9 +413,15 @@ def web(
     click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/."""
     import uvicorn
 
+    from mailshot_core.web import server
     from mailshot_core.web.app import create_app
 
-    uvicorn.run(create_app(_settings(), engine=_engine()), host=host, port=port, log_level="info")
+    settings = _settings()
+    # Proxy headers only from MAILSHOT_FORWARDED_ALLOW_IPS (server.py), so the login throttle's address is
+    # the connection's unless a known proxy says otherwise.
+    uvicorn.Server(
+        server.config(create_app(settings, engine=_engine()), settings, host=host, port=port, log_level="info")
+    ).run()
 
 
 @app.command("apply-feedback")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,11 @@ class StoreReport:
     stored: int
     duplicates: int
     ignored: int  # not about a sending of this site
+    untied: dict[str, int] = field(default_factory=dict)  # why the ignored ones were: reason -> count
+
+
+NO_SENDING_ID = "without any sending id of ours"
+NOT_OURS = "for a sending that is not in this database"
 
 
 def _insert_ignore(dialect: str) -> Any:
@@ -97,8 +102,9 @@ def _store(engine: Engine, events: list[IncomingEvent], now: datetime | None) ->
         if rows:
             stmt = _insert_ignore(conn.dialect.name).returning(_events.c.id)
             ids = [row[0] for row in conn.execute(stmt, list(rows.values())).all()]
-    ignored = sum(1 for e in events if e.mailshot_id not in known)
-    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored), ids
+    untied = Counter(NO_SENDING_ID if e.mailshot_id is None else NOT_OURS for e in events if e.mailshot_id not in known)
+    ignored = sum(untied.values())
+    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored, dict(untied)), ids
 
 
 # --- 2. apply -----------------------------------------------------------------------------------------

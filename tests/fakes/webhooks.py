@@ -24,8 +24,9 @@ from cryptography.x509.oid import NameOID
 
 from mailshot_core.config import Settings
 from mailshot_core.transports.http import NODELAY
+from mailshot_core.web import server
 from mailshot_core.web.app import create_app
-from mailshot_core.web.auth import mandrill_signature, sns_string_to_sign
+from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, mandrill_signature, sns_string_to_sign
 
 SECRET = "hook-secret"
 MANDRILL_KEY = "mandrill-hook-key"
@@ -73,7 +74,8 @@ class SnsSigner:
         self.pem = cert.public_bytes(serialization.Encoding.PEM)
         self.fetched: list[str] = []
 
-    def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str) -> bytes:
+        """What https_get would get from AWS (certificates, subscription confirmations)."""
         self.fetched.append(url)
         return self.pem if url == CERT_URL else b"<ConfirmSubscriptionResponse/>"
 
@@ -85,15 +87,30 @@ class SnsSigner:
 
 
 class WebServer:
-    """``create_app(settings)`` under uvicorn in a thread, as ``mailshot web`` runs it."""
+    """``create_app(settings)`` under uvicorn in a thread, configured as ``mailshot web`` runs it
+    (web/server.py: proxy headers, access log)."""
 
-    def __init__(self, settings: Settings, sock: socket.socket, signer: SnsSigner | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sock: socket.socket,
+        signer: SnsSigner | None = None,
+        fetch: Fetch | None = None,
+        log_level: str = "warning",
+        fetch_timeout: float = FETCH_TIMEOUT,
+    ) -> None:
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        app = create_app(settings, fetch=signer.fetch if signer is not None else None)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        fetch = fetch or (signer.fetch if signer is not None else None)
+        app = create_app(settings, fetch=fetch, fetch_timeout=fetch_timeout)
+        self.server = uvicorn.Server(server.config(app, settings, log_level=log_level, lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.client = httpx.Client(base_url=self.url, timeout=30, transport=httpx.HTTPTransport(socket_options=NODELAY))
+        self.client = self.client_for(self.url)
+
+    @staticmethod
+    def client_for(url: str) -> httpx.Client:
+        """An HTTP client of the server (one per thread: httpx clients are not shared across threads)."""
+        return httpx.Client(base_url=url, timeout=30, transport=httpx.HTTPTransport(socket_options=NODELAY))
 
     def __enter__(self) -> WebServer:
         self.thread.start()
