@@ -11,7 +11,11 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,8 +25,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 
+from conftest import engine_for, make_settings
+from helpers import create, drive, seed
 from mailshot_core.config import Settings
+from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import FeedbackEvent, Recipient
 from mailshot_core.transports.http import NODELAY
 from mailshot_core.web import server
 from mailshot_core.web.app import create_app
@@ -287,3 +298,46 @@ BUILDERS = {
     "brevo": brevo_event,
     "ses": ses_record,
 }
+
+
+# --- a site that sent, serving its webhooks -------------------------------------------------------
+
+
+@dataclass
+class Site:
+    engine: Engine
+    web: WebServer
+    signer: SnsSigner
+    mailshot_id: int
+    ids: dict[str, int]  # email -> recipient id of the sending `mailshot_id`
+    sendings: dict[str, tuple[int, dict[str, int]]]  # list name -> (sending, email -> recipient id)
+
+
+def stored(engine: Engine, source: str | None = None) -> int:
+    query = select(func.count()).select_from(FeedbackEvent).where(FeedbackEvent.source != "smtp")
+    if source is not None:
+        query = query.where(FeedbackEvent.source == source)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+@contextmanager
+def sent_site(url: str, tmp: Path, lists: tuple[str, ...]) -> Iterator[Site]:
+    """One sending of 25 recipients per list (u<i>@<list>.example; u<i>@example.com for "news"), sent through the
+    dev relay, and the web app serving the webhooks."""
+    sock = free_socket()
+    signer = SnsSigner()
+    sendings = {}
+    with DevRelay() as relay:
+        settings = make_settings(url, relay, **webhook_settings(sock.getsockname()[1]))
+        engine = engine_for(settings)
+        for name in lists:
+            seed(engine, tmp, 25, list_name=name, domain="example.com" if name == "news" else f"{name}.example")
+            mid = create(engine, settings, lists=(name,))
+            drive(engine, settings, mid)
+            with session_scope(engine) as session:
+                rows = session.execute(select(Recipient.email, Recipient.id).where(Recipient.mailshot_id == mid)).all()
+            sendings[name] = (mid, {e: i for e, i in rows})
+    mid, ids = sendings[lists[0]]
+    with WebServer(settings, sock, signer) as web:
+        yield Site(engine, web, signer, mid, ids, sendings)
