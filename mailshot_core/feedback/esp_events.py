@@ -122,6 +122,22 @@ def _field(event: Mapping[str, Any], name: str, where: str) -> str:
     return value
 
 
+def _string(value: Any) -> str:
+    """A field we only match against our own formats: a string, else nothing (never ``str()`` of an
+    arbitrary, maybe deeply nested, value)."""
+    return value if isinstance(value, str) else ""
+
+
+def _optional_text(value: Any, where: str, name: str) -> str:
+    """A text field that may be absent (""), but if given must be storable text."""
+    if value is None or value == "":
+        return ""
+    text = str(value)
+    if "\x00" in text or not _encodable(text):
+        raise MalformedPayload(f"{where}: field {name!r} is not valid text (a NUL or a lone surrogate)")
+    return text
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -161,7 +177,7 @@ def _mailjet_ids(ev: Mapping[str, Any]) -> tuple[int | None, int | None]:
             ids = None  # another sender's payload on the same account: not ours, try the other fields
         if isinstance(ids, dict) and _int(ids.get("m")) is not None:
             return _int(ids.get("m")), _int(ids.get("r"))
-    match = _CUSTOM_ID.match(str(ev.get("CustomID") or ""))
+    match = _CUSTOM_ID.match(_string(ev.get("CustomID")))
     if match and _int(match[1]) is not None:
         return _int(match[1]), _int(match[2])
     return campaign_id(ev.get("customcampaign")), None
@@ -211,7 +227,7 @@ def sparkpost(body: bytes) -> list[IncomingEvent]:
             kind = _field(ev, "type", f"{where} ({_shown(cls)})")
             raw = _canonical(ev)
             event_id = _field(ev, "event_id", f"{where} ({_shown(cls)})")
-            email = str(ev.get("rcpt_to") or ev.get("raw_rcpt_to") or "")
+            email = _optional_text(ev.get("rcpt_to") or ev.get("raw_rcpt_to"), f"{where} ({_shown(cls)})", "rcpt_to")
             meta = sub(ev, "rcpt_meta")
             # Transmission metadata (mailshot_id) and recipient metadata (recipient_id), merged by SparkPost;
             # else the transmission's campaign_id (ours: mailshot-<id>) and the address.
@@ -306,7 +322,7 @@ def brevo(body: bytes) -> list[IncomingEvent]:
         where = f"event {i}"
         kind, email = _field(ev, "event", where), _field(ev, "email", where)
         raw = _canonical(ev)
-        match = _MAILIN_CUSTOM.search(str(ev.get("X-Mailin-custom") or ""))
+        match = _MAILIN_CUSTOM.search(_string(ev.get("X-Mailin-custom")))
         mailshot_id = _int(match[1]) if match else None
         if mailshot_id is None:
             tags = ev["tags"] if isinstance(ev.get("tags"), list) else [ev.get("tag")]
@@ -342,7 +358,7 @@ def _ses_ids(mail: Mapping[str, Any]) -> tuple[int | None, int | None]:
     if tag("mailshot_id") is not None:
         return tag("mailshot_id"), tag("recipient_id")
     headers = {
-        str(h.get("name", "")).lower(): h.get("value")
+        _string(h.get("name")).lower(): h.get("value")
         for h in (mail["headers"] if isinstance(mail.get("headers"), list) else [])
         if isinstance(h, dict)
     }
@@ -372,9 +388,7 @@ def ses_event(notification: Mapping[str, Any], where: str = "SNS message") -> In
         raise MalformedPayload(f"{where}: the SES record has no 'mail' object")
     mailshot_id, recipient_id = _ses_ids(mail)
     destination = mail["destination"] if isinstance(mail.get("destination"), list) else []
-    email = str(destination[0])[:320] if destination and isinstance(destination[0], str) else ""
-    if not _encodable(email) or "\x00" in email:
-        raise MalformedPayload(f"{where}: mail.destination is not valid text (a NUL or a lone surrogate)")
+    email = _optional_text(destination[0] if destination else None, f"{where}: mail", "destination")
     bounce = sub(message, "bounce")
     bounced = bounce.get("bouncedRecipients")
     first = bounced[0] if isinstance(bounced, list) and bounced and isinstance(bounced[0], dict) else {}

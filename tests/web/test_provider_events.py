@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,23 +14,17 @@ from sqlalchemy import select
 from fakes.webhooks import BUILDERS, Site, post, sent_site, sns_notification, stored
 from mailshot_core.feedback import fail_rule, inbox, tracking
 from mailshot_core.sending import sendings
-from mailshot_core.store import db
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import FeedbackEvent, Recipient
 
 PROVIDERS = ("mailjet", "sparkpost", "mandrill", "brevo", "ses")
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module")
+def site(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """One sending per provider (25 recipients u<i>@<provider>.example each), sent, and the web app."""
-    tmp: Path = tmp_path_factory.mktemp(f"events-{request.param}")
-    url = (
-        f"sqlite:///{tmp}/m.db" if request.param == "sqlite" else request.getfixturevalue("pg_server").create_database()
-    )
-    with sent_site(url, tmp, PROVIDERS) as s:
+    with sent_site(module_db_url, tmp_path_factory.mktemp("events"), PROVIDERS) as s:
         yield s
-    db.dispose_engines()
 
 
 def _status(site: Site, provider: str, i: int) -> str:

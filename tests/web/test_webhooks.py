@@ -28,7 +28,6 @@ from fakes.webhooks import (
 )
 from mailshot_core.feedback import inbox
 from mailshot_core.sending import sendings
-from mailshot_core.store import db
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Recipient, Subscriber
 from mailshot_core.web.auth import mandrill_signature
@@ -150,17 +149,11 @@ def site(sqlite_url: str, tmp_path: Path) -> Iterator[Site]:
         yield s
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def every_provider(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module")
+def every_provider(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """One database (SQLite, then PostgreSQL) with a sending per provider, shared by the round trips."""
-    tmp = tmp_path_factory.mktemp(request.param)
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp}/mailshot.db"
-    else:
-        url = request.getfixturevalue("pg_server").create_database()
-    with sent_site(url, tmp, tuple(ROUND_TRIPS)) as s:
+    with sent_site(module_db_url, tmp_path_factory.mktemp("round-trips"), tuple(ROUND_TRIPS)) as s:
         yield s
-    db.dispose_engines()
 
 
 @pytest.mark.parametrize("provider", list(ROUND_TRIPS))
