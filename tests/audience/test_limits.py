@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from conftest import engine_for, make_settings
 from helpers import create
 from mailshot_core.audience import subscribers
-from mailshot_core.config import Settings
+from mailshot_core.config import MAX_NAME_LENGTH, Settings
 from mailshot_core.errors import InvalidInput
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import MailingList, Mailshot, Subscriber, max_length
@@ -74,7 +74,7 @@ def test_list_title_and_sending_header_values_are_capped(site: tuple[Engine, Set
     """`lists create --title`, `create --from-name` and the subject: past their column (255) or one
     header line (998), a clear error and nothing stored."""
     engine, settings = site
-    assert max_length(MailingList, "title") == max_length(Mailshot, "from_name") == 255
+    assert max_length(MailingList, "title") == max_length(Mailshot, "from_name") == MAX_NAME_LENGTH == 255
     with (
         pytest.raises(InvalidInput, match="list title is 256 characters long; at most 255"),
         session_scope(engine) as session,

@@ -1,6 +1,7 @@
 """The web app served by uvicorn on a free loopback port, and the providers' webhook requests:
 their documented sample payloads with our correlation fields, posted the way each provider posts
-(Basic auth, Mandrill's signed form, SNS's signed JSON).
+(Basic auth, Mandrill's signed form, SNS's signed JSON); and a site that sent (``sent_site``) for the
+webhook tests to post about.
 """
 
 from __future__ import annotations
