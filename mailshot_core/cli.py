@@ -425,9 +425,15 @@ def web(
     click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/."""
     import uvicorn
 
+    from mailshot_core.web import server
     from mailshot_core.web.app import create_app
 
-    uvicorn.run(create_app(_settings(), engine=_engine()), host=host, port=port, log_level="info")
+    settings = _settings()
+    # Proxy headers only from MAILSHOT_FORWARDED_ALLOW_IPS (server.py), so the login throttle's address is
+    # the connection's unless a known proxy says otherwise.
+    uvicorn.Server(
+        server.config(create_app(settings, engine=_engine()), settings, host=host, port=port, log_level="info")
+    ).run()
 
 
 @app.command("apply-feedback")
@@ -535,11 +541,40 @@ def relay(
     raise typer.Exit(relay_main(["--port", str(port), "--out-dir", str(out_dir)]))
 
 
+def _undecodable_argument(args: list[str]) -> str | None:
+    """The first argument that is not UTF-8, described; None when all are.
+
+    Python hands undecodable bytes of argv over as lone surrogates (PEP 383): they would only fail
+    later, with a traceback, when the value reaches the database, a header or the terminal.
+    """
+    import os
+
+    for position, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raw = os.fsencode(arg)
+            shown = raw.decode("utf-8", "backslashreplace")
+            return (
+                f"argument {position} ({shown!r}) is not UTF-8 text: byte 0x{raw[len(os.fsencode(arg[: exc.start]))]:02x} "
+                f"at character {exc.start + 1}; give it in UTF-8"
+            )
+    return None
+
+
 def main() -> None:
     """Entry point: one clear line for every error a user can cause."""
+    problem = _undecodable_argument(sys.argv[1:])
+    if problem is not None:
+        err.print(f"error: {problem}", markup=False)
+        sys.exit(1)
     try:
         app(standalone_mode=False)
-    except (ConfigError, MailshotError) as exc:
+    except ConfigError as exc:
+        for line in exc.problems:  # one line per bad setting
+            err.print(f"error: {line}", markup=False)
+        sys.exit(1)
+    except MailshotError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
     except typer.Abort:

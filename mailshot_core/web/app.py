@@ -13,19 +13,25 @@ from sqlalchemy.engine import Engine
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.store.db import get_engine
 from mailshot_core.web import links, pages, webhooks
-from mailshot_core.web.auth import Fetch, SnsVerifier, https_get
+from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, SnsVerifier, https_get
 from mailshot_core.web.context import WebContext
+from mailshot_core.web.server import install_log_redaction
 
 
 def create_app(
-    settings: Settings | None = None, *, engine: Engine | None = None, fetch: Fetch | None = None
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    fetch: Fetch | None = None,
+    fetch_timeout: float = FETCH_TIMEOUT,
 ) -> FastAPI:
     settings = settings or get_settings()
     engine = engine or get_engine(settings.database_url)
     fetch = fetch or https_get
     topics = {arn.strip() for arn in settings.ses_topic_arns.split(",") if arn.strip()}
+    install_log_redaction()  # whoever serves the app, ?token= never reaches the access log
     app = FastAPI(title="Mailshot", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch), fetch)
+    app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch, fetch_timeout), fetch)
     app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(pages.router)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from conftest import engine_for, make_settings
+from conftest import TEST_KEY, engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from mailshot_core.audience import subscribers
 from mailshot_core.devtools.relay import DevRelay, FaultPlan
@@ -91,11 +91,11 @@ def test_messages_are_personalised_with_bulk_headers(sqlite_url: str, tmp_path: 
         assert f"Hello User {i} ({to}, fr, lists: {expected_lists})" in html
         unsub = msg["List-Unsubscribe"].strip("<>")
         assert unsub.startswith("https://news.example.org/u/") and unsub in html
-        signed = read_token(b"test-secret", unsub.rsplit("/", 1)[1], UNSUBSCRIBE)
+        signed = read_token(TEST_KEY.encode(), unsub.rsplit("/", 1)[1], UNSUBSCRIBE)
         with session_scope(engine) as session:
             subscriber_id = session.exec(select(Subscriber.id).where(Subscriber.email == to)).one()
         assert signed == (mid, subscriber_id)  # the link names the subscriber: it outlives the purge
-        ref = parse_verp(b"test-secret", received.envelope_from)
+        ref = parse_verp(TEST_KEY.encode(), received.envelope_from)
         assert ref is not None and ref.mailshot_id == mid
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert msg["List-Id"] == '"News" <news.example.org>'
