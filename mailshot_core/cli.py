@@ -338,6 +338,23 @@ def resend_unknown(mailshot_id: int) -> None:
     out.print(f"{n} recipient(s) queued again; run: mailshot send {mailshot_id}")
 
 
+@app.command("requeue")
+def requeue(
+    mailshot_id: int,
+    failed: Annotated[bool, typer.Option("--failed", help="Queue the failed recipients again (tries reset).")] = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in each recipient's last error).")] = "",
+) -> None:
+    """Queue again the recipients that failed because of an operator's mistake (a wrong setting, a
+    broken relay account), once it is fixed.  Bounced addresses are not requeued."""
+    if not failed:
+        raise InvalidInput("say what to requeue: --failed")
+    with _session() as session:
+        n = claims.requeue_failed(session, mailshot_id, reason)
+        status = sendings.get(session, mailshot_id).status
+    hint = f"mailshot resume {mailshot_id}" if status == MailshotStatus.PAUSE else f"mailshot send {mailshot_id}"
+    out.print(f"{n} failed recipient(s) queued again; then: {hint}")
+
+
 @app.command("send")
 def send(
     mailshot_id: int,
