@@ -10,6 +10,7 @@ run can die at any point and the next run carries on (DESIGN §3).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,9 +141,34 @@ def send_batch_task(mailshot_id: int, number: int, transport: str = "smtp", run_
     return report
 
 
+_orphan_watch_started = False
+
+
+def _die_with_the_run(flow_pid: int) -> None:
+    """A fast-mode worker process ends when the run's process is gone (kill -9 of `mailshot send
+    --fast`): it was seen sending on alone, and never exiting.  Its claims are recovered like any dead
+    worker's (pid gone: claimed rows back to the queue, the one in flight in doubt)."""
+    global _orphan_watch_started
+    if os.getpid() == flow_pid or _orphan_watch_started:
+        return  # in the run's own process (threads), or watched already
+    _orphan_watch_started = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mailshot-orphan-watch", daemon=True).start()
+
+
 @task(name="send-batches", task_run_name="worker {number}", **_BATCH_TASK)
-def send_batches_task(mailshot_id: int, number: int, transport: str = "smtp", run_id: str | None = None) -> BatchReport:
+def send_batches_task(
+    mailshot_id: int, number: int, transport: str = "smtp", run_id: str | None = None, flow_pid: int = 0
+) -> BatchReport:
     """Fast mode: one task per process, sending batch after batch (its start-up is paid once)."""
+    if flow_pid:
+        _die_with_the_run(flow_pid)
     with _connection_slots(transport) as settings:
         engine = get_engine(settings.database_url)
         report = send_batches(engine, settings, mailshot_id, run_id=run_id, outside_stop=prefect_stop(run_id))
@@ -306,8 +332,10 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         step = next_step(engine, settings, mailshot_id)
         if step.action == "send" and len(running) < max(1, parallel):
             number += 1
-            worker = send_batches_task if parallel > 1 else send_batch_task
-            running.append(worker.submit(mailshot_id, number, started.transport, run_id))
+            if parallel > 1:
+                running.append(send_batches_task.submit(mailshot_id, number, started.transport, run_id, os.getpid()))
+            else:
+                running.append(send_batch_task.submit(mailshot_id, number, started.transport, run_id))
             if len(running) < parallel:
                 continue  # fill the pool first: fast mode's workers start together
         elif step.action == "stopped":

@@ -369,6 +369,23 @@ def resend_unknown(mailshot_id: int) -> None:
     out.print(f"{n} recipient(s) queued again; run: mailshot send {mailshot_id}")
 
 
+@app.command("requeue")
+def requeue(
+    mailshot_id: int,
+    failed: Annotated[bool, typer.Option("--failed", help="Queue the failed recipients again (tries reset).")] = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in each recipient's last error).")] = "",
+) -> None:
+    """Queue again the recipients that failed because of an operator's mistake (a wrong setting, a
+    broken relay account), once it is fixed.  Bounced addresses are not requeued."""
+    if not failed:
+        raise InvalidInput("say what to requeue: --failed")
+    with _session() as session:
+        n = claims.requeue_failed(session, mailshot_id, reason)
+        status = sendings.get(session, mailshot_id).status
+    hint = f"mailshot resume {mailshot_id}" if status == MailshotStatus.PAUSE else f"mailshot send {mailshot_id}"
+    out.print(f"{n} failed recipient(s) queued again; then: {hint}")
+
+
 @app.command("send")
 def send(
     mailshot_id: int,
@@ -456,12 +473,15 @@ def web(
     click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/."""
     import uvicorn
 
+    from mailshot_core.web import server
     from mailshot_core.web.app import create_app
 
+    settings = _settings()
     engine = _engine()
-    uvicorn.run(
-        create_app(_settings(), engine=engine, start_run=_run_starter(engine)), host=host, port=port, log_level="info"
-    )
+    app = create_app(settings, engine=engine, start_run=_run_starter(engine))
+    # Proxy headers only from MAILSHOT_FORWARDED_ALLOW_IPS (server.py), so the login throttle's address is
+    # the connection's unless a known proxy says otherwise.
+    uvicorn.Server(server.config(app, settings, host=host, port=port, log_level="info")).run()
 
 
 def _run_starter(engine: Engine) -> Callable[[int], object] | None:
@@ -579,11 +599,40 @@ def relay(
     raise typer.Exit(relay_main(["--port", str(port), "--out-dir", str(out_dir)]))
 
 
+def _undecodable_argument(args: list[str]) -> str | None:
+    """The first argument that is not UTF-8, described; None when all are.
+
+    Python hands undecodable bytes of argv over as lone surrogates (PEP 383): they would only fail
+    later, with a traceback, when the value reaches the database, a header or the terminal.
+    """
+    import os
+
+    for position, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raw = os.fsencode(arg)
+            shown = raw.decode("utf-8", "backslashreplace")
+            return (
+                f"argument {position} ({shown!r}) is not UTF-8 text: byte 0x{raw[len(os.fsencode(arg[: exc.start]))]:02x} "
+                f"at character {exc.start + 1}; give it in UTF-8"
+            )
+    return None
+
+
 def main() -> None:
     """Entry point: one clear line for every error a user can cause."""
+    problem = _undecodable_argument(sys.argv[1:])
+    if problem is not None:
+        err.print(f"error: {problem}", markup=False)
+        sys.exit(1)
     try:
         app(standalone_mode=False)
-    except (ConfigError, MailshotError) as exc:
+    except ConfigError as exc:
+        for line in exc.problems:  # one line per bad setting
+            err.print(f"error: {line}", markup=False)
+        sys.exit(1)
+    except MailshotError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
     except typer.Abort:

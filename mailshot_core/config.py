@@ -7,6 +7,7 @@ directory and a relay on localhost:1025 (what ``make demo`` starts).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from enum import StrEnum
@@ -24,6 +25,18 @@ _URL_PASSWORD = re.compile(r"^([^:/@]*:?/*[^:/@]*:).*@")
 _PREFECT_CLOUD_API = re.compile(
     r"^https://api\.prefect\.cloud/api/accounts/(?P<account>[^/]+)/workspaces/(?P<workspace>[^/]+)$"
 )
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# HMAC keys shorter than the hash's 32-byte block of entropy are guessable offline from one signed link.
+MIN_SECRET_BYTES = 32
+# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens, 63 characters at most
+# each, 253 in all.  What goes into List-Id, Message-ID and the addresses' right-hand side.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# The left-hand side of the addresses we put in headers and envelopes: an RFC 5322 dot-atom of
+# printable ASCII (no quoted strings: nothing of ours needs them, and they are where injections hide).
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+# Column sizes of store/models.py that a setting is copied into (mailshot.from_name).
+MAX_NAME_LENGTH = 255
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
 
 
 class SmtpTls(StrEnum):
@@ -33,7 +46,69 @@ class SmtpTls(StrEnum):
 
 
 class ConfigError(Exception):
-    """A setting is invalid; the message names the variable and the problem."""
+    """Settings are invalid: one line per problem, each naming the variable and what is wrong.
+
+    ``str()`` joins them on one line; the CLI prints each as its own ``error:`` line.
+    """
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def is_hostname(value: str) -> bool:
+    """An RFC 1123 host name (no trailing dot, ASCII: internationalised names go in their xn-- form)."""
+    return 0 < len(value) <= 253 and all(_LABEL.match(label) for label in value.split("."))
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_domain(value: str) -> str:
+    """A domain name that can go into a header (List-Id, Message-ID, an address); ValueError otherwise."""
+    if not is_hostname(value):
+        raise ValueError("not a domain name (ASCII letters, digits, '-' between dots, e.g. news.example.org)")
+    return value.lower()
+
+
+def check_address(value: str) -> str:
+    """An address we write into headers and envelopes: ``local@domain``, no spaces, quotes, brackets or
+    line breaks (header injection), the domain a host name.  ValueError says what is wrong."""
+    local, at, domain = value.rpartition("@")
+    if not at or not local:
+        raise ValueError("not an email address (expected local@domain)")
+    if len(local) > 64 or not _LOCAL_PART.match(local):
+        raise ValueError("not an email address: its local part (before '@') has characters an address cannot have")
+    if not is_hostname(domain):
+        raise ValueError("not an email address: the part after '@' is not a domain name")
+    return value
+
+
+def check_url(value: str, *, query: bool = False) -> str:
+    """An http(s) URL with a valid host and port, without spaces, control characters or credentials;
+    without a query or fragment unless ``query`` (the value is a base that paths are appended to)."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    host = parts.hostname or ""
+    if not (is_hostname(host) or is_ip(host)):
+        raise ValueError("has no valid host name after http(s)://")
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port only when asked)
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain a user or password")
+    if not query and (parts.query or parts.fragment or "?" in value or "#" in value):
+        raise ValueError("must not have a query (?...) or fragment (#...): paths are appended to it")
+    return value
 
 
 class Settings(BaseSettings):
@@ -202,6 +277,19 @@ class Settings(BaseSettings):
         description="Default database URL of the SPIP site for import-legacy (kept out of Prefect's run history).",
     )
 
+    # --- issue 14: hardening of the web app ---
+    webhook_max_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest webhook body accepted, in bytes (bigger: 413); read with this cap as it arrives.",
+    )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="Reverse proxies (IPs or networks, comma-separated, or *) whose X-Forwarded-For `mailshot web` "
+        "believes for the client address; default uvicorn's FORWARDED_ALLOW_IPS, else none.",
+    )
+
     # --- issue 6: the follow-up pages (web/pages.py, web/login.py) ---
     admin_user: str = Field("admin", min_length=1, description="Login of the follow-up pages (/admin/).")
     admin_password: SecretStr | None = Field(
@@ -213,13 +301,79 @@ class Settings(BaseSettings):
         "PREFECT_API_URL, else http://127.0.0.1:4200).",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        # os.environ decodes undecodable bytes as lone surrogates (PEP 383): they would fail later, far
+        # from the setting, when written to a header, a log or the database.
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("contains a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"is not UTF-8 text (an undecodable byte at character {exc.start})") from None
+        return value
+
     @field_validator("from_email", "reply_to", "unsubscribe_mailto", "bounce_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if "@" not in value or any(c in value for c in "\r\n <>"):
-            raise ValueError("not an email address")  # the value is shown by describe_validation_error
+        return check_address(value)  # ValueError: the value is shown by describe_validation_error
+
+    @field_validator("from_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # It becomes the From display name of every sending that does not set its own, and is stored
+        # in mailshot.from_name (255 characters).
+        if "\r" in value or "\n" in value:
+            raise ValueError("must be a single line (it contains a CR or LF character)")
+        if len(value) > MAX_NAME_LENGTH:
+            raise ValueError(f"is {len(value)} characters long; at most {MAX_NAME_LENGTH}")
+        return value
+
+    @field_validator("list_id_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return check_domain(value) if value else None
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not (is_hostname(value) or is_ip(value)):
+            raise ValueError("not a host name or IP address")
+        return value
+
+    @field_validator("ses_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", value):
+            raise ValueError("not an AWS region name (e.g. eu-west-1)")
+        return value
+
+    @field_validator("ses_topic_arns")
+    @classmethod
+    def _topics(cls, value: str) -> str:
+        for arn in filter(None, (a.strip() for a in value.split(","))):
+            if not re.fullmatch(r"arn:[a-z-]+:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}", arn):
+                which = "" if arn == value.strip() else f" ({arn!r})"  # the whole value is shown anyway
+                raise ValueError(f"not an SNS topic ARN{which}: expected arn:aws:sns:REGION:ACCOUNT:TOPIC")
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        for item in (i.strip() for i in value.split(",")):
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                which = "" if item == value.strip() else f" ({item!r})"
+                raise ValueError(f"not an IP address, a network (10.0.0.0/8) or *{which}") from None
         return value
 
     @field_validator("purge_after", "start_expiry")
@@ -230,43 +384,77 @@ class Settings(BaseSettings):
         parse_duration(value)  # DurationError (a ValueError) names the problem
         return value.strip()
 
-    @field_validator("prefect_ui_url")
+    @field_validator("prefect_ui_url", "ses_url")
     @classmethod
     def _optional_url(cls, value: str | None) -> str | None:
         return cls._url(value) if value else None
 
-    @field_validator("base_url")
+    @field_validator("base_url", "mailjet_url", "sparkpost_url", "mandrill_url", "brevo_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return check_url(value).rstrip("/")
+
+    @field_validator("mandrill_webhook_url")
+    @classmethod
+    def _signed_url(cls, value: str | None) -> str | None:
+        # Signed by Mandrill exactly as registered: checked, never rewritten (a trailing slash matters).
+        return check_url(value, query=True) if value else None
 
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, value: str) -> str:
         from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
         try:
-            make_url(value)
+            url = make_url(value)
         except (ArgumentError, ValueError):  # ValueError: e.g. a non-numeric port
             # Never echo the value here: it may hold the database password.
             raise ValueError(
                 "not an SQLAlchemy URL (e.g. sqlite:///mailshot.db or postgresql://user:password@host/db)"
             ) from None
+        backend = url.get_backend_name()
+        if backend not in SUPPORTED_DATABASES:
+            raise ValueError(
+                f"unsupported database {backend!r}: use sqlite:///FILE or postgresql://user:password@host/db"
+            )
+        try:
+            url.get_dialect()  # the driver named after '+' must be importable
+        except (NoSuchModuleError, ImportError) as exc:
+            raise ValueError(f"the database driver {url.drivername!r} cannot be loaded ({exc})") from None
         return value
 
     @model_validator(mode="after")
     def _secret_for_public_sites(self) -> Settings:
+        key = self.secret_key.get_secret_value()
+        if not key:
+            raise ValueError("MAILSHOT_SECRET_KEY: must not be empty (it signs every link and VERP address)")
+        if self.is_local:
+            return self
         # The default key is published in this repository: anyone could forge unsubscribe links with it.
-        host = urlsplit(self.base_url).hostname or ""
-        if self.secret_key.get_secret_value() == DEFAULT_SECRET and host not in ("localhost", "127.0.0.1", "::1"):
+        if key == DEFAULT_SECRET:
             raise ValueError(
                 "MAILSHOT_SECRET_KEY must be set to your own random value when MAILSHOT_BASE_URL is public "
                 "(the default key is published)"
             )
+        if len(key.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"MAILSHOT_SECRET_KEY is {len(key.encode())} bytes long: at least {MIN_SECRET_BYTES} when "
+                "MAILSHOT_BASE_URL is public (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         return self
+
+    @property
+    def is_local(self) -> bool:
+        """MAILSHOT_BASE_URL names this machine: a development or demo setup."""
+        return (urlsplit(self.base_url).hostname or "") in LOCAL_HOSTS
+
+    @property
+    def forwarded_ips(self) -> str:
+        """Proxies whose X-Forwarded-For ``mailshot web`` believes: ours, else uvicorn's own
+        FORWARDED_ALLOW_IPS from the environment, else none (uvicorn's default would trust loopback:
+        then any local client, or a proxy that passes the header through, could name any address)."""
+        return self.forwarded_allow_ips or os.environ.get("FORWARDED_ALLOW_IPS", "")
 
     @property
     def prefect_ui(self) -> str:
@@ -292,7 +480,7 @@ class Settings(BaseSettings):
         return self.list_id_domain or self.from_email.rsplit("@", 1)[1]
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> list[str]:
     """One line per bad variable, naming it as the user wrote it (MAILSHOT_X)."""
     lines = []
     for err in exc.errors():
@@ -307,7 +495,7 @@ def describe_validation_error(exc: ValidationError) -> str:
             given = _URL_PASSWORD.sub(r"\1***@", given)  # a database URL carries its password
         shown = "" if secret or isinstance(given, dict) or given is None else f" (got {given!r})"
         lines.append(f"{name}: {reason}{shown}")
-    return "; ".join(lines)
+    return lines
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -316,6 +504,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except UnicodeDecodeError as exc:  # python-dotenv reads .env as UTF-8
+        raise ConfigError(f".env: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 @lru_cache(maxsize=1)

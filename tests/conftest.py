@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
+from helpers import TEST_KEY  # noqa: E402
 from mailshot_core.config import Settings, load_settings  # noqa: E402
 from mailshot_core.devtools.relay import DevRelay, FaultPlan  # noqa: E402
 from mailshot_core.store import db  # noqa: E402
@@ -59,14 +60,27 @@ def pg_server() -> Iterator[object]:
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+BOTH_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def _database(request: pytest.FixtureRequest, folder: Path) -> str:
+    """A new database of the fixture's parameter: an SQLite file in ``folder``, or one on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{folder}/mailshot.db"
+    return str(request.getfixturevalue("pg_server").create_database())
+
+
+@pytest.fixture(params=BOTH_DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The same test on SQLite and on PostgreSQL (DESIGN §6: CI runs both)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/mailshot.db"
-    else:
-        server = request.getfixturevalue("pg_server")
-        yield server.create_database()  # type: ignore[attr-defined]
+    yield _database(request, tmp_path)
+    db.dispose_engines()
+
+
+@pytest.fixture(scope="module", params=BOTH_DATABASES)
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One database per module (SQLite, then PostgreSQL), for the modules sharing a costly site."""
+    yield _database(request, tmp_path_factory.mktemp("module-db"))
     db.dispose_engines()
 
 
@@ -122,7 +136,7 @@ def make_settings(url: str, relay: DevRelay | RelayProcess | None = None, **over
         "retry_delay": 0,
         "from_email": "news@example.org",
         "base_url": "https://news.example.org",
-        "secret_key": "test-secret",
+        "secret_key": TEST_KEY,
     }
     if relay is not None:
         values["smtp_host"] = relay.host

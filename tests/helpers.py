@@ -13,6 +13,8 @@ from mailshot_core.sending import lifecycle, pipeline, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Mailshot
 
+# The secret key of the tests' settings: a public base URL needs at least 32 bytes (config.MIN_SECRET_BYTES).
+TEST_KEY = "test-secret-of-at-least-32-bytes-x"
 HTML = (
     "<html><body><p>Hello {{ nom }} ({{ email }}, {{ lang }}, lists: {{ listes }})</p>"
     '<p><a href="{{ url_unsubscribe }}">Unsubscribe</a></p></body></html>'
@@ -82,6 +84,6 @@ def drive_in_process(url: str, host: str, port: int, mailshot_id: int, batch_siz
     from mailshot_core.store.db import get_engine
 
     settings = load_settings(
-        database_url=url, smtp_host=host, smtp_port=port, retry_delay=0, batch_size=batch_size, secret_key="test-secret"
+        database_url=url, smtp_host=host, smtp_port=port, retry_delay=0, batch_size=batch_size, secret_key=TEST_KEY
     )
     drive(get_engine(settings.database_url), settings, mailshot_id)

@@ -190,6 +190,7 @@ SPIP_LETTRES: list[tuple[str, list[tuple[Any, ...]]]] = [
                 "envoyee",
             ),
             (2, 1, b"Brouillon", b"<p>b</p>", b"b", ZERO, ZERO, "brouillon"),
+            (3, 1, b"En cours", b"<p>c</p>", b"c", "2017-07-01 07:00:00", ZERO, "envoi_en_cours"),
         ],
     ),
     (
@@ -201,7 +202,16 @@ SPIP_LETTRES: list[tuple[str, list[tuple[Any, ...]]]] = [
     ),
     (
         "INSERT INTO spip_abonnes_lettres (id_abonne, id_lettre, statut, maj) VALUES (%s, %s, %s, '2017-06-01 07:10:00')",
-        [(1, 1, "envoye"), (2, 1, "echec"), (4, 1, "envoye"), (3, 1, "envoye"), (99, 1, "envoye"), (1, 2, "a_envoyer")],
+        [
+            (1, 1, "envoye"),
+            (2, 1, "echec"),
+            (4, 1, "envoye"),
+            (3, 1, "envoye"),
+            (99, 1, "envoye"),
+            (1, 2, "a_envoyer"),  # letter 2 is a draft
+            (1, 3, "envoye"),  # letter 3 is being sent: one done, one waiting
+            (2, 3, "a_envoyer"),
+        ],
     ),
 ]
 
@@ -339,24 +349,32 @@ MAILSHOT: list[tuple[str, list[tuple[Any, ...]]]] = [
                 "processing",
             ),
             (4, b"Trashed", b"<p>t</p>", b"t", b"newsletter", 0, b"", b"", 0, 0, 0, 0, 0, 0, ZERO, ZERO, "poubelle"),
+            (5, b"Cancelled", b"<p>c</p>", b"c", b"newsletter", 0, b"", b"", 1, 0, 0, 0, 0, 0, ZERO, ZERO, "cancel"),
+            (6, b"Scheduled", b"<p>s</p>", b"s", b"newsletter", 0, b"", b"", 0, 0, 0, 0, 0, 0, ZERO, ZERO, "init"),
         ],
     ),
     (
+        # raw_feedback: newest Mailshot ("quoi|raw" of the last feedback that changed the row; its type is not
+        # documented, text here).
         f"""CREATE TABLE spip_mailshots_destinataires (id_mailshot bigint(21) NOT NULL, email varchar(255) NOT NULL,
         date datetime NOT NULL DEFAULT '{ZERO}', statut char(4) NOT NULL DEFAULT 'todo', `try` tinyint NOT NULL DEFAULT 0,
+        raw_feedback text NULL,
         PRIMARY KEY (id_mailshot, email), KEY email (email), KEY statut (statut)) {L1}""",
         [],
     ),
     (
-        "INSERT INTO spip_mailshots_destinataires (id_mailshot, email, statut, `try`, date) "
-        "VALUES (%s, %s, %s, %s, '2019-03-02 09:30:00')",
+        "INSERT INTO spip_mailshots_destinataires (id_mailshot, email, statut, `try`, raw_feedback, date) "
+        "VALUES (%s, %s, %s, %s, %s, '2019-03-02 09:30:00')",
         [
-            (1, "m1@example.net", "read", 1),
-            (1, "M5@example.net", "sent", 1),
-            (1, "m2@example.net", "fail", 5),
-            (1, "not an address", "sent", 1),
-            (3, "m1@example.net", "sent", 1),
-            (3, "M5@example.net", "todo", 0),
+            (1, "m1@example.net", "read", 1, "read|open"),
+            (1, "M5@example.net", "sent", 1, None),
+            (1, "m2@example.net", "fail", 5, "hard_bounce|bounce"),
+            (1, "m3@example.net", "spam", 1, "spam|spam_complaint"),
+            (1, "m6@example.net", "spam", 1, "unsub|unsub"),
+            (1, "not an address", "sent", 1, None),
+            (3, "m1@example.net", "sent", 1, None),
+            (3, "M5@example.net", "todo", 0, None),
+            (5, "m1@example.net", "todo", 0, None),  # sending 5 is cancelled: its waiting rows are killed
         ],
     ),
 ]

@@ -103,6 +103,22 @@ BAD_INPUTS = [
         ["subscribers", "add", "x@example.org", "--list", "news", "--nom", "Evil\r\nBcc: a@b.c"],
         "CR or LF",
     ),
+    (
+        "name longer than its column",
+        ["subscribers", "add", "x@example.org", "--list", "news", "--nom", "N" * 100_000],
+        "name is 100000 characters long; at most 255",
+    ),
+    ("list title too long", ["lists", "create", "other", "--title", "T" * 300], "list title is 300 characters long"),
+    (
+        "sender name too long",
+        ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--from-name", "F" * 256],
+        "sender name is 256 characters long; at most 255",
+    ),
+    (
+        "subject too long",
+        ["create", "--subject", "S" * 5000, "--html", "{tmp}/body.html", "--list", "news"],
+        "subject is 5000 characters long; at most 998",
+    ),
     ("unknown list on import", ["subscribers", "import", "{tmp}/ok.csv", "--list", "nope"], "unknown list 'nope'"),
     (
         "unknown list on create",
@@ -128,6 +144,11 @@ BAD_INPUTS = [
         "CR/LF in sender name",
         ["create", "--subject", "S", "--html", "{tmp}/body.html", "--list", "news", "--from-name", "A\nB"],
         "sender name must be a single line",
+    ),
+    (
+        "runaway template",
+        ["create", "--subject", "S", "--html", "{tmp}/huge.html", "--list", "news"],
+        "HTML template: the operator '*' would make a value of 300,000,000 characters",
     ),
     ("HTML file missing", ["create", "--subject", "S", "--html", "{tmp}/none.html", "--list", "news"], "HTML file"),
     (
@@ -159,6 +180,7 @@ def test_bad_input_gives_one_clear_line_and_changes_nothing(
     (tmp_path / "latin1.csv").write_bytes("email,nom\nzoé@example.org,Zoé\n".encode("latin-1"))
     (tmp_path / "onebad.csv").write_text("email\ncarl@example.org\nbroken@@example.org\n")
     (tmp_path / "broken.html").write_text("<p>Hello</p>\n<p>{{ nom </p>\n")
+    (tmp_path / "huge.html").write_text("<p>{{ 'x' * 300000000 }}</p>\n")
     before = _dump(seeded.db_file)
     code, _out, err = seeded(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     lines = [line for line in err.splitlines() if line.strip()]
@@ -214,3 +236,49 @@ def test_pause_resume_cancel_and_show(seeded) -> None:  # type: ignore[no-untype
     assert seeded("subscribers", "unsubscribe", "ann@example.org")[0] == 0
     code, out, _ = seeded("subscribers", "show", "ann@example.org")
     assert code == 0 and "unsubscribed" in out and "unsubscribed by the operator" in out
+
+
+def test_unsupported_database_url_is_one_line(cli) -> None:  # type: ignore[no-untyped-def]
+    """MAILSHOT_DATABASE_URL=bogus:// (or a driver that is not installed) is one `error:` line, no traceback."""
+    for url, why in (("bogus://", "unsupported database 'bogus'"), ("postgresql+nodriver://u@h/d", "cannot be loaded")):
+        code, out, err = cli("lists", "list", env={"MAILSHOT_DATABASE_URL": url})
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 1 and len(lines) == 1, err
+        assert lines[0].startswith("error: MAILSHOT_DATABASE_URL: ") and why in lines[0], lines[0]
+        assert "Traceback" not in err + out
+
+
+def test_each_bad_setting_is_its_own_error_line(cli) -> None:  # type: ignore[no-untyped-def]
+    """Settings are all checked at start: two bad variables give two `error:` lines, one naming each."""
+    code, _, err = cli(
+        "lists", "list", env={"MAILSHOT_LIST_ID_DOMAIN": "ex.org> <x", "MAILSHOT_BASE_URL": "https://a b.example"}
+    )
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 2, err
+    assert sorted(line.split(":")[1] for line in lines) == [" MAILSHOT_BASE_URL", " MAILSHOT_LIST_ID_DOMAIN"]
+    assert any("MAILSHOT_LIST_ID_DOMAIN: not a domain name" in line for line in lines)
+    assert any("MAILSHOT_BASE_URL: must not contain spaces" in line for line in lines)
+
+
+def test_non_utf8_argument_is_one_clear_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A command-line argument that is not UTF-8 is refused with one line naming it, in-process (the
+    surrogate Python makes of the byte) and from a real shell-like exec with raw bytes; nothing is written."""
+    code, _, err = cli("lists", "create", "caf\udce9")
+    assert code == 1 and err.strip() == (
+        "error: argument 3 ('caf\\\\xe9') is not UTF-8 text: byte 0xe9 at character 4; give it in UTF-8"
+    ), err
+    assert not cli.db_file.exists()
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSHOT_")}
+    env["MAILSHOT_DATABASE_URL"] = f"sqlite:///{tmp_path}/raw.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "mailshot_core.cli", b"subscribers", b"add", b"a@example.org", b"--list", b"l\xff"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.decode().strip().startswith("error: argument 5 ('l\\\\xff') is not UTF-8 text: byte 0xff")
+    assert b"Traceback" not in done.stderr and not (tmp_path / "raw.db").exists()

@@ -42,6 +42,31 @@ def test_defaults_give_a_working_local_setup() -> None:
         ("MAILSHOT_BOUNCE_ADDRESS", "bounces example.org", "email address"),
         ("MAILSHOT_BATCH_SIZE", "-1", "greater than"),
         ("MAILSHOT_DATABASE_URL", "not a url", "SQLAlchemy URL"),
+        ("MAILSHOT_DATABASE_URL", "bogus://", "unsupported database 'bogus'"),
+        ("MAILSHOT_DATABASE_URL", "mysql://u@h/db", "unsupported database 'mysql'"),
+        ("MAILSHOT_DATABASE_URL", "postgresql+nodriver://u@h/db", "cannot be loaded"),
+        ("MAILSHOT_LIST_ID_DOMAIN", "ex.org> <x", "not a domain name"),
+        ("MAILSHOT_LIST_ID_DOMAIN", "ex.org\r\nBcc: victim@example.com", "not a domain name"),
+        ("MAILSHOT_LIST_ID_DOMAIN", "-bad-.example.org", "not a domain name"),
+        ("MAILSHOT_FROM_EMAIL", "news@example.org\r\nBcc: victim@example.com", "email address"),
+        ("MAILSHOT_FROM_EMAIL", '"quoted"@example.org', "local part"),
+        ("MAILSHOT_REPLY_TO", "a@ex.org> <x", "email address"),
+        ("MAILSHOT_BOUNCE_ADDRESS", "bounces@exa mple.org", "not a domain name"),
+        ("MAILSHOT_UNSUBSCRIBE_MAILTO", "unsub@", "email address"),
+        ("MAILSHOT_FROM_NAME", "News\r\nBcc: victim@example.com", "single line"),
+        ("MAILSHOT_FROM_NAME", "N" * 256, "at most 255"),
+        ("MAILSHOT_BASE_URL", "https://news.example .org", "spaces"),
+        ("MAILSHOT_BASE_URL", " https://news.example.org", "spaces"),
+        ("MAILSHOT_BASE_URL", "https://", "host name"),
+        ("MAILSHOT_BASE_URL", "https://news.example.org:99999", "port"),
+        ("MAILSHOT_BASE_URL", "https://user:pw@news.example.org", "user or password"),
+        ("MAILSHOT_BASE_URL", "https://news.example.org/?a=1", "query"),
+        ("MAILSHOT_MAILJET_URL", "api.mailjet.com", "http"),
+        ("MAILSHOT_SMTP_HOST", "relay example.org", "host name"),
+        ("MAILSHOT_SES_REGION", "Europe", "AWS region"),
+        ("MAILSHOT_SES_TOPIC_ARNS", "mailshot-events", "SNS topic ARN"),
+        ("MAILSHOT_FORWARDED_ALLOW_IPS", "10.0.0.1,proxy.local", "not an IP address"),
+        ("MAILSHOT_WEBHOOK_MAX_BYTES", "10", "greater than or equal to 1024"),
     ],
 )
 def test_bad_variable_is_one_line_naming_it(
@@ -105,10 +130,63 @@ def test_default_key_refused_for_a_public_site(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MAILSHOT_BASE_URL", "https://news.example.org")
     with pytest.raises(ConfigError, match="MAILSHOT_SECRET_KEY"):
         load_settings()
-    monkeypatch.setenv("MAILSHOT_SECRET_KEY", "a-real-random-value")
+    monkeypatch.setenv("MAILSHOT_SECRET_KEY", "a-real-random-value-of-32-bytes-x")
     settings = load_settings()
     assert settings.base_url == "https://news.example.org"
     assert "a-real-random-value" not in repr(settings)
+
+
+def test_short_or_empty_secret_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key under 32 bytes is refused for a public site (guessable offline from one signed link), accepted
+    for a local one; an empty key is refused everywhere; the key itself is never shown."""
+    monkeypatch.setenv("MAILSHOT_BASE_URL", "https://news.example.org")
+    monkeypatch.setenv("MAILSHOT_SECRET_KEY", "short-Secret-31-bytes-long-xxxx")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "MAILSHOT_SECRET_KEY is 31 bytes long: at least 32" in str(exc.value)
+    assert "short-Secret" not in str(exc.value)
+    monkeypatch.setenv("MAILSHOT_SECRET_KEY", "short-Secret-32-bytes-long-xxxxx")
+    assert load_settings().secret_key.get_secret_value().endswith("xxxxx")
+    for local in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000"):
+        monkeypatch.setenv("MAILSHOT_BASE_URL", local)
+        monkeypatch.setenv("MAILSHOT_SECRET_KEY", "dev")
+        assert load_settings().is_local
+        monkeypatch.setenv("MAILSHOT_SECRET_KEY", "")
+        with pytest.raises(ConfigError, match="MAILSHOT_SECRET_KEY: must not be empty"):
+            load_settings()
+
+
+def test_valid_header_settings_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks refuse injections, not real values: plus addresses, subdomains, ports, paths, IPv6 hosts."""
+    for name, value in {
+        "MAILSHOT_FROM_EMAIL": "o'brien+news@mail.example.org",
+        "MAILSHOT_BOUNCE_ADDRESS": "bounces@bounces.example.org",
+        "MAILSHOT_LIST_ID_DOMAIN": "Lists.Example.ORG",
+        "MAILSHOT_BASE_URL": "https://example.org:8443/news",
+        "MAILSHOT_SES_URL": "http://[::1]:9000",
+        "MAILSHOT_MANDRILL_WEBHOOK_URL": "https://example.org/webhooks/mandrill?site=a",
+        "MAILSHOT_SMTP_HOST": "::1",
+        "MAILSHOT_FORWARDED_ALLOW_IPS": "127.0.0.1, 10.0.0.0/8, ::1",
+        "MAILSHOT_SECRET_KEY": "x" * 32,
+    }.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings()
+    assert s.list_domain == "lists.example.org" and s.base_url == "https://example.org:8443/news"
+    assert s.forwarded_ips == "127.0.0.1, 10.0.0.0/8, ::1"
+
+
+def test_undecodable_bytes_in_a_setting_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A non-UTF-8 byte in a variable (a lone surrogate once decoded by Python) or in .env is one clear line."""
+    monkeypatch.setenv("MAILSHOT_FROM_NAME", "Caf\udce9")  # b"Caf\xe9" as os.environ hands it over
+    with pytest.raises(ConfigError, match=r"^MAILSHOT_FROM_NAME: is not UTF-8 text"):
+        load_settings()
+    monkeypatch.delenv("MAILSHOT_FROM_NAME")
+    (tmp_path / ".env").write_bytes(b"MAILSHOT_FROM_NAME=Caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"^\.env: not UTF-8 text"):
+        load_settings()
+    (tmp_path / ".env").unlink()
+    with pytest.raises(ConfigError, match=r"^MAILSHOT_ADMIN_USER: contains a NUL character"):
+        load_settings(admin_user="adm\x00in")
 
 
 def test_env_file_in_cwd_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,10 +37,17 @@ from mailshot_core.store.models import (
     SubscriberStatus,
     Subscription,
     SubscriptionStatus,
+    max_length,
     utcnow,
 )
 
 IMPORT_CHUNK = 1000
+# The columns these values are stored in: checked on input, so that a long value is a clear error (a bad
+# row of an import, by line) on SQLite as on PostgreSQL, and never reaches a header whole.
+NAME_LENGTH = max_length(Subscriber, "nom")
+LANG_LENGTH = max_length(Subscriber, "lang")
+TITLE_LENGTH = max_length(MailingList, "title")
+LIST_NAME_LENGTH = max_length(MailingList, "identifier")
 _LIST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
 _SUBSCRIPTIONS = Subscription.__table__  # type: ignore[attr-defined]
@@ -66,9 +73,16 @@ def normalise_email(raw: str) -> str:
 
 def check_name(nom: str) -> str:
     try:
-        return check_header_value("name", nom.strip())
+        return check_header_value("name", nom.strip(), NAME_LENGTH)
     except HeaderError as exc:
         raise InvalidInput(str(exc)) from None
+
+
+def check_lang(lang: str) -> str:
+    lang = lang.strip()
+    if len(lang) > LANG_LENGTH or not lang.isprintable():
+        raise InvalidInput(f"lang {lang[:40]!r}: not a language code (at most {LANG_LENGTH} printable characters)")
+    return lang
 
 
 def insert_ignore(session: Session, table: Any) -> Any:
@@ -88,15 +102,15 @@ def create_list(session: Session, identifier: str, title: str = "") -> MailingLi
     identifier = identifier.strip()
     # ASCII only and dot-separated labels: the identifier becomes the left part of the List-Id
     # (RFC 2919 §2: a dot-atom), which str.isalnum() (true for "é") did not guarantee.
-    if len(identifier) > 100 or not _LIST_NAME.fullmatch(identifier):
+    if len(identifier) > LIST_NAME_LENGTH or not _LIST_NAME.fullmatch(identifier):
         raise InvalidInput(
-            f"invalid list name {identifier!r}: use ASCII letters, digits, '-', '_', and '.' between them "
-            "(it becomes part of List-Id)"
+            f"invalid list name {identifier[:100]!r}: use ASCII letters, digits, '-', '_', and '.' between them, "
+            f"at most {LIST_NAME_LENGTH} characters (it becomes part of List-Id)"
         )
     if session.exec(select(MailingList).where(MailingList.identifier == identifier)).first():
         raise InvalidInput(f"list {identifier!r} already exists")
     try:
-        title = check_header_value("list title", title.strip() or identifier)
+        title = check_header_value("list title", title.strip() or identifier, TITLE_LENGTH)
     except HeaderError as exc:
         raise InvalidInput(str(exc)) from None
     mlist = MailingList(identifier=identifier, title=title)
@@ -191,10 +205,10 @@ def _read_csv(text: str, source: str) -> Iterator[_Row | tuple[int, str]]:
         try:
             email = normalise_email(values[i_email])
             nom = check_name(values[i_nom]) if i_nom is not None else ""
+            lang = check_lang(values[i_lang]) if i_lang is not None else ""
         except InvalidInput as exc:
             yield (line, str(exc))
             continue
-        lang = values[i_lang].strip()[:16] if i_lang is not None else ""
         yield _Row(line, email, nom, lang)
 
 
@@ -301,17 +315,18 @@ def add_subscriber(
     mlist = get_list(session, list_identifier)
     address = normalise_email(email)
     nom = check_name(nom)
+    lang = check_lang(lang)
     sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
     now = utcnow()
     if sub is None:
-        sub = Subscriber(email=address, nom=nom, lang=lang.strip()[:16])
+        sub = Subscriber(email=address, nom=nom, lang=lang)
         session.add(sub)
         session.flush()
     else:
         if nom:
             sub.nom = nom
         if lang:
-            sub.lang = lang.strip()[:16]
+            sub.lang = lang
         if sub.status != SubscriberStatus.VALID:
             sub.status = SubscriberStatus.VALID
             sub.unsubscribed_at = None

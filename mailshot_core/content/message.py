@@ -65,9 +65,17 @@ class HeaderError(ValueError):
     """A header value is unusable (CR/LF, bad address); the message says which."""
 
 
-def check_header_value(what: str, value: str) -> str:
+# RFC 5322 §2.1.1: a line is at most 998 characters.  A display name or a subject longer than one
+# line is a mistake or an attack (a 100,000-character name in every To:), never a newsletter.
+MAX_HEADER_TEXT = 998
+
+
+def check_header_value(what: str, value: str, max_length: int | None = None) -> str:
+    """``value`` if it can be a header's text: one line, and at most ``max_length`` characters."""
     if "\r" in value or "\n" in value:
-        raise HeaderError(f"{what} must be a single line (it contains a CR or LF character): {value!r}")
+        raise HeaderError(f"{what} must be a single line (it contains a CR or LF character): {value[:200]!r}")
+    if max_length is not None and len(value) > max_length:
+        raise HeaderError(f"{what} is {len(value)} characters long; at most {max_length}: {value[:40]!r}...")
     return value
 
 
@@ -176,7 +184,7 @@ def _phrase(name: str) -> str:
 
 def _address(header_name: str, role: str, name: str, email: str) -> bytes:
     """``From``/``To``: the display name encoded on its own, the address itself left readable."""
-    check_header_value(f"{role} name", name)
+    check_header_value(f"{role} name", name, MAX_HEADER_TEXT)
     check_header_value(f"{role} address", email)
     if "@" not in email or any(c in email for c in ' <>"') or not email.isprintable():
         raise HeaderError(f"{role} address: not a usable address {email!r}")

@@ -17,10 +17,11 @@ from html import unescape as unescape_html
 from typing import Any, NamedTuple
 
 from jinja2 import TemplateSyntaxError, meta, nodes
-from jinja2.exceptions import SecurityError
 from jinja2.exceptions import TemplateError as JinjaError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
+
+from mailshot_core.content.sandbox import LimitedSandbox, budget, time_limit
 
 VARIABLES = ("email", "nom", "listes", "lang", "status", "url_unsubscribe")
 # Set by the tracking rewrite only (track_html): an author cannot use them.
@@ -82,19 +83,28 @@ class RenderedContent:
     text: str
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Jinja2's sandbox, failing loudly on unsafe attributes.
+# The sandbox with resource limits (sandbox.py): what an author writes cannot reach Python's internals,
+# nor eat the memory or the time of the machine.
+_html_env = LimitedSandbox(autoescape=True, keep_trailing_newline=True)
+_text_env = LimitedSandbox(autoescape=False, keep_trailing_newline=True)
+# What a template's expressions can raise at run time ({{ 1 // 0 }}, {{ '%d' % nom }}, a macro calling
+# itself...): a TemplateError lets the send loop record the recipient instead of crashing the batch.
+_RENDER_ERRORS = (
+    JinjaError,
+    ArithmeticError,
+    LookupError,
+    AttributeError,
+    TypeError,
+    ValueError,
+    RecursionError,
+    MemoryError,
+)
 
-    The stock sandbox turns ``{{ ''.__class__ }}`` into an Undefined that prints as an empty string, so
-    the probe went unnoticed; raising here makes :meth:`CompiledMailshot.check` refuse the template.
-    """
 
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
-        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe.")
-
-
-_html_env = _Sandbox(autoescape=True, keep_trailing_newline=True)
-_text_env = _Sandbox(autoescape=False, keep_trailing_newline=True)
+def _render_error(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "calls nest too deep (a macro calling itself?)"
+    return str(exc)
 
 
 def expand_shorthand(source: str) -> str:
@@ -194,21 +204,27 @@ class CompiledMailshot:
 
     def render(self, who: Personalisation) -> RenderedContent:
         context = who.as_context()
-        # Catch what an author's expression can raise at run time ({{ 1 // 0 }}, {{ '%d' % nom }}...):
-        # a TemplateError lets the send loop record the recipient instead of crashing the batch.
         try:
-            subject = self._subject.render(context)
-            html = self._html.render(context)
-            text = self._text.render(context)
-        except (JinjaError, ArithmeticError, LookupError, AttributeError, TypeError, ValueError) as exc:
-            raise TemplateError(f"cannot personalise the message for {who.email}: {exc}") from None
+            with budget():
+                subject = self._subject.render(context)
+                html = self._html.render(context)
+                text = self._text.render(context)
+        except _RENDER_ERRORS as exc:
+            raise TemplateError(f"cannot personalise the message for {who.email}: {_render_error(exc)}") from None
         # A subject is one line: a newline that reached it through a variable must not become a header
         # break; message.py refuses CR/LF anyway, this keeps an honest multi-line template usable.
         return RenderedContent(" ".join(subject.split()), html, text)
 
     def check(self) -> None:
-        """Render once with sample values: catches runtime errors (bad filters, ...) before sending."""
-        self.render(_SAMPLE)
+        """Render each part once with sample values, within the sandbox's time limit: catches runtime
+        errors (bad filters...) and runaway templates (sandbox.py's limits) before the first send."""
+        context = _SAMPLE.as_context()
+        for part, template in (("subject", self._subject), ("HTML", self._html), ("text", self._text)):
+            try:
+                with budget(), time_limit():
+                    template.render(context)
+            except _RENDER_ERRORS as exc:
+                raise TemplateError(f"{part} template: {_render_error(exc)}") from None
 
 
 # --- tracking rewrite -------------------------------------------------------------------------------

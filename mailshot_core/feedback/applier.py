@@ -50,7 +50,8 @@ class Applier:
         self._cond = threading.Condition()
         self._busy = False
         self._thread: threading.Thread | None = None
-        self.applied = 0  # events this applier marked applied (each exactly once across all appliers)
+        # What this applier did so far (applied: each event exactly once across all appliers and sweeps).
+        self.report = ApplyReport()
 
     def submit(self, ids: Iterable[int]) -> None:
         """Apply these stored events as soon as possible (returns at once)."""
@@ -63,6 +64,10 @@ class Applier:
                 self._thread = threading.Thread(target=self._run, name="mailshot-feedback-applier", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    @property
+    def applied(self) -> int:
+        return self.report.applied
 
     def wait_idle(self, timeout: float) -> bool:
         """Until nothing is queued nor being applied (tests, shutdown); False on timeout."""
@@ -89,19 +94,19 @@ class Applier:
         while True:
             attempt, ids = self._take_due()
             deferred: list[int] = []
-            applied = 0
+            done = ApplyReport()
             try:
                 for start in range(0, len(ids), CHUNK):
                     chunk = ids[start : start + CHUNK]
                     report = self._apply(self._engine, ids=chunk, limit=len(chunk), max_fail=self._max_fail)
-                    applied += report.applied
+                    done.add(report)
                     log.debug("applied %s of %s event(s) on arrival", report.applied, len(chunk))
                     if report.deferred:
                         deferred.extend(chunk)  # applying again skips the applied ones (applied_at)
             except Exception:  # the database is away: the hourly apply-feedback sweep applies them
                 log.warning("feedback events %s..%s not applied on arrival", ids[0], ids[-1], exc_info=True)
             with self._cond:
-                self.applied += applied
+                self.report.add(done)
                 if deferred and attempt < len(self._retry_after):
                     heapq.heappush(
                         self._due, (self._clock() + self._retry_after[attempt], attempt + 1, tuple(deferred))

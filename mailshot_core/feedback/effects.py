@@ -94,6 +94,16 @@ def _sparkpost_bounce(ev: Mapping[str, Any]) -> Effect:
     return E.SOFT_BOUNCE
 
 
+def _mailjet_bounce(ev: Mapping[str, Any]) -> Effect:
+    # Greylisting (error_related_to "domain", error "greylisted" in Mailjet's error table) is the receiving
+    # server asking Mailjet to come back later: a deferral (anymail maps it to "deferred"), not a failure of
+    # the address, so no status change and nothing for the MAX_FAIL rule.
+    reason = f"{ev.get('error_related_to') or ''} {ev.get('error') or ''}".lower()
+    if "greylist" in reason:
+        return E.IGNORE
+    return E.HARD_BOUNCE if ev.get("hard_bounce") else E.SOFT_BOUNCE
+
+
 def _ses_bounce(ev: Mapping[str, Any]) -> Effect:
     bounce = sub(ev, "bounce")
     return E.HARD_BOUNCE if bounce.get("bounceType") == "Permanent" else E.SOFT_BOUNCE
@@ -112,7 +122,7 @@ MAPPINGS: dict[str, dict[str, Rule]] = {
         "sent": E.DELIVERED,  # Mailjet's `sent` is "accepted by the receiving server"
         "open": E.READ,
         "click": E.CLIC,
-        "bounce": lambda ev: E.HARD_BOUNCE if ev.get("hard_bounce") else E.SOFT_BOUNCE,
+        "bounce": _mailjet_bounce,
         "blocked": E.REJECT,
         "spam": E.SPAM,
         "unsub": E.UNSUB,
@@ -155,16 +165,19 @@ MAPPINGS: dict[str, dict[str, Rule]] = {
         "hard_bounce": E.HARD_BOUNCE,
         "soft_bounce": E.SOFT_BOUNCE,
         "blocked": E.REJECT,
-        "invalid_email": E.REJECT,
+        # The address itself is invalid (Brevo "invalid_email": the recipient's address is not valid): a
+        # hard bounce of that address, not a block of ours.
+        "invalid_email": E.HARD_BOUNCE,
         "error": E.REJECT,
         "spam": E.SPAM,
         "complaint": E.SPAM,
         "opened": E.READ,
         "unique_opened": E.READ,
-        # Apple Mail Privacy Protection loads every image: not a reader's open.
-        "proxy_open": E.IGNORE,
-        "unique_proxy_open": E.IGNORE,
-        "unique_proxy_opened": E.IGNORE,
+        # Apple Mail Privacy Protection loads every image: not a reader's open, a machine's, counted in
+        # nb_read_machine like our own pixel's machine hits (tracking.py).
+        "proxy_open": E.MACHINE_READ,
+        "unique_proxy_open": E.MACHINE_READ,
+        "unique_proxy_opened": E.MACHINE_READ,
         "click": E.CLIC,
         "unsubscribe": E.UNSUB,
         "unsubscribed": E.UNSUB,
@@ -184,6 +197,12 @@ MAPPINGS: dict[str, dict[str, Rule]] = {
 }
 # Sources whose events are written already in our own vocabulary (SMTP replies, bounce mail, pages).
 _NATIVE = {effect.value: effect for effect in Effect}
+# Event names (of any source) that may be a machine's open or click: the counters' queries select them,
+# then classify() says which really are (tracking.machine_recount, inbox._first_machine_hits).
+MACHINE_KINDS = sorted(
+    {e.value for e in MACHINE_COUNTERS}
+    | {kind for table in MAPPINGS.values() for kind, rule in table.items() if rule in MACHINE_COUNTERS}
+)
 
 
 def classify(source: str, kind: str, raw: str | None) -> Effect:

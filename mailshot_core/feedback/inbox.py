@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,16 @@ from sqlmodel import Session
 from mailshot_core.audience import subscribers
 from mailshot_core.errors import NotFound
 from mailshot_core.feedback import fail_rule
-from mailshot_core.feedback.effects import IN_FLIGHT, MACHINE_COUNTERS, RANK, TARGET, E, Effect, classify
+from mailshot_core.feedback.effects import (
+    IN_FLIGHT,
+    MACHINE_COUNTERS,
+    MACHINE_KINDS,
+    RANK,
+    TARGET,
+    E,
+    Effect,
+    classify,
+)
 from mailshot_core.feedback.esp_events import IncomingEvent, digest
 from mailshot_core.sending import sendings
 from mailshot_core.store.db import session_scope
@@ -52,7 +61,12 @@ class StoreReport:
     stored: int
     duplicates: int
     ignored: int  # not about a sending of this site
+    untied: dict[str, int] = field(default_factory=dict)  # why the ignored ones were: reason -> count
     ids: tuple[int, ...] = ()  # the rows stored (new events only): what the web app applies on arrival
+
+
+NO_SENDING_ID = "without any sending id of ours"
+NOT_OURS = "for a sending that is not in this database"
 
 
 def _insert_ignore(dialect: str) -> Any:
@@ -98,8 +112,9 @@ def _store(engine: Engine, events: list[IncomingEvent], now: datetime | None) ->
         if rows:
             stmt = _insert_ignore(conn.dialect.name).returning(_events.c.id)
             ids = [row[0] for row in conn.execute(stmt, list(rows.values())).all()]
-    ignored = sum(1 for e in events if e.mailshot_id not in known)
-    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored, tuple(ids)), ids
+    untied = Counter(NO_SENDING_ID if e.mailshot_id is None else NOT_OURS for e in events if e.mailshot_id not in known)
+    ignored = sum(untied.values())
+    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored, dict(untied), tuple(ids)), ids
 
 
 # --- 2. apply -----------------------------------------------------------------------------------------
@@ -189,25 +204,35 @@ def _recipients_of(session: Session, events: list[Any]) -> tuple[dict[int, _Row]
 
 def _first_machine_hits(session: Session, hits: list[tuple[_Row, Effect]]) -> dict[int, Counter[str]]:
     """Counter increments for machine hits: one per recipient and kind, however many links a scanner
-    fetched, so the counters equal tracking.machine_recount.  Earlier hits are the applied events
-    (looked up by address: ix_feedback_event_email); this batch's are not applied yet."""
+    fetched or proxy opens a provider reported, so the counters equal tracking.machine_recount.  Earlier
+    hits are the applied events (looked up by address: ix_feedback_event_email), whatever their source
+    (our pixel's ``machine_read``, Brevo's ``proxy_open``...); this batch's are not applied yet."""
     if not hits:
         return {}
     earlier = session.execute(
-        select(_events.c.recipient_id, _events.c.kind).where(
+        select(_events.c.recipient_id, _events.c.source, _events.c.kind).where(
             _events.c.email.in_({row.email for row, _ in hits}),
-            _events.c.kind.in_([e.value for e in MACHINE_COUNTERS]),
+            _events.c.kind.in_(MACHINE_KINDS),
             _events.c.applied_at.is_not(None),
         )
     )
-    seen: set[tuple[int, str]] = {(rid, kind) for rid, kind in earlier}
+    seen: set[tuple[int, Effect]] = {(rid, classify(source, kind, None)) for rid, source, kind in earlier}
     counts: dict[int, Counter[str]] = {}
     for row, effect in hits:
-        if (row.id, effect.value) in seen:
+        if (row.id, effect) in seen:
             continue
-        seen.add((row.id, effect.value))
+        seen.add((row.id, effect))
         counts.setdefault(row.mailshot_id, Counter())[MACHINE_COUNTERS[effect]] += 1
     return counts
+
+
+def _log_unmatched(reasons: Counter[str]) -> None:
+    if reasons:
+        log.warning(
+            "feedback: %d event(s) not tied to a recipient (applied, nothing changed): %s",
+            sum(reasons.values()),
+            ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())),
+        )
 
 
 def apply_pending(
@@ -236,16 +261,21 @@ def apply_pending(
         errors: dict[int, str] = {}
         unsubscribe: list[tuple[_Row, Effect, str]] = []
         machine: list[tuple[_Row, Effect]] = []
+        unmatched: Counter[str] = Counter()
+        found_by_address: list[dict[str, int]] = []
         for ev in events:
             row = by_id.get(ev.recipient_id) if ev.recipient_id is not None else by_pair.get((ev.mailshot_id, ev.email))
-            if row is None or row.mailshot_id != ev.mailshot_id or (ev.email and row.email != ev.email):
-                report.unmatched += 1
+            why = _unmatched(ev, row)
+            if why is not None or row is None:
+                unmatched[why or UNKNOWN_RECIPIENT] += 1
                 done.append(ev.id)
                 continue
             if row.status in IN_FLIGHT:
                 report.deferred += 1
                 continue
             done.append(ev.id)
+            if ev.recipient_id is None:  # tied by (sending, address): the event now names its recipient
+                found_by_address.append({"b_event": ev.id, "b_recipient": row.id})
             effect = classify(ev.source, ev.kind, ev.raw)
             if effect in MACHINE_COUNTERS:
                 machine.append((row, effect))
@@ -284,6 +314,15 @@ def apply_pending(
         if max_fail is not None:
             failed = {r.email for r in moved if r.status in (S.FAIL, S.BOUNCE)}
             report.unsubscribed += fail_rule.check_addresses(session, failed, max_fail)
+        report.unmatched = sum(unmatched.values())
+        _log_unmatched(unmatched)
+        if found_by_address:
+            session.execute(
+                update(_events)
+                .where(_events.c.id == bindparam("b_event"), _events.c.recipient_id.is_(None))
+                .values(recipient_id=bindparam("b_recipient")),
+                found_by_address,
+            )
         if done:
             # Guarded by `applied_at IS NULL`: the row count is what *this* run applied, so the sum over
             # all runs equals the number of events, never more (tests/feedback/test_feedback_load.py).
@@ -292,6 +331,20 @@ def apply_pending(
             )
             report.applied = int(result.rowcount)  # type: ignore[attr-defined]
     return report
+
+
+UNKNOWN_RECIPIENT = "with no such recipient in their sending (by id, or by address)"
+
+
+def _unmatched(ev: Any, row: _Row | None) -> str | None:
+    """Why an event cannot be tied to the recipient it names; None when it can."""
+    if row is None:
+        return UNKNOWN_RECIPIENT
+    if row.mailshot_id != ev.mailshot_id:
+        return "whose recipient id belongs to another sending"
+    if ev.email and row.email != ev.email:
+        return "whose address differs from their recipient's"
+    return None
 
 
 def record_and_apply(engine: Engine, events: Iterable[IncomingEvent], now: datetime | None = None) -> ApplyReport:

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from mailshot_core.config import Settings
 from mailshot_core.feedback import inbox
+from mailshot_core.feedback.effects import MACHINE_COUNTERS, MACHINE_KINDS, classify
 from mailshot_core.feedback.esp_events import IncomingEvent
 from mailshot_core.sending import tracked_links
 from mailshot_core.store.models import FeedbackEvent, Recipient
@@ -139,23 +140,24 @@ def record_click(
 
 
 def machine_recount(session: Session, mailshot_id: int) -> dict[str, int]:
-    """``nb_read_machine`` / ``nb_clic_machine`` from the applied events: recipients with such a hit."""
+    """``nb_read_machine`` / ``nb_clic_machine`` from the applied events: recipients with such a hit, ours
+    (``machine_read``/``machine_clic``) or a provider's (Brevo ``proxy_open``...), each recipient once."""
     events = FeedbackEvent.__table__  # type: ignore[attr-defined]
-    counts: dict[str, Any] = dict(
-        session.execute(
-            select(events.c.kind, func.count(events.c.recipient_id.distinct()))
-            .where(
-                events.c.mailshot_id == mailshot_id,
-                events.c.kind.in_(["machine_read", "machine_clic"]),
-                events.c.applied_at.is_not(None),
-            )
-            .group_by(events.c.kind)
-        ).all()
-    )
-    return {
-        "nb_read_machine": int(counts.get("machine_read", 0)),
-        "nb_clic_machine": int(counts.get("machine_clic", 0)),
-    }
+    rows = session.execute(
+        select(events.c.source, events.c.kind, events.c.recipient_id)
+        .where(
+            events.c.mailshot_id == mailshot_id,
+            events.c.kind.in_(MACHINE_KINDS),
+            events.c.applied_at.is_not(None),
+        )
+        .distinct()
+    ).all()
+    recipients: dict[str, set[int]] = {name: set() for name in MACHINE_COUNTERS.values()}
+    for source, kind, recipient_id in rows:
+        counter = MACHINE_COUNTERS.get(classify(source, kind, None))
+        if counter is not None and recipient_id is not None:
+            recipients[counter].add(recipient_id)
+    return {name: len(ids) for name, ids in recipients.items()}
 
 
 def per_link_clicks(session: Session, mailshot_id: int) -> list[tuple[str, int, int]]:

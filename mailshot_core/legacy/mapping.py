@@ -7,9 +7,19 @@ original, each for a reason:
 - A sending whose recipient rows are not available (every SPIP-Listes courrier, an archived
   Mailshot) is imported as ``archive``: that is what the status means here (details purged,
   counters kept), and it keeps purge from "repairing" its counters against zero rows.
-- An unfinished legacy sending (Mailshot ``init``/``processing``/``pause``) is imported as
-  ``cancel``, its pending rows as ``kill``: its templates are SPIP's, not ours, so it must not be
-  resumed by accident.  Each one is reported.
+- An unfinished legacy sending (Mailshot ``init``/``processing``/``pause``, a SPIP-Lettres letter
+  ``envoi_en_cours`` or with recipients still ``a_envoyer``) is imported as ``pause``, its waiting
+  rows ``todo``, and reported: its templates are SPIP's, so the operator decides (``mailshot resume``
+  or ``cancel``); nothing resumes it by accident (the dispatcher leaves paused sendings alone).  A
+  paused sending without recipient rows (Mailshot ``init``) is not materialised: a resume sends to
+  its lists' subscribers then, as SPIP would have.
+- Drafts (SPIP-Lettres ``brouillon``, SPIP-Listes courriers never sent) are not sendings: reported,
+  not imported; an unfinished SPIP-Listes courrier (no recipient rows exist) keeps its totals and is
+  reported.
+- The newest Mailshot keeps each recipient's last feedback in ``raw_feedback`` ("quoi|raw", e.g.
+  ``hard_bounce|bounce``): it becomes a feedback event (source ``spip-import``, already applied),
+  and the recipient's status says what SPIP's could not (a hard bounce is ``fail`` there, ``bounce``
+  here; an unsubscription ``spam`` there, ``unsub`` here), so the MAX_FAIL rule reads it.
 - A recipient whose address is missing or invalid is reported (table, id, reason) and skipped; the
   original invented ``jane.doe.<id>@example.org`` addresses.
 - SPIP-Lettres unsubscribed addresses (``spip_desabonnes``) refuse every subscription too.
@@ -44,28 +54,35 @@ V, P, R = SubscriptionStatus.VALID, SubscriptionStatus.PENDING, SubscriptionStat
 SPIP_SUBSCRIPTION = {"a_valider": P, "valide": V}
 # Mailsubscribers spip_mailsubscriptions.statut (and the subscriber's statut for the 1.x `listes` column).
 MAILSUBSCRIBERS_SUBSCRIPTION = {"prop": P, "prepa": P, "valide": V, "refuse": R}
-# SPIP-Lettres spip_abonnes_lettres.statut -> recipient status (a_envoyer in a sent letter was never sent).
-LETTRES_RECIPIENT = {"envoye": "sent", "echec": "fail", "annule": "kill", "a_envoyer": "kill"}
-# Mailshot spip_mailshots_destinataires.statut: same names here, pending rows of an imported sending are killed.
-MAILSHOT_RECIPIENT = {
-    "sent": "sent",
-    "fail": "fail",
-    "read": "read",
-    "clic": "clic",
-    "spam": "spam",
-    "kill": "kill",
-    "todo": "kill",
-}
+# SPIP-Lettres spip_abonnes_lettres.statut -> recipient status (a_envoyer: still to send, the letter is unfinished).
+LETTRES_RECIPIENT = {"envoye": "sent", "echec": "fail", "annule": "kill", "a_envoyer": "todo"}
+# SPIP-Lettres spip_lettres.statut: sent letters and unfinished ones are imported, drafts reported.
+LETTRES_IMPORTED = {"envoyee": MailshotStatus.END, "envoi_en_cours": MailshotStatus.PAUSE}
+# Mailshot spip_mailshots_destinataires.statut: same names here; `todo` rows wait in a paused sending,
+# and are killed in a finished or cancelled one (as SPIP's cancel does).
+MAILSHOT_RECIPIENT = {"sent": "sent", "fail": "fail", "read": "read", "clic": "clic", "spam": "spam", "kill": "kill"}
 # Mailshot spip_mailshots.statut -> status here (None: not imported, reported).
 MAILSHOT_STATUS: dict[str, str | None] = {
     "end": MailshotStatus.END,
     "cancel": MailshotStatus.CANCEL,
     "archive": MailshotStatus.ARCHIVE,
-    "init": MailshotStatus.CANCEL,
-    "processing": MailshotStatus.CANCEL,
-    "pause": MailshotStatus.CANCEL,
+    "init": MailshotStatus.PAUSE,
+    "processing": MailshotStatus.PAUSE,
+    "pause": MailshotStatus.PAUSE,
     "poubelle": None,
 }
+# Mailshot raw_feedback "quoi|raw": the event SPIP recorded (our effect names), and the recipient statut SPIP
+# gave for it.  When the row still has that statut, the event is the last word and our status follows it.
+SPIP_FEEDBACK_STATUT = {
+    "read": "read",
+    "clic": "clic",
+    "spam": "spam",
+    "unsub": "spam",
+    "hard_bounce": "fail",
+    "soft_bounce": "fail",
+    "reject": "fail",
+}
+FEEDBACK_STATUS = {"hard_bounce": "bounce", "soft_bounce": "fail", "reject": "fail", "unsub": "unsub"}
 SPIP_LISTES_COURRIER_TYPES = ("nl", "auto")  # newsletters and automatic mailings; not test sends
 _BLG_MARKERS = re.compile(r"__bLg__[0-9A-Z@._-]*__bLg__")  # SPIP-Listes markers, case-sensitive (§8.1)
 
@@ -121,15 +138,25 @@ def import_spip_listes(db: LegacyDatabase, target: Target) -> None:
         "id_courrier", "id_liste", "titre", "texte", "message_texte", "type", "total_abonnes",
         "nb_emails_envoyes", "nb_emails_non_envoyes", "nb_emails_echec", "date_debut_envoi", "date_fin_envoi",
     ]  # fmt: skip
-    for row in db.rows("courriers", columns, "total_abonnes > 0"):
+    for row in db.rows("courriers", [*columns, "statut"]):
         legacy_id = row["id_courrier"]
         if row["type"] not in SPIP_LISTES_COURRIER_TYPES:
             continue  # test sends
+        total, sent = int(row["total_abonnes"] or 0), int(row["nb_emails_envoyes"] or 0)
+        if total <= 0:
+            report.problem("spip_courriers", legacy_id, f"draft, never sent (statut {row['statut']!r}): not imported")
+            continue
         if target.already_imported("spip-listes", "courriers", legacy_id):
             continue
-        total, sent = int(row["total_abonnes"] or 0), int(row["nb_emails_envoyes"] or 0)
         failed = int(row["nb_emails_non_envoyes"] or 0) + int(row["nb_emails_echec"] or 0)
         current = sent + failed
+        if current < total:
+            report.problem(
+                "spip_courriers",
+                legacy_id,
+                f"unfinished in SPIP-Listes ({current} of {total} processed): imported as cancelled with its "
+                "totals (SPIP-Listes keeps no recipient rows to resume from)",
+            )
         mailshot = new_sending(
             "SPIP-Listes courrier",
             legacy_id,
@@ -206,8 +233,13 @@ def import_spip_lettres(db: LegacyDatabase, target: Target) -> None:
         "date_debut_envoi",
         "date_fin_envoi",
     ]
-    for row in db.rows("lettres", columns, "statut = 'envoyee'"):
+    for row in db.rows("lettres", [*columns, "statut"]):
         legacy_id = int(row["id_lettre"])
+        status = LETTRES_IMPORTED.get(row["statut"])
+        if status is None:
+            why = "draft (brouillon), never sent" if row["statut"] == "brouillon" else f"statut {row['statut']!r}"
+            report.problem("spip_lettres", legacy_id, f"{why}: not imported")
+            continue
         if target.already_imported("spip-lettres", "lettres", legacy_id):
             continue
         recipients = []
@@ -223,7 +255,17 @@ def import_spip_lettres(db: LegacyDatabase, target: Target) -> None:
                 if outcome is None:
                     report.problem("spip_abonnes_lettres", f"{abonne}/{legacy_id}", f"unknown statut {r['statut']!r}")
                     continue
-                recipients.append((abonnes[abonne], outcome, 0 if outcome == "kill" else 1, as_datetime(r["maj"])))
+                tries = 0 if outcome in ("kill", "todo") else 1
+                recipients.append((abonnes[abonne], outcome, tries, as_datetime(r["maj"])))
+        waiting = sum(1 for _, outcome, _, _ in recipients if outcome == "todo")
+        if waiting or status == MailshotStatus.PAUSE:
+            status = MailshotStatus.PAUSE
+            report.problem(
+                "spip_lettres",
+                legacy_id,
+                f"unfinished in SPIP-Lettres (statut {row['statut']!r}, {waiting} recipient(s) still to send): "
+                "imported paused; resume or cancel it",
+            )
         rubrique = int(row["id_rubrique"] or 0)
         mailshot = new_sending(
             "SPIP-Lettres lettre",
@@ -232,7 +274,7 @@ def import_spip_lettres(db: LegacyDatabase, target: Target) -> None:
             row["message_html"],
             row["message_texte"],
             lists[rubrique][1] if rubrique in lists else "",
-            MailshotStatus.END,
+            status,
             as_datetime(row["date_debut_envoi"]),
             as_datetime(row["date_fin_envoi"]),
         )
@@ -314,27 +356,43 @@ def import_mailshot(db: LegacyDatabase, target: Target) -> None:
             continue
         if target.already_imported("mailshot", "mailshots", legacy_id):
             continue
-        if row["statut"] in ("init", "processing", "pause"):
-            report.problem(
-                "spip_mailshots",
-                legacy_id,
-                f"was '{row['statut']}' in SPIP: imported as cancelled, pending rows killed",
-            )
+        paused = mapped == MailshotStatus.PAUSE
         recipients = []
+        feedback = []
         if db.has("mailshots_destinataires"):
             for r in db.rows(
-                "mailshots_destinataires", ["email", "statut", "try", "date"], "id_mailshot = :id", {"id": legacy_id}
+                "mailshots_destinataires",
+                ["email", "statut", "try", "date", "raw_feedback"],
+                "id_mailshot = :id",
+                {"id": legacy_id},
             ):
                 email = target.address("spip_mailshots_destinataires", f"{legacy_id}/{r['email']}", r["email"])
-                outcome = MAILSHOT_RECIPIENT.get(r["statut"])
                 if email is None:
                     continue
+                outcome = (
+                    ("todo" if paused else "kill") if r["statut"] == "todo" else MAILSHOT_RECIPIENT.get(r["statut"])
+                )
                 if outcome is None:
                     report.problem(
                         "spip_mailshots_destinataires", f"{legacy_id}/{email}", f"unknown statut {r['statut']!r}"
                     )
                     continue
-                recipients.append((email, outcome, int(r["try"] or 0), as_datetime(r["date"])))
+                when = as_datetime(r["date"])
+                if r["raw_feedback"]:
+                    kind = str(r["raw_feedback"]).partition("|")[0]
+                    if SPIP_FEEDBACK_STATUT.get(kind) == r["statut"]:  # the event is the row's last word
+                        outcome = FEEDBACK_STATUS.get(kind, outcome)
+                    feedback.append((email, kind, str(r["raw_feedback"]), when))
+                recipients.append((email, outcome, int(r["try"] or 0), when))
+        if paused:
+            waiting = sum(1 for _, outcome, _, _ in recipients if outcome == "todo")
+            report.problem(
+                "spip_mailshots",
+                legacy_id,
+                f"was '{row['statut']}' in SPIP: imported paused ({waiting} recipient(s) still to send"
+                + ("" if recipients else "; not materialised: a resume sends to its lists")
+                + "); resume or cancel it",
+            )
         names = [x.split("+", 1)[0].strip() for x in (row["listes"] or "").split(",")]  # "+N": a segment
         mailshot = new_sending(
             "Mailshot",
@@ -360,7 +418,8 @@ def import_mailshot(db: LegacyDatabase, target: Target) -> None:
             "nb_clic": int(row["nb_clic"] or 0),
             "nb_spam": int(row["nb_spam"] or 0),
         }
-        target.add_sending("mailshot", "mailshots", legacy_id, mailshot, recipients, legacy_counters)
+        target_id = target.add_sending("mailshot", "mailshots", legacy_id, mailshot, recipients, legacy_counters)
+        target.add_feedback(target_id, f"SPIP Mailshot #{legacy_id}", feedback)
 
 
 # --- entry point -----------------------------------------------------------------------------------------

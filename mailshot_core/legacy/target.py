@@ -23,6 +23,7 @@ from mailshot_core.audience.subscribers import insert_ignore, normalise_email
 from mailshot_core.errors import InvalidInput
 from mailshot_core.sending import sendings
 from mailshot_core.store.models import (
+    FeedbackEvent,
     LegacyImport,
     MailingList,
     Mailshot,
@@ -36,6 +37,7 @@ from mailshot_core.store.models import (
 )
 
 R = SubscriptionStatus.REFUSED
+IMPORT_SOURCE = "spip-import"  # feedback_event.source of what SPIP had recorded
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class ImportReport:
 
     def summary(self) -> str:
         verb = "would import" if self.dry_run else "imported"
-        kinds = ("lists", "subscribers", "subscriptions", "unsubscribed", "sendings", "recipients")
+        kinds = ("lists", "subscribers", "subscriptions", "unsubscribed", "sendings", "recipients", "feedback events")
         made = ", ".join(f"{self.created[k]} {k}" for k in kinds)
         kept = ", ".join(f"{self.existing[k]} {k}" for k in kinds if self.existing[k]) or "nothing"
         return (
@@ -228,16 +230,20 @@ class Target:
                     "sent_at": when if accepted else None,
                 }
             )
+        mailshot.materialised = True
+        if mailshot.status == MailshotStatus.PAUSE:
+            mailshot.status_reason = f"{mailshot.status_reason}: unfinished there, paused here; resume or cancel it"
         if values:
             self.session.execute(insert(Recipient), values)
             for name, value in sendings.recount(self.session, mailshot.id).items():
                 setattr(mailshot, name, value)
+        elif mailshot.status == MailshotStatus.PAUSE:
+            mailshot.materialised = False  # never started there: a resume materialises its lists, as SPIP would
         else:
             for name, value in (counters or {}).items():
                 setattr(mailshot, name, max(0, int(value)))
             mailshot.status_reason = f"{mailshot.status_reason} (was '{mailshot.status}'; no recipient rows)"
             mailshot.status = MailshotStatus.ARCHIVE
-        mailshot.materialised = True
         self.session.add(mailshot)
         self.session.add(
             LegacyImport(source=source, legacy_table=table, legacy_id=str(legacy_id), target_id=mailshot.id)
@@ -246,6 +252,41 @@ class Target:
         self.report.created["sendings"] += 1
         self.report.created["recipients"] += len(values)
         return mailshot.id
+
+    def add_feedback(
+        self, mailshot_id: int, origin: str, events: Iterable[tuple[str, str, str, datetime | None]]
+    ) -> None:
+        """The recipients' last feedback kept by SPIP (email, kind, "quoi|raw", date) as feedback events of
+        source ``spip-import``, already applied (the recipient rows were written with their effect):
+        the address history shows them, and the MAX_FAIL rule reads them like any provider's."""
+        rows = list(events)
+        if not rows:
+            return
+        ids = dict(
+            self.session.execute(
+                select(Recipient.email, Recipient.id).where(
+                    col(Recipient.mailshot_id) == mailshot_id, col(Recipient.email).in_([r[0] for r in rows])
+                )
+            ).all()
+        )
+        now = utcnow()
+        for email, kind, raw, when in rows:
+            self.session.add(
+                FeedbackEvent(
+                    source=IMPORT_SOURCE,
+                    provider_event_id=f"{mailshot_id}:{email}"[:255],
+                    mailshot_id=mailshot_id,
+                    recipient_id=ids.get(email),
+                    email=email,
+                    kind=kind[:20] or "unknown",
+                    detail=f"raw_feedback {raw[:200]!r} of {origin}",
+                    raw=raw,
+                    received_at=when or now,
+                    applied_at=now,
+                )
+            )
+        self.session.flush()
+        self.report.created["feedback events"] += len(rows)
 
 
 def new_sending(

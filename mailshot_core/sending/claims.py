@@ -23,6 +23,7 @@ from sqlalchemy import and_, bindparam, func, or_, text, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from mailshot_core.errors import InvalidInput, InvalidState
 from mailshot_core.sending.runs import add_in_doubt
 from mailshot_core.sending.sendings import apply_counter_deltas, counter_deltas, get, list_identifiers
 from mailshot_core.store.models import (
@@ -307,6 +308,40 @@ def resend_unknown(session: Session, mailshot_id: int) -> int:
         ).rowcount  # type: ignore[attr-defined]
     )
     apply_counter_deltas(session, mailshot_id, counter_deltas((S.UNKNOWN, S.TODO) for _ in range(n)))
+    if n and mailshot.status == MailshotStatus.END:
+        mailshot.status = MailshotStatus.PROCESSING
+        mailshot.ended_at = None
+        session.add(mailshot)
+    session.flush()
+    return n
+
+
+def requeue_failed(session: Session, mailshot_id: int, reason: str) -> int:
+    """Operator's repair after a mistake of theirs (a wrong setting failed recipients): the sending's
+    ``fail`` rows go back to the queue with their tries reset and the reason kept in their last error.
+    Bounces (the address is bad) and rows in doubt (``mailshot resend-unknown``) are not touched; an
+    ended sending goes back to ``processing``, a paused one stays paused until resumed."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("say why the failed recipients are queued again (--reason)")
+    mailshot = get(session, mailshot_id, lock=True)
+    if mailshot.status in (MailshotStatus.ARCHIVE, MailshotStatus.CANCEL, MailshotStatus.DRAFT):
+        raise InvalidState(f"sending {mailshot_id} is '{mailshot.status}': nothing to requeue")
+    n = int(
+        session.execute(
+            update(Recipient)
+            .where(col(Recipient.mailshot_id) == mailshot_id, col(Recipient.status) == S.FAIL)
+            .values(
+                status=S.TODO,
+                tries=0,
+                throttled=0,
+                claim_token=None,
+                next_attempt_at=None,
+                last_error=f"requeued by the operator: {reason}"[:1000],
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    )
+    apply_counter_deltas(session, mailshot_id, counter_deltas((S.FAIL, S.TODO) for _ in range(n)))
     if n and mailshot.status == MailshotStatus.END:
         mailshot.status = MailshotStatus.PROCESSING
         mailshot.ended_at = None

@@ -43,6 +43,8 @@ CONNECTION_BACKOFF = (0.5, 30.0)
 # How often a batch asks whether it must stop (the sending paused or cancelled, the run cancelled or
 # suspended): a pause takes effect within about this long, in every mode (issue 13: within 5 s).
 STOP_POLL_SECONDS = 1.0
+# Messages in a row that cannot be built, before any could, that make it the sending's fault (_unbuildable).
+WHOLE_SENDING_FAILURES = 5
 # Asked every STOP_POLL_SECONDS, in a thread: why the batch must stop now, or None to go on.
 StopCheck = Callable[[], str | None]
 
@@ -54,7 +56,7 @@ def _prepare_next(queue: asyncio.Queue[claims.ClaimedRecipient], ledger: Ledger,
     """The next recipient of the queue with its message; None when the queue is empty.
 
     A recipient whose message cannot be built (a template error at run time, a name unusable in a
-    header) is recorded as failed here and skipped.
+    header) is skipped (:func:`_unbuildable` says whether it fails or the sending pauses).
     """
     while True:
         try:
@@ -63,9 +65,29 @@ def _prepare_next(queue: asyncio.Queue[claims.ClaimedRecipient], ledger: Ledger,
             return None
         who = ctx.personalise_claimed(rcpt)
         try:
-            return rcpt, ctx.message_for(rcpt.id, rcpt.email, who)
+            prepared = rcpt, ctx.message_for(rcpt.id, rcpt.email, who)
         except (TemplateError, HeaderError) as exc:
-            ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
+            _unbuildable(ledger, rcpt, exc)
+            continue
+        ledger.built += 1
+        return prepared
+
+
+def _unbuildable(ledger: Ledger, rcpt: claims.ClaimedRecipient, exc: Exception) -> None:
+    """A recipient whose message cannot be built fails, unless the fault is the sending's.
+
+    Until a message of the batch has been built, failures are held back (the recipient goes back to
+    the queue, no try used); when every one of the first WHOLE_SENDING_FAILURES (or of the whole batch,
+    if smaller) fails, the template or a setting breaks every message: the sending pauses with the
+    reason (ConfigurationError) instead of failing every recipient, and resumes once fixed.
+    """
+    if ledger.built:
+        ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
+        return
+    ledger.unbuilt += 1
+    ledger.record(Outcome.of(rcpt, Result.DEFERRED, from_status=S.CLAIMED, text=str(exc)))
+    if ledger.unbuilt >= min(WHOLE_SENDING_FAILURES, ledger.batch_claimed or WHOLE_SENDING_FAILURES):
+        raise ConfigurationError(f"no message of the sending can be built ({exc}); fix it, then resume")
 
 
 async def _connection_loop(
@@ -192,8 +214,9 @@ async def _batch_loop(
                     break
                 try:
                     chunk.append((rcpt, _esp_message(ctx, rcpt)))
+                    ledger.built += 1
                 except (TemplateError, HeaderError) as exc:
-                    ledger.record(Outcome.of(rcpt, Result.PERMANENT, from_status=S.CLAIMED, text=str(exc)))
+                    _unbuildable(ledger, rcpt, exc)
             if not chunk:
                 return
             if conn is None:
@@ -262,6 +285,7 @@ async def send_claimed(
     queue: asyncio.Queue[claims.ClaimedRecipient] = asyncio.Queue()
     for rcpt in claimed:
         queue.put_nowait(rcpt)
+    ledger.batch_claimed = len(claimed)
     stop = asyncio.Event()
     width = max(1, min(transport.parallelism, len(claimed)))
     # ESP transports take many messages per call: their own loop (see _batch_loop).

@@ -110,6 +110,9 @@ class Ledger:
     clock: Clock
     report: BatchReport = field(default_factory=BatchReport)
     run_id: str | None = None  # the send run whose record these transitions add to (runs.py)
+    batch_claimed: int = 0  # recipients the batch holds
+    built: int = 0  # messages built so far (connections._unbuildable: a fault of one, or of all?)
+    unbuilt: int = 0  # messages that could not be built before the first was
     _starts: list[tuple[int, asyncio.Future[bool]]] = field(default_factory=list)
     _outcomes: list[Outcome] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None

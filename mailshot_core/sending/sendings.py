@@ -32,7 +32,7 @@ from sqlmodel import Session, col, select
 
 from mailshot_core.audience.subscribers import get_list, normalise_email
 from mailshot_core.config import Settings
-from mailshot_core.content.message import HeaderError, check_header_value
+from mailshot_core.content.message import MAX_HEADER_TEXT, HeaderError, check_header_value
 from mailshot_core.content.render import CompiledMailshot, TemplateError, html_to_text, inline_css
 from mailshot_core.errors import InvalidInput, InvalidState, NotFound
 from mailshot_core.sending import tracked_links
@@ -42,6 +42,7 @@ from mailshot_core.store.models import (
     MailshotStatus,
     Recipient,
     RecipientStatus,
+    max_length,
     utcnow,
 )
 from mailshot_core.transports import AVAILABLE as TRANSPORTS
@@ -169,9 +170,11 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
     if not spec.html.strip() and not (spec.text or "").strip():
         raise InvalidInput("the message is empty: give an HTML body (--html) or a text body (--text)")
     try:
-        subject = check_header_value("subject", spec.subject.strip())
+        subject = check_header_value("subject", spec.subject.strip(), MAX_HEADER_TEXT)
         from_name = check_header_value(
-            "sender name", spec.from_name if spec.from_name is not None else settings.from_name
+            "sender name",
+            spec.from_name if spec.from_name is not None else settings.from_name,
+            max_length(Mailshot, "from_name"),
         )
     except HeaderError as exc:
         raise InvalidInput(str(exc)) from None

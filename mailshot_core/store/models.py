@@ -273,3 +273,12 @@ class LegacyImport(SQLModel, table=True):
     legacy_id: str = Field(primary_key=True, max_length=64)
     target_id: int
     imported_at: datetime = Field(default_factory=utcnow)
+
+
+def max_length(model: type[SQLModel], column: str) -> int:
+    """The size of a text column (its ``max_length``): what input must be checked against before it is
+    written, on SQLite too (which stores any length, while PostgreSQL refuses the row and the whole
+    transaction with StringDataRightTruncation)."""
+    length = model.__table__.c[column].type.length  # type: ignore[attr-defined]
+    assert isinstance(length, int), f"{model.__name__}.{column} has no length"
+    return length

@@ -16,8 +16,9 @@ from mailshot_core.config import Settings, get_settings
 from mailshot_core.feedback.applier import Applier
 from mailshot_core.store.db import get_engine
 from mailshot_core.web import links, pages, webhooks
-from mailshot_core.web.auth import Fetch, SnsVerifier, https_get
+from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, SnsVerifier, https_get
 from mailshot_core.web.context import WebContext
+from mailshot_core.web.server import install_log_redaction
 
 
 def create_app(
@@ -25,15 +26,19 @@ def create_app(
     *,
     engine: Engine | None = None,
     fetch: Fetch | None = None,
+    fetch_timeout: float = FETCH_TIMEOUT,
     start_run: Callable[[int], object] | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     engine = engine or get_engine(settings.database_url)
     fetch = fetch or https_get
     topics = {arn.strip() for arn in settings.ses_topic_arns.split(",") if arn.strip()}
+    install_log_redaction()  # whoever serves the app, ?token= never reaches the access log
     app = FastAPI(title="Mailshot", docs_url=None, redoc_url=None, openapi_url=None)
     applier = Applier(engine, max_fail=settings.max_fail)
-    app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch), fetch, applier, start_run)
+    app.state.mailshot = WebContext(
+        settings, engine, SnsVerifier(topics, fetch, fetch_timeout), fetch, applier, start_run
+    )
     app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(pages.router)

@@ -11,8 +11,9 @@
   an attacker's account is refused as well; a successful login starts a new nonce (no fixation).
 - **Passwords** are compared in constant time (user and password both, always).  Failed logins
   slow down the next ones from the same client address and, past ``LOCKOUT_AFTER`` failures in
-  ``FAILURE_WINDOW`` seconds, are refused outright until the window has passed.  The count is per
-  process (one ``mailshot web``), which is what a single admin login needs.
+  ``FAILURE_WINDOW`` seconds, are refused outright until the window has passed; per account and for
+  the whole site too (:class:`LoginThrottle`), so that rotating addresses does not buy unlimited
+  guesses.  The count is per process (one ``mailshot web``), which is what a single admin login needs.
 - **Logout** deletes the cookie.  There is no server-side revocation: a copied cookie stays valid
   until it expires (``SESSION_LIFETIME``) or the password changes.
 
@@ -29,6 +30,7 @@ import json
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,7 +44,10 @@ COOKIE_PATH = "/admin"
 SESSION_LIFETIME = 12 * 3600  # a working day: long enough to follow a sending, short enough to expire
 ANONYMOUS_LIFETIME = 3600  # the login form's own session
 FAILURE_WINDOW = 15 * 60
-LOCKOUT_AFTER = 10
+LOCKOUT_AFTER = 10  # failures from one address in FAILURE_WINDOW
+ACCOUNT_LOCKOUT_AFTER = 30  # failures for one login name, from any addresses
+SITE_LOCKOUT_AFTER = 100  # failures on the whole site: at most ~10,000 guesses a day, whatever the botnet
+KNOWN_FOR = 30 * 24 * 3600  # an address that logged in is exempt from the account and site locks this long
 MAX_TRACKED = 10_000  # client addresses with recent failures kept in memory before expired ones are dropped
 FAILURE_DELAY = 0.5  # seconds per recent failure before answering a wrong password, capped below
 MAX_FAILURE_DELAY = 5.0
@@ -173,42 +178,117 @@ async def read_form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in fields.items()}
 
 
+@dataclass(frozen=True)
+class Lock:
+    """A refusal before the password is even checked: how long, and why (for the page)."""
+
+    seconds: float
+    scope: str  # "address", "account" or "site"
+
+    @property
+    def message(self) -> str:
+        minutes = int(self.seconds // 60) + 1
+        if self.scope == "address":
+            return f"Too many failed logins from your address: try again in {minutes} minute(s)."
+        if self.scope == "account":
+            return (
+                f"Too many failed logins for this account: try again in {minutes} minute(s), "
+                "or from an address that logged in before."
+            )
+        return (
+            f"Too many failed logins on this site: logins are paused for {minutes} minute(s), "
+            "except from addresses that logged in before."
+        )
+
+
 class LoginThrottle:
-    """Recent failed logins per client address: the delay before answering, and the lock-out."""
+    """Recent failed logins: the delay before answering, and three lock-outs.
+
+    - **Per client address**: LOCKOUT_AFTER failures in FAILURE_WINDOW.  The address is the connection's
+      peer, unless a proxy listed in MAILSHOT_FORWARDED_ALLOW_IPS says otherwise (web/server.py): a client
+      cannot name itself another address to escape its lock, nor lock a victim's address out.
+    - **Per account** (the login name tried): ACCOUNT_LOCKOUT_AFTER failures from any addresses, and
+    - **for the whole site**: SITE_LOCKOUT_AFTER failures, so rotating addresses (a botnet) still gets only
+      a few hundred guesses a day.  Addresses that logged in successfully in the last KNOWN_FOR seconds are
+      exempt from these two: an attacker can slow the site down, not lock its operator out.
+    """
 
     def __init__(self) -> None:
-        self._failures: dict[str, list[float]] = {}
+        self._by_address: dict[str, list[float]] = {}
+        self._by_account: dict[str, list[float]] = {}
+        self._site: deque[float] = deque()
+        self._known: dict[str, float] = {}  # address -> last successful login
         self._lock = threading.Lock()
 
-    def _recent(self, client: str, now: float) -> list[float]:
-        times = [t for t in self._failures.get(client, []) if t > now - FAILURE_WINDOW]
+    @staticmethod
+    def _recent(table: dict[str, list[float]], key: str, now: float) -> list[float]:
+        times = [t for t in table.get(key, []) if t > now - FAILURE_WINDOW]
         if times:
-            self._failures[client] = times
+            table[key] = times
         else:
-            self._failures.pop(client, None)
+            table.pop(key, None)
         return times
+
+    def _forget_expired(self, now: float) -> None:
+        for table in (self._by_address, self._by_account):
+            if len(table) >= MAX_TRACKED:  # many addresses or names guessing: drop the expired ones
+                for key in list(table):
+                    self._recent(table, key, now)
+        while self._site and self._site[0] <= now - FAILURE_WINDOW:
+            self._site.popleft()
+        if len(self._known) >= MAX_TRACKED:
+            for address, when in list(self._known.items()):
+                if when <= now - KNOWN_FOR:
+                    del self._known[address]
+
+    def _is_known(self, client: str, now: float) -> bool:
+        return self._known.get(client, -KNOWN_FOR - 1.0) > now - KNOWN_FOR
+
+    def locked(self, client: str, account: str = "", now: float | None = None) -> Lock | None:
+        """Why and how long this client may not try now; None: it may."""
+        now = time.monotonic() if now is None else now
+        account = _account_key(account)
+        with self._lock:
+            self._forget_expired(now)
+            mine = self._recent(self._by_address, client, now)
+            if len(mine) >= LOCKOUT_AFTER:
+                return Lock(mine[-LOCKOUT_AFTER] + FAILURE_WINDOW - now, "address")
+            if self._is_known(client, now):
+                return None
+            tried = self._recent(self._by_account, account, now)
+            if len(tried) >= ACCOUNT_LOCKOUT_AFTER:
+                return Lock(tried[-ACCOUNT_LOCKOUT_AFTER] + FAILURE_WINDOW - now, "account")
+            if len(self._site) >= SITE_LOCKOUT_AFTER:
+                return Lock(self._site[-SITE_LOCKOUT_AFTER] + FAILURE_WINDOW - now, "site")
+        return None
 
     def locked_for(self, client: str, now: float | None = None) -> float:
         """Seconds until this client may try again (0: it may)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            times = self._recent(client, now)
-        if len(times) < LOCKOUT_AFTER:
-            return 0.0
-        return times[-LOCKOUT_AFTER] + FAILURE_WINDOW - now
+        lock = self.locked(client, now=now)
+        return lock.seconds if lock else 0.0
 
-    def failed(self, client: str, now: float | None = None) -> float:
+    def failed(self, client: str, account: str = "", now: float | None = None) -> float:
         """Record a failure; returns how long to wait before answering it."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            if len(self._failures) >= MAX_TRACKED:  # many addresses guessing: forget the expired ones
-                for other in list(self._failures):
-                    self._recent(other, now)
-            times = self._recent(client, now)
+            self._forget_expired(now)
+            times = self._recent(self._by_address, client, now)
             times.append(now)
-            self._failures[client] = times
+            self._by_address[client] = times
+            tried = self._recent(self._by_account, _account_key(account), now)
+            tried.append(now)
+            self._by_account[_account_key(account)] = tried
+            self._site.append(now)
         return min(FAILURE_DELAY * len(times), MAX_FAILURE_DELAY)
 
-    def succeeded(self, client: str) -> None:
+    def succeeded(self, client: str, account: str = "", now: float | None = None) -> None:
+        """The address is known from now on; its failures, and the account's, are forgotten."""
+        now = time.monotonic() if now is None else now
         with self._lock:
-            self._failures.pop(client, None)
+            self._by_address.pop(client, None)
+            self._by_account.pop(_account_key(account), None)
+            self._known[client] = now
+
+
+def _account_key(user: str) -> str:
+    return user.strip().lower()[:100]

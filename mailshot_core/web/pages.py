@@ -213,19 +213,22 @@ def _login_page(
 @router.post("/admin/login")
 async def login(request: Request, post: Annotated[Posted, Depends(posted_login)]) -> Response:
     sessions = _sessions(request)
+    # The connection's peer, or what a proxy of MAILSHOT_FORWARDED_ALLOW_IPS said (web/server.py): never a
+    # header the client wrote itself.
     client = request.client.host if request.client else "?"
     throttle = _throttle(request)
     next_url = _safe_next(post.form.get("next"))
-    wait = throttle.locked_for(client)
-    if wait > 0:
-        message = f"Too many failed logins from your address: try again in {int(wait // 60) + 1} minute(s)."
-        return _login_page(sessions, post.session, next_url, message, status=429)
-    if not sessions.check_password(post.form.get("user", ""), post.form.get("password", "")):
-        delay = throttle.failed(client)
-        log.warning("failed login for %r from %s", post.form.get("user", "")[:100], client)
+    user = post.form.get("user", "")
+    lock = throttle.locked(client, user)
+    if lock is not None:
+        log.warning("login refused (%s locked) for %r from %s", lock.scope, user[:100], client)
+        return _login_page(sessions, post.session, next_url, lock.message, status=429)
+    if not sessions.check_password(user, post.form.get("password", "")):
+        delay = throttle.failed(client, user)
+        log.warning("failed login for %r from %s", user[:100], client)
         await asyncio.sleep(delay)  # slows guessing down without holding a worker thread
         return _login_page(sessions, post.session, next_url, "Wrong login or password.", status=401)
-    throttle.succeeded(client)
+    throttle.succeeded(client, user)
     response = _redirect(next_url)
     sessions.set_cookie(response, sessions.new(sessions.user))  # a new nonce: no session fixation
     return response

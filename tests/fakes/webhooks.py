@@ -1,6 +1,7 @@
 """The web app served by uvicorn on a free loopback port, and the providers' webhook requests:
 their documented sample payloads with our correlation fields, posted the way each provider posts
-(Basic auth, Mandrill's signed form, SNS's signed JSON).
+(Basic auth, Mandrill's signed form, SNS's signed JSON); and a site that sent (``sent_site``) for the
+webhook tests to post about.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,12 +26,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 
+from conftest import engine_for, make_settings
+from helpers import create, drive, seed
 from mailshot_core.config import Settings
+from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.feedback.applier import Applier
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import FeedbackEvent, Recipient
 from mailshot_core.transports.http import NODELAY
+from mailshot_core.web import server
 from mailshot_core.web.app import create_app
-from mailshot_core.web.auth import mandrill_signature, sns_string_to_sign
+from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, mandrill_signature, sns_string_to_sign
 
 SECRET = "hook-secret"
 MANDRILL_KEY = "mandrill-hook-key"
@@ -75,7 +87,8 @@ class SnsSigner:
         self.pem = cert.public_bytes(serialization.Encoding.PEM)
         self.fetched: list[str] = []
 
-    def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str) -> bytes:
+        """What https_get would get from AWS (certificates, subscription confirmations)."""
         self.fetched.append(url)
         return self.pem if url == CERT_URL else b"<ConfirmSubscriptionResponse/>"
 
@@ -87,22 +100,32 @@ class SnsSigner:
 
 
 class WebServer:
-    """``create_app(settings)`` under uvicorn in a thread, as ``mailshot web`` runs it."""
+    """``create_app(settings)`` under uvicorn in a thread, configured as ``mailshot web`` runs it
+    (web/server.py: proxy headers, access log)."""
 
     def __init__(
         self,
         settings: Settings,
         sock: socket.socket,
         signer: SnsSigner | None = None,
+        fetch: Fetch | None = None,
+        log_level: str = "warning",
+        fetch_timeout: float = FETCH_TIMEOUT,
         start_run: Callable[[int], object] | None = None,
     ) -> None:
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        app = create_app(settings, fetch=signer.fetch if signer is not None else None, start_run=start_run)
+        fetch = fetch or (signer.fetch if signer is not None else None)
+        app = create_app(settings, fetch=fetch, fetch_timeout=fetch_timeout, start_run=start_run)
         self.applier: Applier = app.state.mailshot.applier
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(server.config(app, settings, log_level=log_level, lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.client = httpx.Client(base_url=self.url, timeout=30, transport=httpx.HTTPTransport(socket_options=NODELAY))
+        self.client = self.client_for(self.url)
+
+    @staticmethod
+    def client_for(url: str) -> httpx.Client:
+        """An HTTP client of the server (one per thread: httpx clients are not shared across threads)."""
+        return httpx.Client(base_url=url, timeout=30, transport=httpx.HTTPTransport(socket_options=NODELAY))
 
     def __enter__(self) -> WebServer:
         self.thread.start()
@@ -283,3 +306,51 @@ BUILDERS = {
     "brevo": brevo_event,
     "ses": ses_record,
 }
+
+
+# --- a site that sent, serving its webhooks -------------------------------------------------------
+
+
+@dataclass
+class Site:
+    engine: Engine
+    web: WebServer
+    signer: SnsSigner
+    mailshot_id: int
+    ids: dict[str, int]  # email -> recipient id of the sending `mailshot_id`
+    sendings: dict[str, tuple[int, dict[str, int]]]  # list name -> (sending, email -> recipient id)
+
+
+def stored(engine: Engine, source: str | None = None) -> int:
+    """Events received (an applied unsubscription also records an event, without a provider id)."""
+    query = (
+        select(func.count())
+        .select_from(FeedbackEvent)
+        .where(FeedbackEvent.source != "smtp", FeedbackEvent.provider_event_id.is_not(None))  # type: ignore[union-attr]
+    )
+    if source is not None:
+        query = query.where(FeedbackEvent.source == source)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+@contextmanager
+def sent_site(url: str, tmp: Path, lists: tuple[str, ...]) -> Iterator[Site]:
+    """One sending of 25 recipients per list (u<i>@<list>.example; u<i>@example.com for "news"), sent through the
+    dev relay, and the web app serving the webhooks."""
+    sock = free_socket()
+    signer = SnsSigner()
+    sendings = {}
+    with DevRelay() as relay:
+        settings = make_settings(url, relay, **webhook_settings(sock.getsockname()[1]))
+        engine = engine_for(settings)
+        for name in lists:
+            seed(engine, tmp, 25, list_name=name, domain="example.com" if name == "news" else f"{name}.example")
+            mid = create(engine, settings, lists=(name,))
+            drive(engine, settings, mid)
+            with session_scope(engine) as session:
+                rows = session.execute(select(Recipient.email, Recipient.id).where(Recipient.mailshot_id == mid)).all()
+            sendings[name] = (mid, {e: i for e, i in rows})
+    mid, ids = sendings[lists[0]]
+    with WebServer(settings, sock, signer) as web:
+        yield Site(engine, web, signer, mid, ids, sendings)

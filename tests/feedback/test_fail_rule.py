@@ -16,7 +16,7 @@ import pytest
 from sqlmodel import select
 
 from bouncemail import dsn
-from conftest import engine_for, make_settings
+from conftest import TEST_KEY, engine_for, make_settings
 from helpers import create, drive, recipients
 from mailshot_core.audience import subscribers
 from mailshot_core.cli import main
@@ -80,7 +80,7 @@ def test_four_sendings_unsubscribe_exactly_the_addresses_the_rule_names(
     forged = to_h.envelope_from.replace(f".r{to_h.envelope_from.split('.r')[1].split('.')[0]}.", ".r1.")
     box.add(dsn(forged, f"e@{D}", "5.1.1", "550 5.1.1 forged"))  # names e: must change nothing
     box.add(b"From: friend@example.net\nSubject: hello\n\njust a reply\n")  # not a bounce
-    report = ingest(engine, b"test-secret", MaildirBox(box_path, "mailshot-processed"))
+    report = ingest(engine, TEST_KEY.encode(), MaildirBox(box_path, "mailshot-processed"))
     assert (report.seen, report.processed, report.events) == (3, 1, 1)
     assert sorted(why.split(" ")[0] for _, why in report.left) == ["VERP", "no"]
     assert len(box) == 2 and len(box.get_folder("mailshot-processed")) == 1  # nothing deleted

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bouncemail import arf, dsn
-from conftest import engine_for, make_settings
+from conftest import TEST_KEY, engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from imapserver import PASSWORD, USER, ImapServer, ImapServerError
 from mailshot_core.audience.subscribers import get_subscriber
@@ -93,7 +93,7 @@ def test_send_bounce_into_dovecot_ingest_then_apply(
     _empty(dovecot)
     env = {
         "DATABASE_URL": db_url,
-        "SECRET_KEY": "test-secret",
+        "SECRET_KEY": TEST_KEY,
         "BASE_URL": "https://news.example.org",
         "FROM_EMAIL": "news@example.org",
         "BOUNCE_ADDRESS": BOUNCES,
@@ -215,9 +215,9 @@ def test_without_verp_the_quoted_message_id_and_address_must_match(sqlite_url: s
     original = sent[emails[0]].data
     box.add(dsn("news@example.org", emails[0], "5.1.1", "550 5.1.1 unknown", original=original))
     box.add(dsn("news@example.org", emails[1], "5.1.1", "550 5.1.1 unknown", original=original))  # wrong pair
-    strict = ingest(engine, b"test-secret", MaildirBox(tmp_path / "bounces", "done"), trust_message_id=False)
+    strict = ingest(engine, TEST_KEY.encode(), MaildirBox(tmp_path / "bounces", "done"), trust_message_id=False)
     assert (strict.processed, len(strict.left)) == (0, 2)
-    report = ingest(engine, b"test-secret", MaildirBox(tmp_path / "bounces", "done"), trust_message_id=True)
+    report = ingest(engine, TEST_KEY.encode(), MaildirBox(tmp_path / "bounces", "done"), trust_message_id=True)
     assert (report.processed, report.events, len(report.left)) == (1, 1, 1)
     apply_all(engine)
     assert recipients(engine, mailshot_id) == {emails[0]: ("bounce", 1), emails[1]: ("sent", 1)}

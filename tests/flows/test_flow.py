@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RelayProcess, engine_for, make_settings
+from conftest import TEST_KEY, RelayProcess, engine_for, make_settings
 from helpers import create, seed
 from mailshot_core.config import get_settings
 from mailshot_core.devtools.relay import DevRelay
@@ -27,7 +27,7 @@ def env_settings(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, relay: DevRel
         "MAILSHOT_SMTP_PORT": str(relay.port),
         "MAILSHOT_FROM_EMAIL": "news@example.org",
         "MAILSHOT_BASE_URL": "https://news.example.org",
-        "MAILSHOT_SECRET_KEY": "flow-secret",
+        "MAILSHOT_SECRET_KEY": TEST_KEY,
         "MAILSHOT_BATCH_SIZE": "1000",
         "MAILSHOT_SMTP_CONNECTIONS": "8",
         "MAILSHOT_RETRY_DELAY": "0",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from conftest import engine_for, runs_tagged
+from conftest import TEST_KEY, engine_for, runs_tagged
 from helpers import create, seed
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.devtools.relay import DevRelay
@@ -31,7 +31,7 @@ def flow_env(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, relay: DevRelay, 
         "MAILSHOT_SMTP_PORT": str(relay.port),
         "MAILSHOT_FROM_EMAIL": "news@example.org",
         "MAILSHOT_BASE_URL": "https://news.example.org",
-        "MAILSHOT_SECRET_KEY": "operator-secret",
+        "MAILSHOT_SECRET_KEY": TEST_KEY,  # a public MAILSHOT_BASE_URL needs a real key
     }.items():
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()

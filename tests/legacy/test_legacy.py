@@ -21,7 +21,7 @@ from mailshot_core.errors import MailshotError
 from mailshot_core.legacy import mapping
 from mailshot_core.sending import sendings
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import Mailshot, Recipient
+from mailshot_core.store.models import FeedbackEvent, Mailshot, Recipient
 from mariaserver import MariaServer, MariaServerError
 from test_cli import _dump, cli  # noqa: F401 (the fixture)
 
@@ -126,7 +126,12 @@ def test_spip_listes(sites: dict[str, str], db_url: str) -> None:
         ("spip_auteurs", "6"),
         ("spip_auteurs_listes", "4/1"),
         ("spip_auteurs_listes", "2/3"),
+        ("spip_courriers", "2"),  # unfinished: imported with its totals, reported
+        ("spip_courriers", "4"),  # a draft, never sent: reported, not imported
     }
+    reasons = {p.row_id: p.reason for p in report.problems if p.table == "spip_courriers"}
+    assert reasons["2"].startswith("unfinished in SPIP-Listes (7 of 10 processed)")
+    assert reasons["4"] == "draft, never sent (statut 'publie'): not imported"
     assert report.created["sendings"] == 2 and report.created["recipients"] == 0
 
     before = _snapshot(engine)
@@ -153,23 +158,32 @@ def test_spip_lettres(sites: dict[str, str], db_url: str) -> None:
         ("a2@example.org", "rubrique-1-actualites", "pending"),
         ("a4@example.org", "rubrique-1-actualites", "refused"),
     ]
-    (letter,) = _sendings(engine)
+    letter, unfinished = _sendings(engine)
     assert letter.subject == "Lettre n°1 : 10 € d'œuvres" and letter.html == "<p>Prix : 10 €, Œuvre</p>"
     assert (letter.status, letter.total, letter.current, letter.sent, letter.failed) == ("end", 3, 3, 2, 1)
     assert letter.lists == "rubrique-1-actualites"
-    assert letter.id is not None
+    assert letter.id is not None and unfinished.id is not None
     assert _recipients(engine, letter.id) == {
         "a1@example.org": ("sent", 1),
         "a2@example.org": ("fail", 1),
         "a4@example.org": ("sent", 1),
     }
+    # Still being sent in SPIP: paused here, its waiting recipient `todo`, so status and counters are right.
+    assert (unfinished.status, unfinished.total, unfinished.current, unfinished.sent) == ("pause", 2, 1, 1)
+    assert _recipients(engine, unfinished.id) == {"a1@example.org": ("sent", 1), "a2@example.org": ("todo", 0)}
+    assert "paused here; resume or cancel it" in (unfinished.status_reason or "")
     assert _problems(report) == {
         ("spip_abonnes", "3"),
         ("spip_abonnes_rubriques", "2/2"),
         ("spip_abonnes_rubriques", "3/1"),
         ("spip_abonnes_lettres", "3/1"),
         ("spip_abonnes_lettres", "99/1"),
+        ("spip_lettres", "2"),  # a draft: reported, not imported
+        ("spip_lettres", "3"),  # unfinished: imported paused, reported
     }
+    reasons = {p.row_id: p.reason for p in report.problems if p.table == "spip_lettres"}
+    assert reasons["2"] == "draft (brouillon), never sent: not imported"
+    assert reasons["3"].startswith("unfinished in SPIP-Lettres (statut 'envoi_en_cours', 1 recipient(s) still to send)")
     _counters_are_a_recount(engine)
 
     before = _snapshot(engine)
@@ -197,29 +211,54 @@ def test_mailshot_and_mailsubscribers(sites: dict[str, str], db_url: str) -> Non
         ("m5@example.net", "events", "valid"),
         ("m5@example.net", "newsletter", "valid"),
     ]
-    ended, archived, stopped = _sendings(engine)
+    ended, archived, stopped, cancelled, scheduled = _sendings(engine)
     assert ended.subject == "Hello 5 € world" and ended.from_name == "Équipe" and ended.graceful
     assert ended.lists == "newsletter,events"
-    assert (ended.status, ended.total, ended.current, ended.sent, ended.failed, ended.nb_read) == ("end", 3, 3, 2, 1, 1)
-    assert ended.id is not None and stopped.id is not None
+    assert ended.id is not None and stopped.id is not None and cancelled.id is not None
+    # raw_feedback is the row's last word: SPIP's `fail` after a hard bounce is `bounce` here, its `spam`
+    # after an unsubscription is `unsub`; each becomes an (applied) feedback event.
     assert _recipients(engine, ended.id) == {
         "m1@example.net": ("read", 1),
         "m5@example.net": ("sent", 1),
-        "m2@example.net": ("fail", 5),
+        "m2@example.net": ("bounce", 5),
+        "m3@example.net": ("spam", 1),
+        "m6@example.net": ("unsub", 1),
     }
+    assert (ended.status, ended.total, ended.current, ended.sent, ended.failed) == ("end", 5, 5, 5, 0)
+    assert (ended.nb_read, ended.nb_bounce, ended.nb_spam, ended.nb_unsub) == (1, 1, 1, 1)
+    with session_scope(engine) as session:
+        events = session.exec(select(FeedbackEvent).where(FeedbackEvent.source == "spip-import")).all()
+        imported = {(e.email, e.kind, e.raw, e.mailshot_id, e.applied_at is not None) for e in events}
+        assert all(e.recipient_id is not None for e in events)
+    assert imported == {
+        ("m1@example.net", "read", "read|open", ended.id, True),
+        ("m2@example.net", "hard_bounce", "hard_bounce|bounce", ended.id, True),
+        ("m3@example.net", "spam", "spam|spam_complaint", ended.id, True),
+        ("m6@example.net", "unsub", "unsub|unsub", ended.id, True),
+    }
+    assert report.created["feedback events"] == 4
     assert (archived.status, archived.total, archived.sent, archived.failed) == ("archive", 100, 95, 5)
     assert (archived.nb_read, archived.nb_clic, archived.nb_spam) == (40, 10, 1)
-    assert stopped.status == "cancel"
-    assert _recipients(engine, stopped.id) == {"m1@example.net": ("sent", 1), "m5@example.net": ("kill", 0)}
+    # Unfinished in SPIP: paused, its waiting rows `todo`; the operator resumes or cancels it.
+    assert (stopped.status, stopped.total, stopped.current) == ("pause", 2, 1)
+    assert _recipients(engine, stopped.id) == {"m1@example.net": ("sent", 1), "m5@example.net": ("todo", 0)}
+    assert cancelled.status == "cancel" and _recipients(engine, cancelled.id) == {"m1@example.net": ("kill", 0)}
+    assert (scheduled.status, scheduled.materialised, scheduled.total) == ("pause", False, 0)
     assert _problems(report) == {
         ("spip_mailsubscribinglists", "3"),
         ("spip_mailsubscribers", "4"),
         ("spip_mailsubscriptions", "4/1"),
         ("spip_mailsubscriptions", "1/3"),
-        ("spip_mailshots", "3"),  # was processing: imported as cancelled
+        ("spip_mailshots", "3"),  # was processing: imported paused
         ("spip_mailshots", "4"),
+        ("spip_mailshots", "6"),  # was init: imported paused, not materialised
         ("spip_mailshots_destinataires", "1/not an address"),
     }
+    reasons = {p.row_id: p.reason for p in report.problems if p.table == "spip_mailshots"}
+    assert (
+        reasons["3"] == "was 'processing' in SPIP: imported paused (1 recipient(s) still to send); resume or cancel it"
+    )
+    assert "not materialised: a resume sends to its lists" in reasons["6"]
     _counters_are_a_recount(engine)
 
     before = _snapshot(engine)
@@ -235,7 +274,7 @@ def test_cli_dry_run_then_import_all_then_bad_input(cli, sites: dict[str, str], 
     code, out, err = cli("import-legacy", "--url", sites["spip-lettres"], "--dry-run")
     assert code == 0, err
     assert (
-        "spip-lettres: would import 2 lists, 4 subscribers, 4 subscriptions, 2 unsubscribed, 1 sendings, 3 recipients"
+        "spip-lettres: would import 2 lists, 4 subscribers, 4 subscriptions, 2 unsubscribed, 2 sendings, 5 recipients"
         in out
     )
     assert "not imported or changed: spip_abonnes_lettres #99/1: no valid address for id_abonne 99" in err
@@ -261,7 +300,7 @@ def test_cli_dry_run_then_import_all_then_bad_input(cli, sites: dict[str, str], 
     for source in ("spip-listes", "spip-lettres", "mailshot"):
         code, out, err = cli("import-legacy", "--url", sites[source], "--source", "all")
         assert code == 0, err
-    assert len(_sendings(engine)) == 6
+    assert len(_sendings(engine)) == 9
     assert _state(engine)["subscribers"]["a4@example.org"][1] == "unsubscribed"
 
 
@@ -274,7 +313,7 @@ def test_table_prefix(maria: MariaServer, sqlite_url: str) -> None:
     with pytest.raises(MailshotError, match="no legacy table found"):
         mapping.import_legacy(engine, url)
     report = mapping.import_legacy(engine, url, prefix="news_")
-    assert report.sources == ["spip-lettres"] and report.created["sendings"] == 1
+    assert report.sources == ["spip-lettres"] and report.created["sendings"] == 2
 
 
 def test_a_table_without_its_key_columns_is_a_clear_error(maria: MariaServer, sqlite_url: str) -> None:
@@ -334,5 +373,5 @@ def test_import_legacy_flow_reads_the_url_from_the_settings(
         again = import_legacy(source="spip-lettres")
     finally:
         get_settings.cache_clear()
-    assert first["created"]["sendings"] == 1 and first["problems"] == 5
-    assert sum(again["created"].values()) == 0 and again["existing"]["sendings"] == 1
+    assert first["created"]["sendings"] == 2 and first["problems"] == 7
+    assert sum(again["created"].values()) == 0 and again["existing"]["sendings"] == 2

@@ -91,3 +91,72 @@ def test_sigkill_mid_sending_then_resume_sends_nobody_twice(prefect_harness: Non
     assert sent <= set(received)  # every `sent` row was really accepted by the relay
     assert set(received) - sent <= unknown  # accepted but not recorded: only the in-doubt ones
     assert report["status"] == "end" and report["sent"] == len(sent)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc's parent links)."""
+    children: dict[int, set[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), set()).add(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), set()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_fast_send_takes_its_worker_processes_with_it(
+    prefect_harness: None, sqlite_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of `mailshot send --fast`: its worker processes stop sending and exit (they were seen
+    sending on alone and never exiting); a second `mailshot send` then serves everyone, nobody twice."""
+    with DevRelay(delay=0.002) as relay:
+        settings = make_settings(sqlite_url, relay)
+        engine = engine_for(settings)
+        everyone = seed(engine, tmp_path, 2500)
+        mid = create(engine, settings)
+        env = _env(sqlite_url, relay)
+        victim = subprocess.Popen(
+            _mailshot("send", str(mid), "--fast", "--no-progress"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 180
+        while relay.received_count < 300:
+            assert victim.poll() is None, victim.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the sending never got going"
+            time.sleep(0.01)
+        workers = _descendants(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        deadline = time.monotonic() + 60  # a hang guard: the watch notices within about a second
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, f"worker processes still running: {[p for p in workers if _alive(p)]}"
+            time.sleep(0.2)
+        stopped_at = relay.received_count
+        assert stopped_at < 2500, "the kill came too late to test anything"
+        second = subprocess.run(
+            _mailshot("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+        received = Counter(m.rcpt_tos[0] for m in relay.messages)
+    rows = recipients(engine, mid)
+    unknown = {e for e, (s, _) in rows.items() if s == "unknown"}
+    assert [e for e, n in received.items() if n > 1] == []
+    assert {e for e, (s, _) in rows.items() if s == "sent"} | unknown == set(everyone)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
-from conftest import engine_for, make_settings
+from conftest import TEST_KEY, engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from mailshot_core.audience import subscribers
 from mailshot_core.devtools.relay import DevRelay, FaultPlan
+from mailshot_core.errors import InvalidInput
 from mailshot_core.sending import claims, lifecycle, one_message, pipeline, sendings
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import FeedbackEvent, MailshotStatus, Subscriber
+from mailshot_core.store.models import FeedbackEvent, MailshotStatus, Recipient, Subscriber
 from mailshot_core.transports.base import TransportUnavailable
 
 
@@ -91,11 +93,11 @@ def test_messages_are_personalised_with_bulk_headers(sqlite_url: str, tmp_path: 
         assert f"Hello User {i} ({to}, fr, lists: {expected_lists})" in html
         unsub = msg["List-Unsubscribe"].strip("<>")
         assert unsub.startswith("https://news.example.org/u/") and unsub in html
-        signed = read_token(b"test-secret", unsub.rsplit("/", 1)[1], UNSUBSCRIBE)
+        signed = read_token(TEST_KEY.encode(), unsub.rsplit("/", 1)[1], UNSUBSCRIBE)
         with session_scope(engine) as session:
             subscriber_id = session.exec(select(Subscriber.id).where(Subscriber.email == to)).one()
         assert signed == (mid, subscriber_id)  # the link names the subscriber: it outlives the purge
-        ref = parse_verp(b"test-secret", received.envelope_from)
+        ref = parse_verp(TEST_KEY.encode(), received.envelope_from)
         assert ref is not None and ref.mailshot_id == mid
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert msg["List-Id"] == '"News" <news.example.org>'
@@ -409,3 +411,63 @@ def test_an_outside_stop_pauses_the_sending_with_its_reason(db_url: str, tmp_pat
         run = session.get(SendRun, run_id)
         assert run is not None and run.sent == received and run.failed == 0
     _counters_match(engine, mid)
+
+
+def test_a_template_that_breaks_every_message_pauses_the_sending_and_fails_nobody(db_url: str, tmp_path: Path) -> None:
+    """A problem of the whole sending (here a template that passes the creation check on its sample
+    values but fails for every real recipient) pauses the sending with the reason; nobody fails, no
+    try is used, and once fixed a resume sends everyone."""
+    broken = "<p>{% if 'sample' not in listes %}{{ 1 // 0 }}{% endif %}Hello {{ nom }}</p>"
+    with DevRelay() as relay:
+        settings = make_settings(db_url, relay, batch_size=20)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 12)
+        mid = create(engine, settings, html=broken)
+        m = drive(engine, settings, mid)
+        assert not relay.messages
+    assert m.status == MailshotStatus.PAUSE and "no message of the sending can be built" in (m.status_reason or "")
+    assert (m.failed, m.sent) == (0, 0)
+    assert set(recipients(engine, mid).values()) == {("todo", 0)}
+    _counters_match(engine, mid)
+
+
+def test_one_recipient_s_unbuildable_message_still_fails_only_that_recipient(db_url: str, tmp_path: Path) -> None:
+    """When messages of the sending do build, one that does not is that recipient's failure (not a pause)."""
+    picky = "<p>{% if nom == 'User 3' %}{{ 1 // 0 }}{% endif %}Hello {{ nom }}</p>"
+    with DevRelay() as relay:
+        settings = make_settings(db_url, relay, batch_size=20)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 12)
+        mid = create(engine, settings, html=picky)
+        m = drive(engine, settings, mid)
+        received = len(relay.messages)
+    rows = recipients(engine, mid)
+    assert m.status == MailshotStatus.END and received == 11
+    assert rows["u3@example.com"][0] == "fail" and m.failed == 1
+    _counters_match(engine, mid)
+
+
+def test_requeue_failed_recipients_after_an_operator_mistake(db_url: str, tmp_path: Path) -> None:
+    """`mailshot requeue ID --failed --reason ...`: failed rows (not bounces) go back to the queue with
+    their tries reset and the reason kept; an ended sending is processing again and sends them once."""
+    plan = FaultPlan({f"u{i}@example.com": ["452 4.2.2 Mailbox full"] * 5 + ["ok"] for i in range(3)})
+    with DevRelay(faults=plan) as relay:
+        settings = make_settings(db_url, relay, batch_size=20)
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 6)
+        mid = create(engine, settings)
+        m = drive(engine, settings, mid)
+        assert (m.status, m.failed, m.sent) == (MailshotStatus.END, 3, 3)
+        with session_scope(engine) as session:
+            with pytest.raises(InvalidInput):
+                claims.requeue_failed(session, mid, "  ")
+            assert claims.requeue_failed(session, mid, "relay quota raised") == 3
+            m = sendings.get(session, mid)
+            assert (m.status, m.failed, m.current) == (MailshotStatus.PROCESSING, 0, 3)
+            again = session.exec(select(Recipient).where(Recipient.mailshot_id == mid, Recipient.tries == 0)).all()
+            assert {r.last_error for r in again} == {"requeued by the operator: relay quota raised"}
+        _counters_match(engine, mid)
+        m = drive(engine, settings, mid)
+        received = Counter(msg.rcpt_tos[0] for msg in relay.messages)
+    assert (m.status, m.sent, m.failed) == (MailshotStatus.END, 6, 0)
+    assert set(received.values()) == {1} and len(received) == 6

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from conftest import engine_for, make_settings
+from conftest import TEST_KEY, engine_for, make_settings
 from fakes.webhooks import WebServer, free_socket
 from helpers import create, drive, seed
 from mailshot_core.config import Settings
@@ -235,12 +235,12 @@ def test_links_of_messages_sent_before_the_upgrade_name_their_recipient(news: Si
     rid = recipient_id(offers, "u0@example.com")
     with Session(news.engine) as session:
         assert session.get(Subscriber, rid) is None
-    old = make_token(b"test-secret", LEGACY_UNSUBSCRIBE, offers, rid)
+    old = make_token(TEST_KEY.encode(), LEGACY_UNSUBSCRIBE, offers, rid)
     assert httpx.post(f"{news.web.url}/u/{old}").status_code == 200
     assert subscriptions(news.engine, "u0@example.com") == {"news": "valid", "offers": "refused"}
 
     archived = make_token(
-        b"test-secret", LEGACY_UNSUBSCRIBE, news.mailshot_id, recipient_id(news.mailshot_id, "u1@example.com")
+        TEST_KEY.encode(), LEGACY_UNSUBSCRIBE, news.mailshot_id, recipient_id(news.mailshot_id, "u1@example.com")
     )
     with Session(news.engine) as session:
         archive.archive(session, sendings.get(session, news.mailshot_id), utcnow())
@@ -263,8 +263,8 @@ def test_a_link_followed_before_the_recipient_s_turn_leaves_the_row_to_the_claim
     lifecycle.start_sending(engine, settings, mid)
     with Session(engine) as session:
         sid = session.exec(select(Subscriber.id).where(Subscriber.email == "u1@example.com")).one()
-    token = make_token(b"test-secret", UNSUBSCRIBE, mid, sid)
-    target = unsubscribe_links.read_link(engine, b"test-secret", token)
+    token = make_token(TEST_KEY.encode(), UNSUBSCRIBE, mid, sid)
+    target = unsubscribe_links.read_link(engine, TEST_KEY.encode(), token)
     assert target is not None and unsubscribe_links.unsubscribe(engine, target, None, one_click=True) == 1
     with Session(engine) as session:
         status = session.exec(select(Recipient.status).where(col(Recipient.email) == "u1@example.com")).one()
@@ -281,7 +281,7 @@ def test_a_link_followed_before_the_recipient_s_turn_leaves_the_row_to_the_claim
 
 def test_a_test_message_link_unsubscribes_nobody(news: Site) -> None:
     """A test message to an address that is no subscriber carries a link that names nobody."""
-    token = make_token(b"test-secret", UNSUBSCRIBE, news.mailshot_id, 0)
+    token = make_token(TEST_KEY.encode(), UNSUBSCRIBE, news.mailshot_id, 0)
     page = httpx.get(f"{news.web.url}/u/{token}")
     assert page.status_code == 200 and "Nothing to unsubscribe" in page.text
     assert httpx.post(f"{news.web.url}/u/{token}").status_code == 200
@@ -433,7 +433,7 @@ def test_no_redirect_outside_the_sending_s_link_table(news: Site, tmp_path: Path
         smuggled = client.get(f"{link}?url=https://evil.example&next=//evil.example")
         assert smuggled.headers["location"] == "https://example.org/article?id=1&utm=news"
         # A valid-looking token for a recipient of another sending does not open that sending's links.
-        forged_pair = make_token(b"test-secret", TRACK, other, 1)
+        forged_pair = make_token(TEST_KEY.encode(), TRACK, other, 1)
         assert client.get(f"{base}/{forged_pair}/{link_id}").status_code == 404
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TEST_KEY
 from pagesite import ADMIN_PASSWORD, ADMIN_USER, EVIL, EVIL_EMAIL, Site, page_site
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -186,7 +186,7 @@ def test_a_subscriber_unsubscribes_from_the_link_s_page(site: Site, operator: Op
     with Session(engine_for(site.settings)) as session:
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == "u10@example.com")).one()
     assert subscriber.id is not None
-    token = make_token(b"test-secret", UNSUBSCRIBE, site.ids["ended"], subscriber.id)
+    token = make_token(TEST_KEY.encode(), UNSUBSCRIBE, site.ids["ended"], subscriber.id)
     page.goto(f"/u/{token}")
     expect(page.locator("h1")).to_have_text("Unsubscribe")
     expect(page.locator("main")).to_contain_text("u10@example.com")
