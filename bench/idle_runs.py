@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from deployment_check import BIN, Processes, free_port, wait_http
+from deployment_check import BIN, Processes, check_env, free_port, wait_http
 from schedule_check import api
 
 DAY = timedelta(days=1)
@@ -53,11 +52,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailshot-idle-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSHOT_", "PREFECT_"))}
-    env.update(
-        PREFECT_HOME=str(work / "prefect"),
-        PREFECT_API_URL=base,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env = check_env(
+        work,
+        port,
         PREFECT_UI_ENABLED="false",
         # Plan every run of the next day (defaults: at most 100 per deployment, at least one hour ahead).
         PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS="1000",
@@ -65,7 +62,6 @@ def main() -> int:
         # What the README tells operators to set: finished runs are deleted after 30 days.
         PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",
         PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=str(30 * 86400),
-        MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
     )
     procs = Processes(env, work, work / "logs")
     start = procs.start

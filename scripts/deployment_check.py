@@ -54,6 +54,20 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) ->
     return done.stdout
 
 
+def check_env(work: Path, api_port: int, **settings: str) -> dict[str, str]:
+    """A check's environment: ours without any MAILSHOT_/PREFECT_ setting of the caller's, a Prefect home
+    and a mailshot database in ``work``, the server on ``api_port``; ``settings`` added or overriding."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSHOT_", "PREFECT_"))}
+    env.update(
+        PREFECT_HOME=str(work / "prefect"),
+        PREFECT_API_URL=f"http://127.0.0.1:{api_port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
+    )
+    env.update(settings)
+    return env
+
+
 class Processes:
     """The background processes of a check (servers, relay, `mailshot serve`): each in its own session,
     so stopping one stops its children, with its output in ``logs/<name>.log``."""
@@ -93,15 +107,7 @@ class Processes:
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailshot-deploy-"))
     api_port, relay_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSHOT_", "PREFECT_"))}
-    env.update(
-        PREFECT_HOME=str(work / "prefect"),
-        PREFECT_API_URL=f"http://127.0.0.1:{api_port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
-        MAILSHOT_SMTP_PORT=str(relay_port),
-        MAILSHOT_SMTP_HOST="127.0.0.1",
-    )
+    env = check_env(work, api_port, MAILSHOT_SMTP_PORT=str(relay_port), MAILSHOT_SMTP_HOST="127.0.0.1")
     procs = Processes(env, work, work / "logs")
     start = procs.start
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from deployment_check import BIN, Processes, free_port, run, wait_http
+from deployment_check import BIN, Processes, check_env, free_port, run, wait_http
 from schedule_check import api, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,14 +56,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailshot-prefect-ui-"))
     port, relay_port = free_port(), free_port()
     ui, base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSHOT_", "PREFECT_"))}
-    env.update(
-        PREFECT_HOME=str(work / "prefect"),
-        PREFECT_API_URL=base,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env = check_env(
+        work,
+        port,
         PREFECT_RUNNER_POLL_FREQUENCY="2",
         PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",  # as the README advises
-        MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
         MAILSHOT_SMTP_HOST="127.0.0.1",
         MAILSHOT_SMTP_PORT=str(relay_port),
         MAILSHOT_FROM_EMAIL="news@example.org",

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from deployment_check import BIN, Processes, free_port, run, wait_http
+from deployment_check import BIN, Processes, check_env, free_port, run, wait_http
 
 RECIPIENTS = 20
 # The README's "An HTML file with quotes" commands, as an operator types them (issue-42.html, news).
@@ -104,16 +104,13 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="mailshot-schedule-"))
     api_port, relay_port = free_port(), free_port()
     base = f"http://127.0.0.1:{api_port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSHOT_", "PREFECT_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `prefect` and `python3` of this venv, as in the README
-        PREFECT_HOME=str(work / "prefect"),
-        PREFECT_API_URL=base,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env = check_env(
+        work,
+        api_port,
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `prefect` and `python3` of this venv, as in the README
         PREFECT_RUNNER_POLL_FREQUENCY="2",
         # The UI's run form posts to the API used below; serving the UI itself only slows the start.
         PREFECT_UI_ENABLED="false",
-        MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
         MAILSHOT_SMTP_PORT=str(relay_port),
         MAILSHOT_SMTP_HOST="127.0.0.1",
         MAILSHOT_DISPATCH_INTERVAL="10",
