@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-stop test lint typecheck unit system-deps screenshots clean
+.PHONY: demo demo-stop test lint typecheck unit system-deps screenshots prefect-screenshots idle-runs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ screenshots: $(STAMP) system-deps
 	$(BIN)/pytest -q -p no:cacheprovider tests/web/test_pages_browser.py
 	mkdir -p docs/screenshots
 	cp artifacts/screenshots/*.png docs/screenshots/
+
+# The Prefect UI as an operator of Mailshot sees it (deployments, the create-and-send form, a send
+# run's artifacts, the sendings table): a real server, `mailshot serve` and Chromium; ~1.5 min.
+prefect-screenshots: $(STAMP) system-deps
+	$(BIN)/python scripts/prefect_screenshots.py
+
+# Flow runs an idle site makes (bench/RESULTS.md): a real server and `mailshot serve`, 10 minutes.
+idle-runs: $(STAMP)
+	$(BIN)/python bench/idle_runs.py --minutes 10
 
 clean:
 	rm -rf $(VENV) .demo demo-out *.egg-info .mypy_cache .ruff_cache

@@ -209,11 +209,16 @@ def create(
         ),
     ] = None,
     send_now: Annotated[
-        bool, typer.Option("--send", help="Start it at once (the dispatcher sends it) instead of leaving a draft.")
+        bool,
+        typer.Option(
+            "--send",
+            help="Start it at once instead of leaving a draft (a send-mailshot/now run when a Prefect API is configured).",
+        ),
     ] = False,
 ) -> None:
     """Create a sending: a draft (test it, then `mailshot send ID`), or scheduled with --start-at, or started
-    with --send.  Prints its id alone on the last line."""
+    with --send; then, with a Prefect API configured, its send-mailshot/now run is created (for its start
+    time).  Prints its id alone on the last line."""
     settings = _settings()
     spec = sendings.NewMailshot(
         subject=subject,
@@ -232,12 +237,38 @@ def create(
     )
     with _session() as session:
         m = sendings.create(session, settings, spec)
+        mailshot_id, status, start = m.id, m.status, m.start_at
         err.print(f"sending {m.id} created ({m.status}) for lists {m.lists}")
         if m.status == MailshotStatus.DRAFT:
             err.print(
                 f"a draft: nothing sends it until `mailshot send {m.id}` (try `mailshot test {m.id} ADDRESS` first)"
             )
-        out.print(str(m.id))
+    assert mailshot_id is not None
+    if status in (MailshotStatus.INIT, MailshotStatus.PROCESSING):
+        _start_run(mailshot_id, start if status == MailshotStatus.INIT else None)
+    out.print(str(mailshot_id))
+
+
+def _start_run(mailshot_id: int, start_at: datetime | None) -> None:
+    """With a Prefect API configured, the sending's send-mailshot/now run is created now, for its start
+    time (flows/sending_runs.py); without one, the dispatcher of the site's Prefect server does it."""
+    from flows.sending_runs import SEND_NOW, ensure_run, prefect_api_configured
+
+    if not prefect_api_configured():
+        err.print("no Prefect API configured (PREFECT_API_URL): the dispatch-mailshots deployment will start it")
+        return
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        served = ensure_run(_engine(), mailshot_id, start_at=start_at)
+    except ObjectNotFound:
+        err.print(f"no {SEND_NOW} deployment on the Prefect server: the dispatch-mailshots deployment will start it")
+        return
+    except Exception as exc:  # the sending exists either way: say so, do not fail the command
+        err.print(f"Prefect run not created ({type(exc).__name__}: {exc}): dispatch-mailshots will start it")
+        return
+    when = f"scheduled for {served.scheduled_for:%Y-%m-%d %H:%M:%S} UTC" if served.scheduled_for else "to start now"
+    err.print(f"Prefect run {served.run_id} of {SEND_NOW} {when} (tag mailshot:{mailshot_id})")
 
 
 @app.command("test")
@@ -446,11 +477,21 @@ def web(
     from mailshot_core.web.app import create_app
 
     settings = _settings()
+    engine = _engine()
+    app = create_app(settings, engine=engine, start_run=_run_starter(engine))
     # Proxy headers only from MAILSHOT_FORWARDED_ALLOW_IPS (server.py), so the login throttle's address is
     # the connection's unless a known proxy says otherwise.
-    uvicorn.Server(
-        server.config(create_app(settings, engine=_engine()), settings, host=host, port=port, log_level="info")
-    ).run()
+    uvicorn.Server(server.config(app, settings, host=host, port=port, log_level="info")).run()
+
+
+def _run_starter(engine: Engine) -> Callable[[int], object] | None:
+    """The pages' Send and Resume start the sending's run at once when Prefect is reachable from here;
+    without a Prefect API the dispatch-mailshots deployment starts it within its interval."""
+    from flows.sending_runs import ensure_run, prefect_api_configured
+
+    if not prefect_api_configured():
+        return None
+    return lambda mailshot_id: ensure_run(engine, mailshot_id)
 
 
 @app.command("apply-feedback")

@@ -270,7 +270,7 @@ class Settings(BaseSettings):
         "dispatch-mailshots instead of going out late, e.g. '6h', '30min'.",
     )
     dispatch_interval: int = Field(
-        60, ge=5, le=3600, description="Seconds between two dispatch-mailshots runs under `mailshot serve`."
+        600, ge=5, le=3600, description="Seconds between two dispatch-mailshots runs under `mailshot serve`."
     )
     legacy_url: SecretStr | None = Field(
         None,

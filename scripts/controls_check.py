@@ -45,7 +45,7 @@ from uuid import UUID
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
-SEND = "send-mailshot/default"
+SEND = "send-mailshot/now"
 DISPATCH_EVERY = 10  # seconds: the observation window sees a dozen dispatcher ticks
 WITHIN = 5.0  # seconds: what issue 13 asks of pause and cancel
 

@@ -28,7 +28,9 @@ API_PORT=4200
 if ! curl -sf "http://127.0.0.1:$API_PORT/api/health" >/dev/null 2>&1; then
   if (echo > /dev/tcp/127.0.0.1/$API_PORT) 2>/dev/null; then API_PORT=$(free_port); fi
   echo "== starting Prefect server on 127.0.0.1:$API_PORT (log: $DEMO/prefect-server.log)"
-  nohup "$BIN/prefect" server start --host 127.0.0.1 --port "$API_PORT" > "$DEMO/prefect-server.log" 2>&1 &
+  # Finished flow runs are deleted after 30 days (Prefect keeps them forever by default: README, Retention).
+  PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED=events,flow_runs PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=2592000 \
+    nohup "$BIN/prefect" server start --host 127.0.0.1 --port "$API_PORT" > "$DEMO/prefect-server.log" 2>&1 &
   echo $! > "$DEMO/prefect-server.pid"
   for _ in $(seq 1 180); do curl -sf "http://127.0.0.1:$API_PORT/api/health" >/dev/null 2>&1 && break; sleep 0.5; done
 fi

@@ -3,7 +3,7 @@
 Starts a real `prefect server start`, a local relay, `mailshot serve`, creates a
 sending with the CLI, then runs
 
-    prefect deployment run 'send-mailshot/default' --param mailshot_id=N --watch
+    prefect deployment run 'send-mailshot/now' --param mailshot_id=N --watch
 
 and checks that every recipient received the message.  Everything runs on
 loopback in a temporary directory and is stopped at the end.  Used by
@@ -54,27 +54,62 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) ->
     return done.stdout
 
 
-def main() -> int:
-    work = Path(tempfile.mkdtemp(prefix="mailshot-deploy-"))
-    api_port, relay_port = free_port(), free_port()
+def check_env(work: Path, api_port: int, **settings: str) -> dict[str, str]:
+    """A check's environment: ours without any MAILSHOT_/PREFECT_ setting of the caller's, a Prefect home
+    and a mailshot database in ``work``, the server on ``api_port``; ``settings`` added or overriding."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSHOT_", "PREFECT_"))}
     env.update(
         PREFECT_HOME=str(work / "prefect"),
         PREFECT_API_URL=f"http://127.0.0.1:{api_port}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         MAILSHOT_DATABASE_URL=f"sqlite:///{work}/mailshot.db",
-        MAILSHOT_SMTP_PORT=str(relay_port),
-        MAILSHOT_SMTP_HOST="127.0.0.1",
     )
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = work / "logs"
-    logs.mkdir()
+    env.update(settings)
+    return env
 
-    def start(name: str, cmd: list[str]) -> None:
-        log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(
-            subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+class Processes:
+    """The background processes of a check (servers, relay, `mailshot serve`): each in its own session,
+    so stopping one stops its children, with its output in ``logs/<name>.log``."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, logs: Path) -> None:
+        self.env, self.cwd, self.logs = env, cwd, logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.procs.append(
+            subprocess.Popen(
+                cmd, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         )
+
+    def print_logs(self, tail: int = 3000) -> None:
+        for log_file in sorted(self.logs.iterdir()):
+            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-tail:]}", file=sys.stderr)
+
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM to every process group, then SIGKILL to those still there after ``grace`` seconds."""
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="mailshot-deploy-"))
+    api_port, relay_port = free_port(), free_port()
+    env = check_env(work, api_port, MAILSHOT_SMTP_PORT=str(relay_port), MAILSHOT_SMTP_HOST="127.0.0.1")
+    procs = Processes(env, work, work / "logs")
+    start = procs.start
 
     try:
         start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)])
@@ -107,13 +142,13 @@ def main() -> int:
             if time.monotonic() > deadline:
                 raise TimeoutError("mailshot serve did not register its deployments")
             time.sleep(1)
-        print(f"running: prefect deployment run 'send-mailshot/default' --param mailshot_id={mid} --watch")
+        print(f"running: prefect deployment run 'send-mailshot/now' --param mailshot_id={mid} --watch")
         run(
             [
                 str(BIN / "prefect"),
                 "deployment",
                 "run",
-                "send-mailshot/default",
+                "send-mailshot/now",
                 "--param",
                 f"mailshot_id={mid}",
                 "--watch",
@@ -134,18 +169,10 @@ def main() -> int:
         print("deployment check:", "OK" if ok else "FAILED")
         return 0 if ok else 1
     except Exception:
-        for log_file in sorted(logs.iterdir()):
-            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        procs.print_logs()
         raise
     finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        procs.stop()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 _prefect_home = tempfile.mkdtemp(prefix="mailshot-prefect-")
 os.environ.setdefault("PREFECT_HOME", _prefect_home)
@@ -155,3 +157,35 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+@pytest.fixture(scope="session")
+def send_now_deployment(prefect_harness: None) -> str:
+    """`send-mailshot/now` registered on the test server, so flows can create its runs (nothing runs
+    them here: they stay Scheduled, which is what the dispatcher and the operator flows look at)."""
+    from flows.send_mailshot import send_mailshot
+    from flows.sending_runs import SEND_NOW
+
+    send_mailshot.to_deployment(name=SEND_NOW.split("/")[1]).apply()
+    return SEND_NOW
+
+
+def runs_tagged(mailshot_id: int, since: datetime) -> list[Any]:
+    """The flow runs of the test server tagged ``mailshot:<id>`` created since ``since`` (ids restart at 1
+    in each test's database, the test server is the session's), by expected start time."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"mailshot:{mailshot_id}"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        )
+    return [run for run in found if run.created is not None and run.created >= since]
+
+
+@pytest.fixture
+def test_start() -> datetime:
+    """When the test started: what it finds on the session's Prefect server after this is its own."""
+    return datetime.now(UTC)

@@ -3,7 +3,7 @@ under uvicorn (fakes/webhooks.WebServer) with an admin password.  Shared by the 
 (test_pages.py) and the browser tests (test_pages_browser.py); built once per module.
 
 Sendings, in id order: an archived one, an ended one (with opens, clicks, a bounce), a cancelled one
-(part sent), one still processing (part sent, subject with a <script>), a scheduled one.  A subscriber
+(part sent), one still processing (part sent, subject with a <script>), a scheduled one, a draft.  A subscriber
 is named ``<script>alert(1)</script>``.
 """
 
@@ -47,7 +47,7 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 class Site:
     web: WebServer
     settings: Settings
-    ids: dict[str, int]  # archived, ended, cancelled, processing, scheduled
+    ids: dict[str, int]  # archived, ended, cancelled, processing, scheduled, draft
 
     @property
     def url(self) -> str:
@@ -95,6 +95,7 @@ def _fill(settings: Settings, tmp: Path) -> dict[str, int]:
     ids["processing"] = create(engine, settings, subject=f"{EVIL} Winter issue", html=html)
     drive(engine, settings, ids["processing"], max_batches=2)
     ids["scheduled"] = create(engine, settings, subject="New year issue", start_at=utcnow() + timedelta(days=30))
+    ids["draft"] = create(engine, settings, subject="Spring issue (draft)", send_now=False)
     with session_scope(engine) as session:
         sendings.cancel(session, ids["cancelled"])
         archive.archive(session, sendings.get(session, ids["archived"]), utcnow())

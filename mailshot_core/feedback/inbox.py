@@ -62,6 +62,7 @@ class StoreReport:
     duplicates: int
     ignored: int  # not about a sending of this site
     untied: dict[str, int] = field(default_factory=dict)  # why the ignored ones were: reason -> count
+    ids: tuple[int, ...] = ()  # the rows stored (new events only): what the web app applies on arrival
 
 
 NO_SENDING_ID = "without any sending id of ours"
@@ -113,7 +114,7 @@ def _store(engine: Engine, events: list[IncomingEvent], now: datetime | None) ->
             ids = [row[0] for row in conn.execute(stmt, list(rows.values())).all()]
     untied = Counter(NO_SENDING_ID if e.mailshot_id is None else NOT_OURS for e in events if e.mailshot_id not in known)
     ignored = sum(untied.values())
-    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored, dict(untied)), ids
+    return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored, dict(untied), tuple(ids)), ids
 
 
 # --- 2. apply -----------------------------------------------------------------------------------------

@@ -7,10 +7,13 @@ like every other entry point.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings, get_settings
+from mailshot_core.feedback.applier import Applier
 from mailshot_core.store.db import get_engine
 from mailshot_core.web import links, pages, webhooks
 from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, SnsVerifier, https_get
@@ -24,6 +27,7 @@ def create_app(
     engine: Engine | None = None,
     fetch: Fetch | None = None,
     fetch_timeout: float = FETCH_TIMEOUT,
+    start_run: Callable[[int], object] | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     engine = engine or get_engine(settings.database_url)
@@ -31,7 +35,10 @@ def create_app(
     topics = {arn.strip() for arn in settings.ses_topic_arns.split(",") if arn.strip()}
     install_log_redaction()  # whoever serves the app, ?token= never reaches the access log
     app = FastAPI(title="Mailshot", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.mailshot = WebContext(settings, engine, SnsVerifier(topics, fetch, fetch_timeout), fetch)
+    applier = Applier(engine, max_fail=settings.max_fail)
+    app.state.mailshot = WebContext(
+        settings, engine, SnsVerifier(topics, fetch, fetch_timeout), fetch, applier, start_run
+    )
     app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(pages.router)

@@ -1,16 +1,19 @@
-"""What every route of the web app shares: settings, engine, outbound fetcher (``app.state``).
+"""What every route of the web app shares: settings, engine, outbound fetcher, the feedback applier
+(``app.state``).
 
 Apart from app.py so the routers can ask for it without importing the factory that includes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings
+from mailshot_core.feedback.applier import Applier
 from mailshot_core.web.auth import Fetch, SnsVerifier
 
 
@@ -20,6 +23,11 @@ class WebContext:
     engine: Engine
     sns: SnsVerifier
     fetch: Fetch  # outbound GETs (SNS certificates, subscription confirmations): injectable for tests
+    applier: Applier  # applies the webhooks' events on arrival, in one background thread
+    # Starts a sending's Prefect run (the pages' Send and Resume).  Given by `mailshot web` when a
+    # Prefect API is configured (cli.py wires flows/sending_runs.py in: this package never imports
+    # prefect); None: the dispatch-mailshots deployment starts it.
+    start_run: Callable[[int], object] | None = None
 
 
 def context(request: Request) -> WebContext:

@@ -1,5 +1,6 @@
-"""The follow-up pages under ``/admin/``: sendings by status, a sending's detail with its recipients,
-pause / resume / cancel, an address's history.  Server-rendered (templates/), behind the login of
+"""The follow-up pages under ``/admin/``: sendings by status (drafts first), a sending's detail with its
+recipients, send (a draft or a scheduled one, now) / test / pause / resume / cancel / archive, an
+address's history.  Server-rendered (templates/), behind the login of
 login.py; every POST carries the session's CSRF token.
 
 Login and CSRF belong to this router only (its dependencies), not to the app: the webhooks and the
@@ -24,9 +25,11 @@ from fastapi.routing import APIRoute
 from sqlmodel import Session
 
 from mailshot_core.audience import subscribers
-from mailshot_core.errors import InvalidInput, InvalidState, NotFound
+from mailshot_core.errors import InvalidInput, InvalidState, MailshotError, NotFound
 from mailshot_core.feedback import tracking
 from mailshot_core.sending import archive, sendings
+from mailshot_core.sending.one_message import send_test
+from mailshot_core.sending.run_slot import PLACEHOLDER
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import utcnow
 from mailshot_core.web import views
@@ -314,6 +317,8 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
         titles = views.list_titles(session)
         clicks = tracking.per_link_clicks(session, mailshot_id) if mailshot.track else []
     run_url = f"{ctx.settings.prefect_ui}/runs/flow-run/{mailshot.flow_run_id}" if mailshot.flow_run_id else None
+    # Only a run's id makes a link (sending/run_slot.py writes a placeholder while a run is being created).
+    run_url = run_url if mailshot.flow_run_id and not mailshot.flow_run_id.startswith(PLACEHOLDER) else None
     return render(
         "sending.html",
         {
@@ -328,12 +333,14 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
             "link": _link(request),
             "run_url": run_url,
             "clicks": clicks,
+            "tested": _address_text(request.query_params.get("tested", ""), "tested"),
             "refresh": REFRESH_SECONDS if mailshot.status == "processing" else None,
         },
     )
 
 
 _ACTIONS: dict[str, Callable[[Session, int], object]] = {
+    "send": sendings.send_now,  # a draft, or a scheduled sending, now
     "pause": lambda session, mid: sendings.pause(session, mid, "paused by the operator (follow-up pages)"),
     "resume": sendings.resume,
     "cancel": sendings.cancel,
@@ -343,16 +350,46 @@ _ACTIONS: dict[str, Callable[[Session, int], object]] = {
 }
 
 
+# After these, the sending needs a run: started at once when `mailshot web` can reach Prefect
+# (WebContext.start_run), else by the dispatch-mailshots deployment's next tick.
+_NEEDS_RUN = ("send", "resume")
+
+
+@router.post("/admin/sendings/{mailshot_id}/test")
+def sending_test(request: Request, mailshot_id: SendingId, post: Annotated[Posted, Depends(posted)]) -> Response:
+    """One [TEST] message to the address in the form (sending/one_message.py): nothing else changes."""
+    ctx = context(request)
+    email = _address_text(post.form.get("email", ""), "test address")
+    if not email:
+        raise InvalidInput("test address: give the address to send the test to")
+    with Session(ctx.engine) as session:
+        sendings.get(session, mailshot_id)  # an unknown id is a 404, before any connection
+    try:
+        message = send_test(ctx.engine, ctx.settings, mailshot_id, email)
+    except (InvalidInput, NotFound):
+        raise
+    except MailshotError as exc:  # the relay or the provider refused or was unreachable
+        return _error(502, "Test message not sent", str(exc))
+    log.info("sending %s: test to %s by %s (follow-up pages)", mailshot_id, message.envelope_to, post.session.user)
+    return _redirect(f"/admin/sendings/{mailshot_id}?{urlencode({'tested': message.envelope_to})}")
+
+
 @router.post("/admin/sendings/{mailshot_id}/{action}")
 def sending_action(
     request: Request, mailshot_id: SendingId, action: str, post: Annotated[Posted, Depends(posted)]
 ) -> Response:
     operation = _ACTIONS.get(action)
     if operation is None:
-        raise NotFound(f"no action {action!r} (one of: {', '.join(_ACTIONS)})")
-    with session_scope(context(request).engine) as session:
+        raise NotFound(f"no action {action!r} (one of: {', '.join(_ACTIONS)}, test)")
+    ctx = context(request)
+    with session_scope(ctx.engine) as session:
         operation(session, mailshot_id)
     log.info("sending %s: %s by %s (follow-up pages)", mailshot_id, action, post.session.user)
+    if action in _NEEDS_RUN and ctx.start_run is not None:
+        try:
+            ctx.start_run(mailshot_id)
+        except Exception:  # the sending's status is saved: the dispatcher's next tick starts its run
+            log.warning("sending %s: no run started from the pages (Prefect unreachable?)", mailshot_id, exc_info=True)
     return _redirect(f"/admin/sendings/{mailshot_id}")
 
 

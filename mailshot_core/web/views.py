@@ -31,8 +31,10 @@ class Section:
     statuses: tuple[str, ...]
 
 
-# The original's list page (reference/original-mailshot.md §9), in its order.
+# The original's list page (reference/original-mailshot.md §9), in its order, after the drafts
+# (created, waiting for the operator's Send: nothing starts them).
 SECTIONS = (
+    Section("drafts", "Drafts", ("draft",)),
     Section("scheduled", "Scheduled", ("init",)),
     Section("in_progress", "In progress", ("processing", "pause")),
     Section("completed", "Completed", ("end", "cancel")),
@@ -40,6 +42,7 @@ SECTIONS = (
 )
 
 STATUS_LABELS = {
+    "draft": "draft",
     "init": "scheduled",
     "processing": "sending",
     "pause": "paused",

@@ -10,8 +10,9 @@
   the provider's parser), which gets 200 so that set-up succeeds.
 - Authenticated but not the provider's documented format -> 400 with the reason (which event, which
   field).  Every answer to a bad body is a 4xx: nothing a provider (or anyone) posts makes a 500.
-- Otherwise the events are stored (deduplicated) and applied later by ``apply-feedback``: the
-  providers' timeouts are short (SparkPost 10 s) and their retries can last hours.
+- Otherwise the events are stored (deduplicated) and answered at once: the providers' timeouts are
+  short (SparkPost 10 s) and their retries can last hours.  A background thread then applies them
+  (feedback/applier.py); the hourly ``apply-feedback`` sweep applies anything left.
 
 Reading, parsing and storing a big body run in worker threads, and the SNS certificate is fetched
 asynchronously with a deadline: the event loop keeps answering the other requests (the open pixel,
@@ -210,6 +211,7 @@ async def receive(provider: str, request: Request) -> Response:
         log.warning("webhook %s: malformed (400): %s", provider, _safe(str(exc)))
         return _answer(400, str(exc))
     report = await run_in_threadpool(inbox.store, ctx.engine, events)
+    ctx.applier.submit(report.ids)  # applied on arrival, in the background (feedback/applier.py)
     if report.untied:
         # Not an error for the provider (another site on the same account, an id we never sent): the
         # batch is acknowledged, and the operator sees how many events were left aside and why.

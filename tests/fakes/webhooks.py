@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from conftest import engine_for, make_settings
 from helpers import create, drive, seed
 from mailshot_core.config import Settings
 from mailshot_core.devtools.relay import DevRelay
+from mailshot_core.feedback.applier import Applier
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import FeedbackEvent, Recipient
 from mailshot_core.transports.http import NODELAY
@@ -110,11 +111,13 @@ class WebServer:
         fetch: Fetch | None = None,
         log_level: str = "warning",
         fetch_timeout: float = FETCH_TIMEOUT,
+        start_run: Callable[[int], object] | None = None,
     ) -> None:
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         fetch = fetch or (signer.fetch if signer is not None else None)
-        app = create_app(settings, fetch=fetch, fetch_timeout=fetch_timeout)
+        app = create_app(settings, fetch=fetch, fetch_timeout=fetch_timeout, start_run=start_run)
+        self.applier: Applier = app.state.mailshot.applier
         self.server = uvicorn.Server(server.config(app, settings, log_level=log_level, lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.client = self.client_for(self.url)
@@ -131,6 +134,10 @@ class WebServer:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
         return self
+
+    def settle(self) -> None:
+        """Wait until the events posted so far went through the app's on-arrival applier."""
+        assert self.applier.wait_idle(60), "the feedback applier did not finish"
 
     def __exit__(self, *exc: object) -> None:
         self.client.close()
@@ -315,7 +322,12 @@ class Site:
 
 
 def stored(engine: Engine, source: str | None = None) -> int:
-    query = select(func.count()).select_from(FeedbackEvent).where(FeedbackEvent.source != "smtp")
+    """Events received (an applied unsubscription also records an event, without a provider id)."""
+    query = (
+        select(func.count())
+        .select_from(FeedbackEvent)
+        .where(FeedbackEvent.source != "smtp", FeedbackEvent.provider_event_id.is_not(None))  # type: ignore[union-attr]
+    )
     if source is not None:
         query = query.where(FeedbackEvent.source == source)
     with engine.connect() as conn:

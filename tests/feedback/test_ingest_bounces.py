@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bouncemail import arf, dsn
-from conftest import REPO, TEST_KEY, engine_for, make_settings
+from conftest import TEST_KEY, engine_for, make_settings
 from helpers import create, drive, recipients, seed
 from imapserver import PASSWORD, USER, ImapServer, ImapServerError
 from mailshot_core.audience.subscribers import get_subscriber
@@ -173,18 +173,6 @@ def test_imap_errors_say_what_and_where(dovecot: ImapServer) -> None:
     untrusted = base | {"bounce_imap_ca_file": None}
     with pytest.raises(BounceSourceError, match=r"cannot connect over TLS: .*CERTIFICATE_VERIFY_FAILED"):
         ImapBox(make_settings("sqlite://", **untrusted, bounce_imap_password=PASSWORD))  # type: ignore[arg-type]
-
-
-def test_ingest_bounces_is_deployed_every_ten_minutes() -> None:
-    """Served by `mailshot serve` and declared in prefect.yaml, every 10 minutes, one run at a time."""
-    from deployments.serve import deployments
-    from flows.ingest_bounces import ingest_bounces
-
-    (deployment,) = [d for d in deployments() if d.flow_name == "ingest-bounces"]
-    assert [s.schedule.cron for s in deployment.schedules] == ["*/10 * * * *"]  # type: ignore[union-attr]
-    assert ingest_bounces.name == "ingest-bounces"
-    prefect_yaml = (REPO / "prefect.yaml").read_text()
-    assert "entrypoint: flows/ingest_bounces.py:ingest_bounces" in prefect_yaml
 
 
 def test_the_flow_reads_a_maildir(prefect_harness: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The deployment path: `prefect deployment run 'send-mailshot/default'` against a real server."""
+"""The deployment path: `prefect deployment run 'send-mailshot/now'` against a real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The apply-feedback flow and its deployment (every minute), and `mailshot apply-feedback`."""
+"""The apply-feedback flow (an hourly sweep: webhook events are applied on arrival) and `mailshot apply-feedback`."""
 
 from __future__ import annotations
 
@@ -42,18 +42,6 @@ def test_the_flow_applies_the_inbox(prefect_harness: None, env_settings: Setting
     first = apply_feedback()
     assert (first["applied"], first["changed"]) == (1, 1)
     assert apply_feedback()["applied"] == 0
-
-
-def test_apply_feedback_is_deployed_every_minute() -> None:
-    """The deployment served by `mailshot serve` runs on a one-minute cron, one run at a time."""
-    from deployments.serve import deployments
-
-    (deployment,) = [d for d in deployments() if d.flow_name == "apply-feedback"]
-    assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]  # type: ignore[union-attr]
-    prefect_yaml = (Path(__file__).resolve().parents[2] / "prefect.yaml").read_text()
-    assert (
-        "entrypoint: flows/apply_feedback.py:apply_feedback" in prefect_yaml and '- cron: "* * * * *"' in prefect_yaml
-    )
 
 
 def test_the_command_applies_the_inbox(env_settings: Settings, tmp_path: Path) -> None:

@@ -27,29 +27,3 @@ def test_schedules_run_and_a_sending_created_from_the_form_goes_out(pg_server: o
     )
     assert done.returncode == 0, done.stdout + done.stderr[-6000:]
     assert "schedule check: OK" in done.stdout
-
-
-def test_prefect_yaml_declares_what_serve_serves() -> None:
-    """prefect.yaml (work pools) is valid for `prefect deploy` and has the same deployments and schedules as serve."""
-    import yaml
-    from prefect.cli.deploy._models import PrefectYamlModel
-
-    from deployments.serve import deployments
-
-    declared = PrefectYamlModel.model_validate(yaml.safe_load((REPO / "prefect.yaml").read_text()))
-    flow_of = {
-        "send_mailshot_fast": "send-mailshot",
-        "send_mailshot": "send-mailshot",
-        "send_mailshot_dask": "send-mailshot",
-    }
-    in_yaml = {
-        (flow_of.get(d.entrypoint.rsplit(":", 1)[1], d.entrypoint.rsplit(":", 1)[1].replace("_", "-")), d.name): [
-            s.cron for s in d.schedules or []
-        ]
-        for d in declared.deployments
-    }
-    served = {(d.flow_name, d.name): d for d in deployments()}
-    assert set(in_yaml) == set(served)
-    assert in_yaml[("dispatch-mailshots", "default")] == ["* * * * *"]
-    assert in_yaml[("purge-stats", "daily")] == [served[("purge-stats", "daily")].schedules[0].schedule.cron]
-    assert served[("dispatch-mailshots", "default")].schedules[0].schedule.interval.total_seconds() == 60

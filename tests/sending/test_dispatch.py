@@ -1,21 +1,25 @@
-"""dispatch-mailshots: due schedules start, orphaned sendings resume, late schedules expire; flows in the harness."""
+"""dispatch-mailshots: due schedules start, scheduled ones get a run for their start time, orphaned
+sendings resume, late schedules expire, concurrent ticks start one run; flows in the harness."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prefect.client.schemas.objects import StateType
 from sqlalchemy import update
 from sqlmodel import col
 
-from conftest import engine_for, make_settings
+from conftest import REPO, engine_for, make_settings, runs_tagged
 from helpers import create, drive, seed
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.duration import parse_duration
-from mailshot_core.sending import dispatch, sendings
+from mailshot_core.sending import dispatch, run_slot, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 
@@ -103,19 +107,12 @@ def test_dispatcher_starts_one_run_per_sending_and_not_twice(
     assert dispatch_mailshots(deployment="send-mailshot/dispatch-test")["started"] == [mid]
 
 
-def test_create_and_send_and_purge_flows(prefect_harness: None, flow_env: Settings, tmp_path: Path) -> None:
-    """create-and-send validates and creates (scheduled: left to the dispatcher); purge-stats archives and reports."""
-    from flows.create_and_send import create_and_send
+def test_purge_flow_archives_and_reports(prefect_harness: None, flow_env: Settings, tmp_path: Path) -> None:
+    """purge-stats archives finished sendings older than the cutoff (the latest kept) and reports it."""
     from flows.purge_stats import purge_stats
 
     engine = engine_for(flow_env)
     seed(engine, tmp_path, 3)
-    scheduled = create_and_send(
-        subject="Later {{ nom }}", html="<p>Hi {{ nom }}</p>", lists=["news"], start_at=utcnow() + timedelta(days=1)
-    )
-    assert scheduled["status"] == MailshotStatus.INIT and scheduled["send_run"] is None
-    with pytest.raises(Exception, match="unknown list 'nope'"):
-        create_and_send(subject="x", html="<p>x</p>", lists=["nope"])
     done = []
     for _ in range(2):
         mid = create(engine, flow_env)
@@ -139,3 +136,107 @@ def test_create_and_send_and_purge_flows(prefect_harness: None, flow_env: Settin
     with session_scope(engine) as session:
         assert sendings.get(session, done[0]).status == MailshotStatus.ARCHIVE
         assert sendings.get(session, done[1]).status == MailshotStatus.END
+
+
+def test_a_scheduled_sending_gets_a_run_for_its_start_time_and_a_new_one_when_rescheduled(
+    send_now_deployment: str, flow_env: Settings, tmp_path: Path, test_start: datetime
+) -> None:
+    """The tick gives a scheduled sending without a run one run of send-mailshot/now, scheduled 10 s
+    after its start time (runners pick runs up to 10 s early) and tagged mailshot:<id>; a later tick
+    keeps it; once the sending is rescheduled, the waiting run is deleted and replaced."""
+    from flows.dispatch_mailshots import dispatch_mailshots
+    from flows.sending_runs import START_MARGIN
+
+    engine = engine_for(flow_env)
+    seed(engine, tmp_path, 1)
+    start = (utcnow() + timedelta(hours=2)).replace(microsecond=0)
+    mid = create(engine, flow_env, start_at=start)
+    first = dispatch_mailshots()
+    assert first["scheduled"] == [mid] and mid not in first["started"]
+    (run,) = runs_tagged(mid, test_start)
+    assert run.deployment_id is not None and run.state.type == StateType.SCHEDULED  # type: ignore[attr-defined]
+    assert run.state.state_details.scheduled_time == start + START_MARGIN  # type: ignore[attr-defined]
+    with session_scope(engine) as session:
+        assert sendings.get(session, mid).flow_run_id == str(run.id)  # type: ignore[attr-defined]
+    assert mid not in dispatch_mailshots()["scheduled"]
+    assert len(runs_tagged(mid, test_start)) == 1
+
+    later = start + timedelta(days=1)
+    with session_scope(engine) as session:
+        sendings.schedule(session, mid, later)
+    assert dispatch_mailshots()["scheduled"] == [mid]
+    (replacement,) = runs_tagged(mid, test_start)  # the first one was deleted: it had not run
+    assert replacement.state.state_details.scheduled_time == later + START_MARGIN  # type: ignore[attr-defined]
+
+
+def test_ticks_running_at_once_start_one_run_per_sending(
+    send_now_deployment: str, flow_env: Settings, tmp_path: Path, test_start: datetime
+) -> None:
+    """Four callers of ensure_run at the same moment (what concurrent ticks do for each sending), on a
+    sending without a run: the compare-and-set lets one create a run, the others create none."""
+    from flows.sending_runs import ensure_run
+
+    engine = engine_for(flow_env)
+    seed(engine, tmp_path, 1)
+    mid = create(engine, flow_env)
+    barrier = threading.Barrier(4)
+    served = []
+
+    def tick() -> None:
+        barrier.wait()
+        served.append(ensure_run(engine, mid))
+
+    threads = [threading.Thread(target=tick) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(s.created for s in served) == [False, False, False, True]
+    (run,) = runs_tagged(mid, test_start)
+    with session_scope(engine) as session:
+        assert sendings.get(session, mid).flow_run_id == str(run.id)  # type: ignore[attr-defined]
+
+
+def test_a_crashed_ticks_placeholder_is_taken_over_once_stale(
+    send_now_deployment: str, flow_env: Settings, tmp_path: Path, test_start: datetime
+) -> None:
+    """A placeholder left by a tick that died before creating its run blocks nobody for long: while fresh
+    it counts as a run being created, once older than its TTL the next tick starts the run."""
+    from flows.dispatch_mailshots import dispatch_mailshots
+
+    engine = engine_for(flow_env)
+    seed(engine, tmp_path, 1)
+    mid = create(engine, flow_env)
+    with session_scope(engine) as session:
+        dispatch.record_run(session, mid, run_slot.placeholder(utcnow()))
+    assert mid not in dispatch_mailshots()["started"] and runs_tagged(mid, test_start) == []
+    with session_scope(engine) as session:
+        dispatch.record_run(session, mid, run_slot.placeholder(utcnow() - run_slot.PLACEHOLDER_TTL))
+    assert mid in dispatch_mailshots()["started"]
+    assert len(runs_tagged(mid, test_start)) == 1
+
+
+def test_quiet_scheduled_runs_log_nothing_above_debug(prefect_harness: None, flow_env: Settings) -> None:
+    """On an idle site (no sending, no event, no bounce mailbox) the dispatcher, the feedback sweep and
+    the bounce reader log nothing above DEBUG from our code: a few hundred quiet runs a day stay quiet."""
+    from flows.apply_feedback import apply_feedback
+    from flows.dispatch_mailshots import dispatch_mailshots
+    from flows.ingest_bounces import ingest_bounces
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    run_logger = logging.getLogger("prefect.flow_runs")  # get_run_logger()'s logger
+    level = run_logger.level
+    run_logger.setLevel(logging.DEBUG)  # the suite runs Prefect at WARNING: DEBUG records must exist
+    run_logger.addHandler(handler)
+    try:
+        dispatch_mailshots()
+        apply_feedback()
+        ingest_bounces()
+    finally:
+        run_logger.removeHandler(handler)
+        run_logger.setLevel(level)
+    ours = [r for r in records if any(Path(r.pathname).is_relative_to(REPO / p) for p in ("flows", "mailshot_core"))]
+    assert ours, "our DEBUG lines were not captured: the check would prove nothing"
+    assert [(r.levelname, r.getMessage()) for r in ours if r.levelno > logging.DEBUG] == []

@@ -9,14 +9,17 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import engine_for, make_settings
+from conftest import engine_for, make_settings, runs_tagged
 from fakes.webhooks import SnsSigner, WebServer, free_socket
-from helpers import create
+from helpers import create, seed
+from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.sending import claims, sendings
 from mailshot_core.store.db import session_scope
 from mailshot_core.web import login
@@ -265,7 +268,7 @@ def test_pages_show_sections_groups_search_and_the_flow_run(site: Site, admin: t
     client, _ = admin
     html = client.get("/admin/").text
     sections = re.findall(r'<section id="(\w+)">', html)
-    assert sections == ["scheduled", "in_progress", "completed", "archived"]
+    assert sections == ["drafts", "scheduled", "in_progress", "completed", "archived"]
     assert '<meta http-equiv="refresh"' in html  # a sending is processing
     detail = client.get(f"/admin/sendings/{site.ids['ended']}").text
     assert '<meta http-equiv="refresh"' not in detail
@@ -301,6 +304,7 @@ def test_list_detail_search_and_pause_on_postgresql(pg_server: object, tmp_path:
     with page_site(tmp_path, pg_server.create_database()) as pg_site, pg_site.client() as c:  # type: ignore[attr-defined]
         csrf = pg_site.login(c)
         assert re.findall(r'<section id="(\w+)">', c.get("/admin/").text) == [
+            "drafts",
             "scheduled",
             "in_progress",
             "completed",
@@ -321,3 +325,67 @@ def test_base_layout_serves_public_pages_without_a_login() -> None:
     html = render("error.html", {"title": "Gone", "message": "<b>x</b>"}, status_code=404).body.decode()
     assert "<title>Gone · Mailshot</title>" in html and "&lt;b&gt;x&lt;/b&gt;" in html
     assert "Log out" not in html and 'href="/admin/"' not in html.split("<main>")[0]
+
+
+def test_a_draft_is_listed_apart_and_offers_send_test_and_cancel(site: Site, admin: tuple[httpx.Client, str]) -> None:
+    """Drafts have their own section and label; a draft's page offers Send (to its lists, behind a
+    confirmation), a test form and Cancel, not Pause; a test the relay cannot take is a 502 page that
+    changes nothing; Send (with the session's CSRF token) starts it."""
+    client, csrf = admin
+    draft = site.ids["draft"]
+    listing = client.get("/admin/").text
+    section = listing[listing.index('<section id="drafts">') : listing.index('<section id="scheduled">')]
+    assert f'data-id="{draft}"' in section and 'status-draft"><span class="dot dot-draft"></span>draft' in section
+    page = client.get(f"/admin/sendings/{draft}").text
+    for action in ("send", "test", "cancel"):
+        assert f'action="/admin/sendings/{draft}/{action}"' in page, action
+    assert ">Pause</button>" not in page and "To every subscriber of News" in page
+    r = client.post(f"/admin/sendings/{draft}/test", data={"csrf": csrf, "email": "me@example.org"})
+    assert r.status_code == 502 and "Test message not sent" in r.text  # the site's relay is gone
+    r = client.post(f"/admin/sendings/{draft}/test", data={"csrf": csrf, "email": "not an address"})
+    assert r.status_code == 400 and "invalid address" in r.text
+    assert client.post(f"/admin/sendings/{draft}/send", data={"csrf": "wrong"}).status_code == 403
+    assert site.status("draft") == "draft"
+    r = client.post(f"/admin/sendings/{draft}/send", data={"csrf": csrf})
+    assert r.status_code == 303 and site.status("draft") == "processing"
+    page = client.get(f"/admin/sendings/{draft}").text
+    assert f'action="/admin/sendings/{draft}/send"' not in page and ">Pause</button>" in page
+    assert "dispatch-mailshots deployment starts one within 10 minutes" in page  # no run link yet
+
+
+def test_test_then_send_from_the_pages_starts_a_prefect_run(
+    send_now_deployment: str, tmp_path: Path, test_start: datetime
+) -> None:
+    """With a Prefect API (what `mailshot web` wires in then), a draft's test goes to the relay, and Send
+    starts its send-mailshot/now run at once, tagged mailshot:<id>, linked from the page."""
+    from flows.sending_runs import ensure_run
+
+    sock = free_socket()
+    with DevRelay() as relay:
+        settings = make_settings(
+            f"sqlite:///{tmp_path}/m.db",
+            relay,
+            base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
+            admin_user=ADMIN_USER,
+            admin_password=ADMIN_PASSWORD,
+            prefect_ui_url=PREFECT_UI,
+        )
+        engine = engine_for(settings)
+        seed(engine, tmp_path, 2)
+        draft = create(engine, settings, subject="Draft {{ nom }}", send_now=False)
+        start_run = partial(ensure_run, engine)
+        with WebServer(settings, sock, SnsSigner(), start_run=start_run) as web:
+            site = Site(web, settings, {"draft": draft})
+            with site.client() as client:
+                csrf = site.login(client)
+                r = client.post(f"/admin/sendings/{draft}/test", data={"csrf": csrf, "email": "Me@Example.org"})
+                assert r.status_code == 303 and r.headers["location"].endswith("?tested=me%40example.org")
+                assert "A test message was sent to me@example.org." in client.get(r.headers["location"]).text
+                (message,) = relay.messages
+                assert message.rcpt_tos == ["me@example.org"] and b"Subject: [TEST] Draft" in message.data
+                assert site.status("draft") == "draft"
+                assert client.post(f"/admin/sendings/{draft}/send", data={"csrf": csrf}).status_code == 303
+                page = client.get(f"/admin/sendings/{draft}").text
+    (run,) = runs_tagged(draft, test_start)
+    assert site.status("draft") == "processing"
+    assert f'href="{PREFECT_UI}/runs/flow-run/{run.id}"' in page

@@ -99,7 +99,7 @@ def test_operator_logs_in_follows_a_sending_searches_and_pauses_it(site: Site, o
     operator.log_in()
     expect(page).to_have_url(re.compile(r"/admin/$"))
     expect(page.locator("section h2")).to_have_text(
-        [re.compile(s) for s in ("Scheduled", "In progress", "Completed", "Archived")]
+        [re.compile(s) for s in ("Drafts", "Scheduled", "In progress", "Completed", "Archived")]
     )
     row = page.locator(f"tr.sending[data-id='{processing}']")
     expect(row.locator(".status")).to_have_text("sending")
@@ -199,4 +199,26 @@ def test_a_subscriber_unsubscribes_from_the_link_s_page(site: Site, operator: Op
     operator.shot("11-unsubscribed")
     with Session(engine_for(site.settings)) as session:
         assert session.get(Subscriber, subscriber.id).status == "unsubscribed"  # type: ignore[union-attr]
+    assert operator.dialogs == []
+
+
+def test_a_draft_is_sent_from_its_page(site: Site, operator: Operator) -> None:
+    """A draft shows as such, with Send (behind a confirmation), a test form and Cancel; Send starts it."""
+    page, expect = operator.page, playwright_api.expect
+    draft = site.ids["draft"]
+    page.goto("/admin/login")
+    operator.log_in()
+    page.goto("/admin/")
+    row = page.locator(f"#drafts tr.sending[data-id='{draft}']")
+    expect(row.locator(".status")).to_have_text("draft")
+    row.get_by_role("link", name=f"Sending No. {draft}").click()
+    expect(page.locator("h1 .status")).to_have_text("draft")
+    expect(page.get_by_label("Test address")).to_be_visible()
+    expect(page.get_by_text("Cancel the sending…")).to_be_visible()
+    page.get_by_text("Send now…").click()
+    operator.shot("12-draft")
+    page.get_by_role("button", name=f"Yes, send sending No. {draft} now").click()
+    expect(page.locator("h1 .status")).to_have_text("sending")
+    expect(page.get_by_text("Send now…")).to_have_count(0)
+    assert site.status("draft") == "processing"
     assert operator.dialogs == []

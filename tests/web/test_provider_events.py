@@ -71,7 +71,7 @@ def test_mandrill_sync_events_are_skipped_and_the_batch_stored(site: Site) -> No
     (r,) = post(site.web, "mandrill", batch, site.signer)
     assert r.status_code == 200, r.text
     assert r.json()["received"] == 2 and r.json()["stored"] == 2
-    inbox.apply_all(site.engine)
+    site.web.settle()  # applied on arrival
     assert (_status(site, "mandrill", 1), _status(site, "mandrill", 2)) == ("read", "bounce")
 
 
@@ -83,6 +83,7 @@ def test_a_greylisted_mailjet_bounce_is_a_deferral(site: Site) -> None:
     )
     (r,) = post(site.web, "mailjet", [greylisted], site.signer)
     assert r.status_code == 200 and r.json()["stored"] == 1
+    site.web.settle()  # applied on arrival
     report = inbox.apply_all(site.engine, max_fail=1)
     assert report.changed == 0 and report.unsubscribed == 0
     assert _status(site, "mailjet", 3) == "sent"
@@ -95,7 +96,7 @@ def test_brevo_invalid_email_is_a_hard_bounce(site: Site) -> None:
     moves to `bounce`, counted in nb_bounce), not a block of ours."""
     (r,) = post(site.web, "brevo", [_event(site, "brevo", "invalid_email", 4)], site.signer)
     assert r.status_code == 200
-    inbox.apply_all(site.engine)
+    site.web.settle()  # applied on arrival
     assert _status(site, "brevo", 4) == "bounce"
     with session_scope(site.engine) as session:
         mid, _ = site.sendings["brevo"]
@@ -112,9 +113,9 @@ def test_brevo_proxy_opens_are_machine_opens(site: Site) -> None:
     events = [_event(site, "brevo", "proxy_open", 5), _event(site, "brevo", "unique_proxy_opened", 5)]
     events += [_event(site, "brevo", "proxy_open", 6)]
     assert post(site.web, "brevo", events, site.signer)[0].status_code == 200
-    inbox.apply_all(site.engine)
+    site.web.settle()  # applied on arrival
     assert post(site.web, "brevo", [_event(site, "brevo", "proxy_open", 5)], site.signer)[0].status_code == 200
-    inbox.apply_all(site.engine)  # a later proxy open of the same recipient: still counted once
+    site.web.settle()  # a later proxy open of the same recipient: still counted once
     assert (_status(site, "brevo", 5), _status(site, "brevo", 6)) == ("sent", "sent")
     with session_scope(site.engine) as session:
         m = sendings.get(session, mid)
@@ -194,7 +195,7 @@ def test_events_without_the_primary_ids_fall_back_on_ours(
     untied = sum(r.json()["untied"].get("without any sending id of ours", 0) for r in responses)
     assert untied == 1
     assert any("not tied to a recipient: 1 without any sending id of ours" in m for m in caplog.messages)
-    inbox.apply_all(site.engine)
+    site.web.settle()  # applied on arrival
     assert (_status(site, provider, 7), _status(site, provider, 8), _status(site, provider, 9)) == (
         "bounce",
         "bounce",
@@ -213,11 +214,14 @@ def test_events_of_our_sending_with_an_unknown_address_are_logged_at_apply(
     site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An event naming one of our sendings but an address that is not among its recipients is applied
-    without effect, counted (ApplyReport.unmatched) and logged once per run with the reason."""
+    (on arrival, by the web app) without effect, counted (ApplyReport.unmatched) and logged once per
+    run with the reason."""
     mid = site.sendings["brevo"][0]
     ev = BUILDERS["brevo"]("delivered", "stranger@example.net", mid, 0)
-    assert post(site.web, "brevo", [ev], site.signer)[0].status_code == 200
     caplog.set_level(logging.WARNING, logger="mailshot")
-    report = inbox.apply_all(site.engine)
-    assert report.unmatched == 1
+    unmatched = site.web.applier.report.unmatched
+    assert post(site.web, "brevo", [ev], site.signer)[0].status_code == 200
+    site.web.settle()
+    assert site.web.applier.report.unmatched == unmatched + 1
+    assert inbox.apply_all(site.engine).applied == 0  # nothing left for the sweep
     assert any("1 event(s) not tied to a recipient" in m and "no such recipient" in m for m in caplog.messages)
