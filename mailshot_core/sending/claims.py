@@ -307,13 +307,7 @@ def resend_unknown(session: Session, mailshot_id: int) -> int:
             )
         ).rowcount  # type: ignore[attr-defined]
     )
-    apply_counter_deltas(session, mailshot_id, counter_deltas((S.UNKNOWN, S.TODO) for _ in range(n)))
-    if n and mailshot.status == MailshotStatus.END:
-        mailshot.status = MailshotStatus.PROCESSING
-        mailshot.ended_at = None
-        session.add(mailshot)
-    session.flush()
-    return n
+    return _queued_again(session, mailshot, S.UNKNOWN, n)
 
 
 def requeue_failed(session: Session, mailshot_id: int, reason: str) -> int:
@@ -341,7 +335,13 @@ def requeue_failed(session: Session, mailshot_id: int, reason: str) -> int:
             )
         ).rowcount  # type: ignore[attr-defined]
     )
-    apply_counter_deltas(session, mailshot_id, counter_deltas((S.FAIL, S.TODO) for _ in range(n)))
+    return _queued_again(session, mailshot, S.FAIL, n)
+
+
+def _queued_again(session: Session, mailshot: Mailshot, was: str, n: int) -> int:
+    """Counters of ``n`` rows moved from ``was`` back to the queue; an ended sending has work again."""
+    assert mailshot.id is not None
+    apply_counter_deltas(session, mailshot.id, counter_deltas((was, S.TODO) for _ in range(n)))
     if n and mailshot.status == MailshotStatus.END:
         mailshot.status = MailshotStatus.PROCESSING
         mailshot.ended_at = None
