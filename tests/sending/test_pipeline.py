@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -471,3 +472,42 @@ def test_requeue_failed_recipients_after_an_operator_mistake(db_url: str, tmp_pa
         received = Counter(msg.rcpt_tos[0] for msg in relay.messages)
     assert (m.status, m.sent, m.failed) == (MailshotStatus.END, 6, 0)
     assert set(received.values()) == {1} and len(received) == 6
+
+
+def test_in_doubt_recipients_of_a_dead_worker_are_resent_only_when_the_operator_asks(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A dead worker's `sending` rows become `unknown` (not resent); `resend_unknown` queues them again
+    and an ended sending is processing again, counters equal to a recount at each step."""
+    import socket
+
+    from sqlalchemy import update
+
+    from mailshot_core.store.models import Recipient, RecipientStatus, utcnow
+
+    settings = make_settings(db_url)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 4)
+    mid = create(engine, settings)
+    lifecycle.start_sending(engine, settings, mid)
+    token = f"{socket.gethostname()[:40]}:999999999:deadbeef"  # no such process on this host: dead
+    with session_scope(engine) as session:
+        claims.register_worker(session, mid, token, utcnow())
+        m = sendings.get(session, mid)
+        claimed, _ = claims.claim(session, m, token, 2, utcnow())
+        session.execute(
+            update(Recipient)
+            .where(Recipient.id.in_([r.id for r in claimed]))  # type: ignore[attr-defined]
+            .values(status=RecipientStatus.SENDING)
+        )
+    with session_scope(engine) as session:
+        assert claims.recover_dead_workers(session, mid, utcnow(), timedelta(seconds=60)) == (0, 2)
+        session.execute(update(Recipient).where(Recipient.status == RecipientStatus.TODO).values(status="sent"))
+        sendings.apply_counter_deltas(session, mid, sendings.counter_deltas([("todo", "sent")] * 2))
+        sendings.finish(session, mid)
+    _counters_match(engine, mid)
+    with session_scope(engine) as session:
+        assert claims.resend_unknown(session, mid) == 2
+        m = sendings.get(session, mid)
+        assert (m.status, m.nb_unknown, m.current) == (MailshotStatus.PROCESSING, 0, 2)
+    _counters_match(engine, mid)
