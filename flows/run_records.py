@@ -23,7 +23,7 @@ from uuid import UUID
 
 from prefect import get_client
 from prefect.client.schemas.actions import ArtifactCreate
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
@@ -45,17 +45,23 @@ def flow_run_uuid(run_id: str | None) -> UUID | None:
         return None
 
 
-def run_state(run_id: str | None) -> StateType | None:
-    """The Prefect state of a run; None when Prefect does not know it (deleted, another server)."""
-    uuid = flow_run_uuid(run_id)
-    if uuid is None:
+def read_run(flow_run_id: str | None) -> FlowRun | None:
+    """The recorded run, or None: no id, an id that is not a run (a placeholder), or a run this
+    Prefect server does not know (deleted, or recorded against another server)."""
+    run_uuid = flow_run_uuid(flow_run_id)
+    if run_uuid is None:
         return None
     try:
         with get_client(sync_client=True) as client:
-            run = client.read_flow_run(uuid)
+            return client.read_flow_run(run_uuid)
     except ObjectNotFound:
         return None
-    return run.state.type if run.state is not None else None
+
+
+def run_state(run_id: str | None) -> StateType | None:
+    """The Prefect state of a run; None when Prefect does not know it (deleted, another server)."""
+    run = read_run(run_id)
+    return run.state.type if run is not None and run.state is not None else None
 
 
 def _table(client: Any, key: str, rows: list[dict[str, Any]], description: str, run: UUID | None) -> None:

@@ -23,12 +23,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State, StateType, TaskRun
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound, Pause
+from prefect.exceptions import Pause
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows.run_records import close_and_record, flow_run_uuid, record_dead_runs
+from flows.run_records import close_and_record, flow_run_uuid, read_run, record_dead_runs
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.errors import MailshotError
 from mailshot_core.feedback import fail_rule
@@ -92,16 +92,12 @@ def prefect_stop(run_id: str | None) -> StopCheck | None:
     process.  So the batches ask (every STOP_POLL_SECONDS, one GET) and the sending is paused with
     the reason, which the dispatcher respects.
     """
-    uuid = flow_run_uuid(run_id)
-    if uuid is None:
-        return None
+    if flow_run_uuid(run_id) is None:
+        return None  # a run without Prefect (local id): nothing to ask
 
     def check() -> str | None:
-        try:
-            with get_client(sync_client=True) as client:
-                state = client.read_flow_run(uuid).state
-        except ObjectNotFound:  # a run this API does not know (deleted): nothing to obey
-            return None
+        run = read_run(run_id)  # None for a run this API does not know (deleted): nothing to obey
+        state = run.state if run is not None else None
         if state is None:
             return None
         if state.type in (StateType.CANCELLING, StateType.CANCELLED):

@@ -24,7 +24,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy.engine import Engine
 
-from flows.run_records import ALIVE, flow_run_uuid
+from flows.run_records import ALIVE, read_run
 from mailshot_core.sending import run_slot
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import utcnow
@@ -50,19 +50,6 @@ class Served:
     run_id: str | None
     created: bool
     scheduled_for: datetime | None = None  # None: as soon as a runner or worker picks it up
-
-
-def read_run(flow_run_id: str | None) -> FlowRun | None:
-    """The recorded run, or None: no id, an id that is not a run (a placeholder), or a run this
-    Prefect server does not know (deleted, or recorded against another server)."""
-    run_uuid = flow_run_uuid(flow_run_id)
-    if run_uuid is None:
-        return None
-    try:
-        with get_client(sync_client=True) as client:
-            return client.read_flow_run(run_uuid)
-    except ObjectNotFound:
-        return None
 
 
 def is_alive(run: FlowRun | None) -> bool:
