@@ -46,6 +46,19 @@ def _mailshot(*args: str) -> list[str]:
     return [sys.executable, "-m", "mailshot_core.cli", *args]
 
 
+def _sending_until(
+    relay: DevRelay, received: int, env: dict[str, str], *args: str, wait: float = 120
+) -> subprocess.Popen[bytes]:
+    """A `mailshot` process sending, once the relay has accepted ``received`` of its messages."""
+    victim = subprocess.Popen(_mailshot(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + wait
+    while relay.received_count < received:
+        assert victim.poll() is None, victim.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the sending never got going"
+        time.sleep(0.01)
+    return victim
+
+
 @pytest.mark.slow
 def test_sigkill_mid_sending_then_resume_sends_nobody_twice(prefect_harness: None, db_url: str, tmp_path: Path) -> None:
     """SIGKILL mid-sending + `mailshot send` again: 0 duplicates, in-doubt <= connections, listed, not resent."""
@@ -56,14 +69,7 @@ def test_sigkill_mid_sending_then_resume_sends_nobody_twice(prefect_harness: Non
         mid = create(engine, settings)
         env = _env(db_url, relay)
 
-        victim = subprocess.Popen(
-            _mailshot("send", str(mid), "--no-progress"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 120
-        while relay.received_count < 600:
-            assert victim.poll() is None, victim.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the sending never got going"
-            time.sleep(0.01)
+        victim = _sending_until(relay, 600, env, "send", str(mid), "--no-progress")
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         killed_at = relay.received_count
@@ -131,17 +137,7 @@ def test_sigkill_of_a_fast_send_takes_its_worker_processes_with_it(
         everyone = seed(engine, tmp_path, 2500)
         mid = create(engine, settings)
         env = _env(sqlite_url, relay)
-        victim = subprocess.Popen(
-            _mailshot("send", str(mid), "--fast", "--no-progress"),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 180
-        while relay.received_count < 300:
-            assert victim.poll() is None, victim.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the sending never got going"
-            time.sleep(0.01)
+        victim = _sending_until(relay, 300, env, "send", str(mid), "--fast", "--no-progress", wait=180)
         workers = _descendants(victim.pid)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
