@@ -3,7 +3,7 @@
 One sub-package per domain, each importing only from the layers below it (pyproject.toml's
 import-linter contracts, drawn in docs/ARCHITECTURE.md):
 
-    cli.py                       the `mailshot` command (the top: it may reach flows/ for send/serve)
+    cli/                         the `mailshot` command (the top: running/sendings may reach flows/)
     web/  devtools/              HTTP (public links, webhooks, pages); the dev relay
     feedback/  legacy/           what comes back (events, bounces, tracking, MAX_FAIL); SPIP import
     sending/                     a sending's life: status, claims, pace, pipeline, dispatch, archive

@@ -25,7 +25,7 @@ class WebContext:
     fetch: Fetch  # outbound GETs (SNS certificates, subscription confirmations): injectable for tests
     applier: Applier  # applies the webhooks' events on arrival, in one background thread
     # Starts a sending's Prefect run (the pages' Send and Resume).  Given by `mailshot web` when a
-    # Prefect API is configured (cli.py wires flows/sending_runs.py in: this package never imports
+    # Prefect API is configured (cli/running.py wires flows/sending_runs.py in: this package never imports
     # prefect); None: the dispatch-mailshots deployment starts it.
     start_run: Callable[[int], object] | None = None
 

@@ -338,7 +338,7 @@ def test_a_cancelled_sending_counts_its_never_sent_recipients_as_cancelled_not_f
 ) -> None:
     """Cancel turns the waiting recipients into `kill`: counted in nb_kill ("cancelled" in mailshot
     status), not in `failed`, and still equal to a recount."""
-    from mailshot_core.cli import _status_dict
+    from mailshot_core.cli.sendings import status_dict
 
     settings = make_settings(sqlite_url)
     engine = engine_for(settings)
@@ -349,7 +349,7 @@ def test_a_cancelled_sending_counts_its_never_sent_recipients_as_cancelled_not_f
         m = sendings.cancel(session, mid)
         assert (m.nb_kill, m.failed, m.current) == (7, 0, 7)
         assert sendings.stored_counters(m) == sendings.recount(session, mid)
-        shown = _status_dict(m)
+        shown = status_dict(m)
     assert (shown["cancelled"], shown["failed"], shown["status"]) == (7, 0, "cancel")
 
 
