@@ -62,6 +62,18 @@ class MailingList(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     identifier: str = Field(max_length=100, unique=True, index=True)
     title: str = Field(default="", max_length=255)
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    # Open: visitors may subscribe themselves (the public page, the API's unforced subscribe); closed
+    # lists are filled by the operator (SPIP Mailsubscribers' "open"/"close").
+    open: bool = False
+    # The sender of its sendings (SPIP bulkstart: the first of a sending's lists that has one).
+    from_name: str = Field(default="", max_length=255)
+    from_email: str = Field(default="", max_length=320)
+    double_optin: bool = True  # a visitor's subscription stays pending until the emailed link is followed
+    lang: str = Field(default="", max_length=16)  # the confirmation message's language when the visitor gives none
+    # The confirmation message (a sandboxed template; None: the default one in the list's language).
+    confirm_subject: str | None = Field(default=None, max_length=255)
+    confirm_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -87,6 +99,62 @@ class Subscription(SQLModel, table=True):
     status: str = Field(default=SubscriptionStatus.VALID, max_length=20)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    confirmed_at: datetime | None = None  # when the double opt-in link was followed (None: not by a link)
+
+
+class OptinEvent(SQLModel, table=True):
+    """The opt-in trail of an address: who asked for what, when, from where (SPIP's optin_log).
+
+    Kept apart from the feedback inbox: these are consent records, not delivery events.  ``list_id``
+    None means every list (an unsubscription from all).  Erasing an address deletes its trail.
+    """
+
+    __tablename__ = "optin_event"
+    __table_args__ = (Index("ix_optin_event_subscriber_at", "subscriber_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id")
+    list_id: int | None = Field(default=None, foreign_key="mailing_list.id")
+    # requested (pending, link sent), confirmed (link followed), subscribed (directly: operator, forced
+    # API call, import), unsubscribed, refused (graceful: someone who left was not re-subscribed)
+    action: str = Field(max_length=20)
+    source: str = Field(max_length=40)  # page, api, cli, import, spip, admin, link ...
+    client: str | None = Field(default=None, max_length=64)  # the visitor's address, or the API key's name
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """A Newsletter API key: only its SHA-256 is kept; ``prefix`` finds it and names it in logs."""
+
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    prefix: str = Field(max_length=16, unique=True, index=True)
+    secret_hash: str = Field(max_length=64)  # hex SHA-256 of the whole key
+    scope: str = Field(max_length=20)  # read < subscribers < send < admin
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class IdempotentRequest(SQLModel, table=True):
+    """A POST made with an ``Idempotency-Key``: a retry with the same key gets the first answer.
+
+    The row is written before the request is handled (``status_code`` None while it runs), so two
+    concurrent retries cannot both create; ``fingerprint`` (method, path, body) tells a retry from a
+    different request that reuses the key.
+    """
+
+    __tablename__ = "idempotent_request"
+
+    api_key_id: int = Field(foreign_key="api_key.id", primary_key=True)
+    key: str = Field(max_length=255, primary_key=True)
+    fingerprint: str = Field(max_length=64)
+    status_code: int | None = None
+    body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class Mailshot(SQLModel, table=True):
