@@ -277,6 +277,9 @@ class Settings(BaseSettings):
         description="Default database URL of the SPIP site for import-legacy (kept out of Prefect's run history).",
     )
 
+    # --- issue 15: the Newsletter API, double opt-in ---
+    confirm_link_days: int = Field(7, ge=1, le=365, description="Days a double opt-in confirmation link stays valid.")
+
     # --- issue 14: hardening of the web app ---
     webhook_max_bytes: int = Field(
         5 * 1024 * 1024,

@@ -32,6 +32,7 @@ from mailshot_core.store.models import (
     FeedbackEvent,
     MailingList,
     Mailshot,
+    OptinEvent,
     Recipient,
     Subscriber,
     SubscriberStatus,
@@ -48,6 +49,8 @@ NAME_LENGTH = max_length(Subscriber, "nom")
 LANG_LENGTH = max_length(Subscriber, "lang")
 TITLE_LENGTH = max_length(MailingList, "title")
 LIST_NAME_LENGTH = max_length(MailingList, "identifier")
+_SOURCE_LENGTH = max_length(OptinEvent, "source")
+_CLIENT_LENGTH = max_length(OptinEvent, "client")
 _LIST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
 _SUBSCRIPTIONS = Subscription.__table__  # type: ignore[attr-defined]
@@ -376,18 +379,20 @@ def unsubscribe(
     source: str = "cli",
     mailshot_id: int | None = None,
     recipient_id: int | None = None,
+    client: str | None = None,
 ) -> int:
     """Refuse the subscriber's subscriptions (one list, or all); returns how many changed.
 
     Leaving every list also marks the subscriber unsubscribed, with the reason.  Each call that
     changes something is recorded as a feedback event (already applied), so the address history
-    shows who did it.
+    shows who did it, and in the opt-in trail (``client``: the visitor's address or the API key).
     """
     sub = get_subscriber(session, email)
     now = utcnow()
     query = update(Subscription).where(
         and_(col(Subscription.subscriber_id) == sub.id, col(Subscription.status) != SubscriptionStatus.REFUSED)
     )
+    mlist = None
     if list_identifier is not None:
         mlist = get_list(session, list_identifier)
         query = query.where(col(Subscription.list_id) == mlist.id)
@@ -416,8 +421,34 @@ def unsubscribe(
             applied_at=now,
         )
     )
+    assert sub.id is not None
+    record_optin(session, sub.id, mlist.id if mlist is not None else None, "unsubscribed", source, client, reason, now)
     session.flush()
     return int(changed)
+
+
+def record_optin(
+    session: Session,
+    subscriber_id: int,
+    list_id: int | None,
+    action: str,
+    source: str,
+    client: str | None = None,
+    detail: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """One entry of the opt-in trail (``optin_event``; subscriptions.py tells what each action means)."""
+    session.add(
+        OptinEvent(
+            subscriber_id=subscriber_id,
+            list_id=list_id,
+            action=action,
+            source=source[:_SOURCE_LENGTH],
+            client=client[:_CLIENT_LENGTH] if client else None,
+            detail=detail,
+            at=at or utcnow(),
+        )
+    )
 
 
 class SendingOutcome(NamedTuple):

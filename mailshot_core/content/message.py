@@ -17,6 +17,7 @@ from __future__ import annotations
 import binascii
 import functools
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -394,3 +395,35 @@ class MessageBuilder:
             subject = f"[TEST] {subject}"
         head, mid = _head(self.env, recipient_id, to_email, who.nom, subject, who.url_unsubscribe, test)
         return _assemble(self.env, recipient_id, to_email, test, head, mid, text.encode(context), html.encode(context))
+
+
+def build_notice(
+    *,
+    from_name: str,
+    from_email: str,
+    to_email: str,
+    to_name: str,
+    subject: str,
+    text: str,
+    domain: str,
+    kind: str,
+    reply_to: str | None = None,
+) -> OutgoingMessage:
+    """A one-off message that belongs to no sending (an opt-in confirmation): plain text, no List-*
+    headers nor Precedence: bulk, and ``Auto-Submitted: auto-generated`` (RFC 3834) so that no
+    auto-responder answers it.  ``kind`` names it in the Message-ID (``<mailshot.confirm.…@domain>``)."""
+    mid = f"<mailshot.{kind}.{secrets.token_hex(8)}@{domain}>"
+    head = bytearray(_address("From", "sender", from_name, from_email))
+    head += _address("To", "recipient", to_name, to_email)
+    head += _header("Subject", check_header_value("subject", " ".join(subject.split())))
+    head += _date_header(int(time.time()))
+    head += _header("Message-ID", mid)
+    if reply_to:
+        head += _structured("Reply-To", check_header_value("reply-to address", reply_to))
+    head += b"Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n" + _TEXT_PART + b"\r\n"
+    body = _qp(text)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return OutgoingMessage(
+        recipient_id=0, envelope_from=from_email, envelope_to=to_email, data=bytes(head) + body, message_id=mid
+    )

@@ -153,10 +153,8 @@ def _skeleton(ast: nodes.Template, escaped: bool, allowed: tuple[str, ...]) -> S
     return Skeleton(tuple(pieces), escaped)
 
 
-def _compile_with_skeleton(
-    env: SandboxedEnvironment, source: str, part: str, allowed: tuple[str, ...] = VARIABLES
-) -> tuple[Any, Skeleton | None]:
-    source = expand_shorthand(source)
+def _compile(env: SandboxedEnvironment, source: str, part: str, allowed: tuple[str, ...]) -> tuple[Any, nodes.Template]:
+    """The template and its syntax tree; TemplateError for bad syntax or a variable not in ``allowed``."""
     try:
         ast = env.parse(source)
         # Code generation (here and in from_string) also raises TemplateSyntaxError's subclass
@@ -167,14 +165,39 @@ def _compile_with_skeleton(
         raise TemplateError(f"{part} template, line {exc.lineno}: {exc.message}") from None
     unknown = sorted(undeclared - set(allowed))
     if unknown:
-        raise TemplateError(
-            f"{part} template: unknown variable {', '.join(unknown)} (available: {', '.join(VARIABLES)})"
-        )
+        raise TemplateError(f"{part} template: unknown variable {', '.join(unknown)} (available: {', '.join(allowed)})")
+    return template, ast
+
+
+def _compile_with_skeleton(
+    env: SandboxedEnvironment, source: str, part: str, allowed: tuple[str, ...] = VARIABLES
+) -> tuple[Any, Skeleton | None]:
+    template, ast = _compile(env, expand_shorthand(source), part, allowed)
     skeleton = _skeleton(ast, escaped=bool(env.autoescape), allowed=allowed)
     # Belt and braces: the skeleton must render exactly what Jinja2 renders, or it is not used.
     if skeleton is not None and skeleton.render(_SAMPLE.as_context()) != template.render(_SAMPLE.as_context()):
         skeleton = None
     return template, skeleton
+
+
+class TextTemplate:
+    """One plain-text template outside a sending (the opt-in confirmation message), in the same
+    sandbox and with the same limits, over its own ``variables``; checked once with sample values."""
+
+    def __init__(self, source: str, part: str, variables: Mapping[str, str]) -> None:
+        self._part = part
+        self._template, _ = _compile(_text_env, source, part, tuple(variables))
+        self.render(dict(variables), check=True)
+
+    def render(self, context: Mapping[str, Any], *, check: bool = False) -> str:
+        try:
+            with budget():
+                if check:
+                    with time_limit():
+                        return str(self._template.render(context))
+                return str(self._template.render(context))
+        except _RENDER_ERRORS as exc:
+            raise TemplateError(f"{self._part} template: {_render_error(exc)}") from None
 
 
 class CompiledMailshot:

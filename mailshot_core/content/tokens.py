@@ -50,6 +50,12 @@ UNSUBSCRIBE = "unsubscribe"  # (mailshot id, subscriber id; 0 for an address tha
 # recipient id): read through the recipient row (unsubscribe_links.read_link), never as a subscriber id.
 LEGACY_UNSUBSCRIBE = "unsub"
 TRACK = "track"  # (mailshot id, recipient id)
+# Double opt-in: (subscriber id, issued at, in seconds since the epoch).  Following it confirms the
+# subscriber's subscriptions pending since before that time, while the link is younger than
+# MAILSHOT_CONFIRM_LINK_DAYS: no table of pending tokens to keep or purge.
+CONFIRM = "confirm"
+# The preferences page of one subscriber, reached from a message's unsubscribe page: (subscriber id,).
+PREFERENCES = "preferences"
 
 
 def make_token(key: bytes, purpose: str, *ids: int) -> str:

@@ -56,6 +56,13 @@ def send_test(
     except (TemplateError, HeaderError) as exc:
         raise MailshotError(str(exc)) from None
 
+    hand_over(transport, msg, "test message")
+    return msg
+
+
+def hand_over(transport: Transport, msg: OutgoingMessage, what: str) -> None:
+    """Send one message on a connection of its own; MailshotError saying why when it is refused."""
+
     async def _go() -> None:
         conn = await transport.connect()
         try:
@@ -66,5 +73,4 @@ def send_test(
     try:
         asyncio.run(_go())
     except (TemporaryError, PermanentError, ConfigurationError) as exc:
-        raise MailshotError(f"test message to {address} not sent: {exc}") from None
-    return msg
+        raise MailshotError(f"{what} to {msg.envelope_to} not sent: {exc}") from None

@@ -22,6 +22,7 @@ def utcnow() -> datetime:
 
 class SubscriberStatus(StrEnum):
     VALID = "valid"
+    PENDING = "pending"  # every subscription waits for the double opt-in link: nothing is sent to it
     UNSUBSCRIBED = "unsubscribed"
 
 

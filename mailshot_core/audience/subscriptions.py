@@ -1,0 +1,267 @@
+"""Subscribing with consent: the Newsletter API's ``subscribe``, double opt-in, preferences, the trail.
+
+SPIP's contract (original-mailshot.md §5): subscriptions are cumulative; without ``force`` a list
+that asks for double opt-in gets a *pending* subscription until the address confirms through the
+emailed link; ``graceful`` (imports) never re-subscribes someone who left.  Visitors (``public``)
+may only join open lists, and never force.  Every change is written to the opt-in trail
+(``optin_event``): what, when, from where, and when it was confirmed.
+
+A pending subscription sends nothing: materialisation takes valid subscriptions of valid
+subscribers only, and an address whose only subscriptions are pending is itself ``pending``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from mailshot_core.audience.subscribers import (
+    check_lang,
+    check_name,
+    get_list,
+    normalise_email,
+    record_optin,
+    unsubscribe,
+)
+from mailshot_core.errors import InvalidInput
+from mailshot_core.store.models import (
+    MailingList,
+    OptinEvent,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
+
+
+@dataclass
+class SubscribeOutcome:
+    """What one subscribe call did, list by list (identifiers)."""
+
+    subscriber: Subscriber
+    subscribed: list[str] = field(default_factory=list)  # now valid
+    pending: list[str] = field(default_factory=list)  # waiting for the address to confirm (a link must be sent)
+    already: list[str] = field(default_factory=list)  # valid before: nothing changed
+    kept_unsubscribed: list[str] = field(default_factory=list)  # graceful: the address had left, nothing changed
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return bool(self.pending)
+
+
+def _lists(session: Session, identifiers: Sequence[str], public: bool) -> list[MailingList]:
+    if not identifiers:
+        raise InvalidInput("lists: give at least one list to subscribe to")
+    found: list[MailingList] = []
+    for identifier in dict.fromkeys(i.strip() for i in identifiers):
+        mlist = get_list(session, identifier)
+        if public and not mlist.open:
+            raise InvalidInput(f"list {identifier!r} is not open to public subscription")
+        found.append(mlist)
+    return found
+
+
+def subscribe(
+    session: Session,
+    email: str,
+    lists: Sequence[str],
+    *,
+    nom: str = "",
+    lang: str = "",
+    force: bool = False,
+    graceful: bool = False,
+    public: bool = False,
+    source: str,
+    client: str | None = None,
+) -> SubscribeOutcome:
+    """Subscribe ``email`` to ``lists`` (cumulative); see the module's docstring for the rules.
+
+    ``force``: subscribe at once, without double opt-in (the operator's or a trusted site's decision).
+    ``public``: a visitor's request: open lists only; the name and language of an address that
+    already exists are not changed by it (someone else may be typing that address).
+    """
+    if public and force:
+        raise InvalidInput("a visitor's subscription cannot be forced")
+    address = normalise_email(email)
+    nom, lang = check_name(nom), check_lang(lang)
+    targets = _lists(session, lists, public)
+    now = utcnow()
+    sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+    if sub is not None and graceful and sub.status == SubscriberStatus.UNSUBSCRIBED:
+        return SubscribeOutcome(sub, kept_unsubscribed=[m.identifier for m in targets])
+    if sub is None:
+        sub = Subscriber(email=address, nom=nom, lang=lang, status=SubscriberStatus.PENDING)
+        session.add(sub)
+        session.flush()
+    elif (nom or lang) and not public:
+        sub.nom = nom or sub.nom
+        sub.lang = lang or sub.lang
+        sub.updated_at = now
+    assert sub.id is not None
+    outcome = SubscribeOutcome(sub)
+    for mlist in targets:
+        assert mlist.id is not None
+        link = session.get(Subscription, (sub.id, mlist.id))
+        if link is not None and link.status == SubscriptionStatus.VALID:
+            outcome.already.append(mlist.identifier)
+            continue
+        if link is not None and link.status == SubscriptionStatus.REFUSED and graceful:
+            outcome.kept_unsubscribed.append(mlist.identifier)
+            continue
+        direct = force or not mlist.double_optin
+        if link is None:
+            link = Subscription(subscriber_id=sub.id, list_id=mlist.id, created_at=now)
+            session.add(link)
+        elif link.status == SubscriptionStatus.PENDING and not direct:
+            # Asked again: a new link is sent; the time of the first request stays, so its link still works.
+            outcome.pending.append(mlist.identifier)
+            record_optin(session, sub.id, mlist.id, "requested", source, client, "again")
+            continue
+        link.status = SubscriptionStatus.VALID if direct else SubscriptionStatus.PENDING
+        link.updated_at = now
+        if direct:
+            outcome.subscribed.append(mlist.identifier)
+            record_optin(
+                session, sub.id, mlist.id, "subscribed", source, client, "forced" if force else "single opt-in"
+            )
+        else:
+            outcome.pending.append(mlist.identifier)
+            record_optin(session, sub.id, mlist.id, "requested", source, client)
+    if outcome.subscribed:
+        _become_valid(sub, now)
+    session.flush()
+    return outcome
+
+
+def _become_valid(sub: Subscriber, now: datetime) -> None:
+    if sub.status != SubscriberStatus.VALID:
+        sub.status = SubscriberStatus.VALID
+        sub.unsubscribed_at = None
+        sub.unsubscribe_reason = None
+        sub.updated_at = now
+
+
+def confirm(session: Session, subscriber_id: int, issued_at: datetime, *, client: str | None = None) -> list[str]:
+    """Follow a confirmation link issued at ``issued_at``: the subscriber's subscriptions pending since
+    before then become valid.  Returns the identifiers confirmed (none: already done, or nothing left)."""
+    sub = session.get(Subscriber, subscriber_id)
+    if sub is None:  # erased since the link was sent
+        return []
+    rows = session.exec(
+        select(Subscription, MailingList)
+        .join(MailingList, col(MailingList.id) == Subscription.list_id)
+        .where(
+            Subscription.subscriber_id == subscriber_id,
+            col(Subscription.status) == SubscriptionStatus.PENDING,
+            col(Subscription.updated_at) <= issued_at,
+        )
+        .order_by(col(MailingList.identifier))
+    ).all()
+    now = utcnow()
+    for link, mlist in rows:
+        link.status = SubscriptionStatus.VALID
+        link.confirmed_at = now
+        link.updated_at = now
+        record_optin(session, subscriber_id, mlist.id, "confirmed", "link", client)
+    if rows:
+        _become_valid(sub, now)
+    session.flush()
+    return [mlist.identifier for _, mlist in rows]
+
+
+@dataclass(frozen=True)
+class ListChoice:
+    identifier: str
+    title: str
+    description: str
+    status: str | None  # valid, pending, refused; None: never subscribed
+
+
+def choices(session: Session, subscriber_id: int) -> list[ListChoice]:
+    """The lists a subscriber may choose on the preferences page: every open list, and the closed
+    ones the address is on (it may leave them, not join them)."""
+    states: dict[int | None, str] = dict(
+        session.exec(
+            select(Subscription.list_id, Subscription.status).where(Subscription.subscriber_id == subscriber_id)
+        ).all()
+    )
+    shown = []
+    for mlist in session.exec(select(MailingList).order_by(col(MailingList.identifier))).all():
+        state = states.get(mlist.id)
+        if mlist.open or state in (SubscriptionStatus.VALID, SubscriptionStatus.PENDING):
+            shown.append(ListChoice(mlist.identifier, mlist.title, mlist.description, state))
+    return shown
+
+
+def set_preferences(
+    session: Session, subscriber_id: int, wanted: Iterable[str], *, source: str, client: str | None = None
+) -> tuple[list[str], list[str]]:
+    """The preferences page's choice: on exactly the ``wanted`` lists among :func:`choices`.  Reached
+    through a link sent to the address, so joining needs no further confirmation.  Returns (joined, left)."""
+    sub = session.get(Subscriber, subscriber_id)
+    if sub is None:
+        raise InvalidInput("this address is no longer subscribed to anything")
+    offered = {c.identifier: c for c in choices(session, subscriber_id)}
+    wanted = set(wanted)
+    unknown = sorted(wanted - set(offered))
+    if unknown:
+        raise InvalidInput(f"list {unknown[0]!r} cannot be chosen here")
+    joined = [i for i, c in offered.items() if i in wanted and c.status != SubscriptionStatus.VALID]
+    left = [
+        i
+        for i, c in offered.items()
+        if i not in wanted and c.status in (SubscriptionStatus.VALID, SubscriptionStatus.PENDING)
+    ]
+    if joined:
+        subscribe(session, sub.email, joined, force=True, source=source, client=client)
+    for identifier in left:
+        unsubscribe(session, sub.email, identifier, reason="preferences page", source=source, client=client)
+    session.flush()
+    return joined, left
+
+
+def pending_since(session: Session, subscriber_id: int) -> datetime | None:
+    """When the oldest of the subscriber's pending subscriptions was asked for (None: none pending)."""
+    return session.exec(
+        select(Subscription.updated_at)
+        .where(Subscription.subscriber_id == subscriber_id, col(Subscription.status) == SubscriptionStatus.PENDING)
+        .order_by(col(Subscription.updated_at))
+    ).first()
+
+
+@dataclass(frozen=True)
+class TrailEntry:
+    at: datetime
+    action: str
+    list: str  # identifier, or "all lists"
+    source: str
+    client: str | None
+    detail: str | None
+
+
+def trail(session: Session, subscriber_id: int) -> list[TrailEntry]:
+    """The address's opt-in trail, oldest first (``mailshot subscribers show``, the pages, the API)."""
+    rows = session.exec(
+        select(OptinEvent, MailingList.identifier)
+        .join(MailingList, col(MailingList.id) == OptinEvent.list_id, isouter=True)
+        .where(OptinEvent.subscriber_id == subscriber_id)
+        .order_by(col(OptinEvent.at), col(OptinEvent.id))
+    ).all()
+    return [TrailEntry(e.at, e.action, ident or "all lists", e.source, e.client, e.detail) for e, ident in rows]
+
+
+def requests_since(session: Session, subscriber_id: int, since: datetime) -> int:
+    """Confirmation requests for this address since ``since``: the per-address throttle's count."""
+    return len(
+        session.exec(
+            select(OptinEvent.id).where(
+                OptinEvent.subscriber_id == subscriber_id,
+                OptinEvent.action == "requested",
+                col(OptinEvent.at) >= since,
+            )
+        ).all()
+    )

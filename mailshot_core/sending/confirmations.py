@@ -1,0 +1,192 @@
+"""The double opt-in message: one signed, expiring link that confirms an address's pending subscriptions.
+
+The link (``/confirm/<token>``, tokens.CONFIRM) signs the subscriber and the time it was issued:
+following it confirms the subscriptions pending since before then, for MAILSHOT_CONFIRM_LINK_DAYS.
+An altered link fails its signature, an old one its age: both confirm nothing.
+
+The message comes from the first of the lists that has a sender (else MAILSHOT_FROM_*), in the
+list's template when it has one (``confirm_subject``/``confirm_text``, sandboxed like a sending's),
+else in a default text in the subscriber's language (then the list's, then English).  It is sent
+at once through the site's transport: it belongs to no sending and is no bulk mail.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from mailshot_core.audience.subscribers import get_list, get_subscriber
+from mailshot_core.audience.subscriptions import confirm
+from mailshot_core.config import Settings
+from mailshot_core.content.message import HeaderError, OutgoingMessage, build_notice
+from mailshot_core.content.render import TemplateError, TextTemplate
+from mailshot_core.content.tokens import CONFIRM, make_token, read_token
+from mailshot_core.errors import InvalidInput, MailshotError
+from mailshot_core.sending.one_message import hand_over
+from mailshot_core.store.db import session_scope
+from mailshot_core.store.models import MailingList
+from mailshot_core.transports import get_transport
+from mailshot_core.transports.base import Transport
+
+# The variables of a confirmation template (with the sample values its check renders).
+VARIABLES = {
+    "email": "someone@example.org",
+    "nom": "Someone",
+    "lists": "Weekly news",
+    "url_confirm": "https://news.example.org/confirm/1.2.sig",
+    "days": "7",
+}
+
+# Default texts: the languages of the sites Mailshot comes from first.  {{ lists }} are the lists' titles.
+DEFAULTS: dict[str, tuple[str, str]] = {
+    "en": (
+        "Please confirm your subscription to {{ lists }}",
+        "Hello{% if nom %} {{ nom }}{% endif %},\n\n"
+        "Someone, hopefully you, asked to subscribe {{ email }} to {{ lists }}.\n\n"
+        "To confirm, follow this link (it works for {{ days }} days):\n{{ url_confirm }}\n\n"
+        "If you did not ask for it, ignore this message: you will not be subscribed and will receive "
+        "nothing more.\n",
+    ),
+    "fr": (
+        "Confirmez votre inscription à {{ lists }}",
+        "Bonjour{% if nom %} {{ nom }}{% endif %},\n\n"
+        "Quelqu'un, sans doute vous, a demandé l'inscription de {{ email }} à {{ lists }}.\n\n"
+        "Pour la confirmer, suivez ce lien (valable {{ days }} jours) :\n{{ url_confirm }}\n\n"
+        "Si vous n'avez rien demandé, ignorez ce message : vous ne serez pas inscrit et ne recevrez "
+        "plus rien.\n",
+    ),
+    "es": (
+        "Confirme su suscripción a {{ lists }}",
+        "Hola{% if nom %} {{ nom }}{% endif %}:\n\n"
+        "Alguien, seguramente usted, pidió suscribir {{ email }} a {{ lists }}.\n\n"
+        "Para confirmarlo, siga este enlace (válido {{ days }} días):\n{{ url_confirm }}\n\n"
+        "Si no lo pidió, ignore este mensaje: no quedará suscrito y no recibirá nada más.\n",
+    ),
+    "de": (
+        "Bitte bestätigen Sie Ihr Abonnement von {{ lists }}",
+        "Hallo{% if nom %} {{ nom }}{% endif %},\n\n"
+        "Jemand, hoffentlich Sie, hat das Abonnement von {{ lists }} für {{ email }} angefordert.\n\n"
+        "Zur Bestätigung folgen Sie diesem Link ({{ days }} Tage gültig):\n{{ url_confirm }}\n\n"
+        "Falls Sie das nicht waren, ignorieren Sie diese Nachricht: Sie werden nicht eingetragen und "
+        "erhalten nichts weiter.\n",
+    ),
+    "it": (
+        "Conferma la tua iscrizione a {{ lists }}",
+        "Ciao{% if nom %} {{ nom }}{% endif %},\n\n"
+        "Qualcuno, probabilmente tu, ha chiesto di iscrivere {{ email }} a {{ lists }}.\n\n"
+        "Per confermare, segui questo link (valido {{ days }} giorni):\n{{ url_confirm }}\n\n"
+        "Se non l'hai chiesto tu, ignora questo messaggio: non sarai iscritto e non riceverai altro.\n",
+    ),
+}
+
+
+def check_template(subject: str | None, text: str | None) -> None:
+    """A list's own confirmation template, refused at once when it cannot render (InvalidInput)."""
+    try:
+        if subject is not None:
+            TextTemplate(subject, "confirmation subject", VARIABLES)
+        if text is not None:
+            TextTemplate(text, "confirmation text", VARIABLES)
+            if "url_confirm" not in text:
+                raise InvalidInput("confirmation text: it must contain {{ url_confirm }}, the link to confirm")
+    except TemplateError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _language(*candidates: str) -> str:
+    for lang in candidates:
+        base = lang.strip().lower().replace("_", "-").split("-")[0]
+        if base in DEFAULTS:
+            return base
+    return "en"
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A confirmation message sent, and the link it carries."""
+
+    message: OutgoingMessage
+    url: str
+
+
+def link_for(settings: Settings, subscriber_id: int, issued: int | None = None) -> str:
+    key = settings.secret_key.get_secret_value().encode()
+    # Rounded up: the link must cover a subscription made in the same second (confirm compares times).
+    token = make_token(key, CONFIRM, subscriber_id, math.ceil(time.time()) if issued is None else issued)
+    return f"{settings.base_url}/confirm/{token}"
+
+
+def build(session: Session, settings: Settings, email: str, lists: Sequence[str]) -> Confirmation:
+    """The confirmation message for ``email``'s pending subscriptions to ``lists`` (identifiers)."""
+    if not lists:
+        raise InvalidInput("no list to confirm")
+    sub = get_subscriber(session, email)
+    assert sub.id is not None
+    mlists: list[MailingList] = [get_list(session, identifier) for identifier in lists]
+    first = mlists[0]
+    sender = next((m for m in mlists if m.from_email), None)
+    url = link_for(settings, sub.id)
+    titles = ", ".join(m.title or m.identifier for m in mlists)
+    context = {
+        "email": sub.email,
+        "nom": sub.nom,
+        "lists": titles,
+        "url_confirm": url,
+        "days": str(settings.confirm_link_days),
+    }
+    default_subject, default_text = DEFAULTS[_language(sub.lang, first.lang)]
+    try:
+        subject = TextTemplate(first.confirm_subject or default_subject, "confirmation subject", VARIABLES)
+        text = TextTemplate(first.confirm_text or default_text, "confirmation text", VARIABLES)
+        message = build_notice(
+            from_name=sender.from_name if sender else settings.from_name,
+            from_email=sender.from_email if sender else settings.from_email,
+            to_email=sub.email,
+            to_name=sub.nom,
+            subject=subject.render(context),
+            text=text.render(context),
+            domain=settings.list_domain,
+            kind="confirm",
+            reply_to=settings.reply_to,
+        )
+    except (TemplateError, HeaderError) as exc:
+        raise MailshotError(f"list {first.identifier}: confirmation message not built: {exc}") from None
+    return Confirmation(message, url)
+
+
+def send_confirmation(
+    engine: Engine, settings: Settings, email: str, lists: Sequence[str], *, transport: Transport | None = None
+) -> Confirmation:
+    """Build and send the confirmation message now (MailshotError when the relay refuses it)."""
+    with session_scope(engine) as session:
+        confirmation = build(session, settings, email, lists)
+    hand_over(transport or get_transport(settings.transport, settings), confirmation.message, "confirmation message")
+    return confirmation
+
+
+def read_link(settings: Settings, token: str) -> tuple[int, datetime] | None:
+    """(subscriber id, issued at) of a confirmation link still valid; None when altered or too old."""
+    ids = read_token(settings.secret_key.get_secret_value().encode(), token, CONFIRM, 2)
+    if ids is None:
+        return None
+    subscriber_id, issued = ids
+    age = time.time() - issued
+    if age < -300 or age > settings.confirm_link_days * 86400:  # a few minutes of clock skew between hosts
+        return None
+    return subscriber_id, datetime.fromtimestamp(issued, UTC)
+
+
+def follow(engine: Engine, settings: Settings, token: str, *, client: str | None = None) -> list[str] | None:
+    """Follow a confirmation link: the lists confirmed ([] when already done); None for a bad link."""
+    found = read_link(settings, token)
+    if found is None:
+        return None
+    subscriber_id, issued_at = found
+    with session_scope(engine) as session:
+        return confirm(session, subscriber_id, issued_at, client=client)
