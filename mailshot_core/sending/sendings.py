@@ -169,16 +169,22 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
         raise InvalidInput("the subject is empty")
     if not spec.html.strip() and not (spec.text or "").strip():
         raise InvalidInput("the message is empty: give an HTML body (--html) or a text body (--text)")
+    # The sender, as SPIP's bulkstart chooses it: the one given, else the first of the lists that has
+    # one (a list's own sender), else MAILSHOT_FROM_*.
+    list_sender = next((m for m in lists if m.from_email), None)
+    default_name, default_email = (
+        (list_sender.from_name, list_sender.from_email) if list_sender else (settings.from_name, settings.from_email)
+    )
     try:
         subject = check_header_value("subject", spec.subject.strip(), MAX_HEADER_TEXT)
         from_name = check_header_value(
             "sender name",
-            spec.from_name if spec.from_name is not None else settings.from_name,
+            spec.from_name if spec.from_name is not None else default_name,
             max_length(Mailshot, "from_name"),
         )
     except HeaderError as exc:
         raise InvalidInput(str(exc)) from None
-    from_email = normalise_email(spec.from_email) if spec.from_email else settings.from_email
+    from_email = normalise_email(spec.from_email) if spec.from_email else default_email
     transport = spec.transport or settings.transport
     if transport not in TRANSPORTS:
         raise InvalidInput(f"unknown transport {transport!r} (available: {', '.join(TRANSPORTS)})")
