@@ -227,11 +227,11 @@ MAILSHOT: list[tuple[str, list[tuple[Any, ...]]]] = [
     ),
     (
         "INSERT INTO spip_mailsubscribinglists (id_mailsubscribinglist, identifiant, titre, titre_public, descriptif, "
-        "adresse_envoi_nom, adresse_envoi_email, statut, segments) VALUES (%s, %s, %s, '', '', '', '', %s, '')",
+        "adresse_envoi_nom, adresse_envoi_email, statut, segments) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, '')",
         [
-            (1, "newsletter", "La lettre", "ouverte"),
-            (2, "events", "Événements", "ouverte"),
-            (3, "old", "Old", "poubelle"),
+            (1, "newsletter", "La lettre", "", "Chaque mois", "La rédaction", "Redaction@Example.org", "ouverte"),
+            (2, "events", "Événements (interne)", "Événements", "", "", "", "fermee"),
+            (3, "old", "Old", "", "", "", "", "poubelle"),
         ],
     ),
     (

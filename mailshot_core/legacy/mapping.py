@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -284,6 +285,19 @@ def import_spip_lettres(db: LegacyDatabase, target: Target) -> None:
 # --- SPIP Mailshot + Mailsubscribers ---------------------------------------------------------------------
 
 
+MAILSUBSCRIBINGLIST_COLUMNS = [
+    "id_mailsubscribinglist",
+    "identifiant",
+    "titre",
+    "titre_public",
+    "descriptif",
+    "statut",
+    "adresse_envoi_nom",
+    "adresse_envoi_email",
+]
+LIST_OPEN = ("ouverte", "open")  # Mailsubscribers' statut of a list visitors may join (else fermee, prepa)
+
+
 def import_mailshot(db: LegacyDatabase, target: Target) -> None:
     """Mailsubscribers (subscribers, lists, subscriptions; 1.x `listes` column or 2.x tables), then sendings."""
     report = target.report
@@ -291,18 +305,27 @@ def import_mailshot(db: LegacyDatabase, target: Target) -> None:
     identifiers: dict[str, str] = {}  # legacy identifiant -> our identifier
     by_id: dict[int, str] = {}
 
-    def legacy_list(identifiant: str, title: str = "") -> int:
+    def legacy_list(identifiant: str, title: str = "", **fields: Any) -> int:
         if identifiant not in lists:
             identifiers[identifiant] = slug(identifiant, "liste")
-            lists[identifiant] = target.ensure_list(identifiers[identifiant], title or identifiant)
+            lists[identifiant] = target.ensure_list(identifiers[identifiant], title or identifiant, **fields)
         return lists[identifiant]
 
     if db.has("mailsubscribinglists"):
-        for row in db.rows("mailsubscribinglists", ["id_mailsubscribinglist", "identifiant", "titre", "statut"]):
+        # 2.x lists carry what SPIP's newsletter/lists returns: public title, description, open or closed
+        # (statut ouverte/fermee; "open" in older configurations) and the sender of their sendings.
+        for row in db.rows("mailsubscribinglists", MAILSUBSCRIBINGLIST_COLUMNS):
             if row["statut"] == "poubelle":
                 report.problem("spip_mailsubscribinglists", row["id_mailsubscribinglist"], "in the trash: not imported")
                 continue
-            legacy_list(row["identifiant"], row["titre"])
+            legacy_list(
+                row["identifiant"],
+                (row["titre_public"] or "").strip() or row["titre"],
+                description=row["descriptif"] or "",
+                open=row["statut"] in LIST_OPEN,
+                from_name=row["adresse_envoi_nom"] or "",
+                from_email=row["adresse_envoi_email"] or "",
+            )
             by_id[int(row["id_mailsubscribinglist"])] = row["identifiant"]
     subscriber_ids: dict[int, int] = {}
     if db.has("mailsubscribers"):

@@ -33,6 +33,7 @@ from mailshot_core.store.models import (
     SubscriberStatus,
     Subscription,
     SubscriptionStatus,
+    max_length,
     utcnow,
 )
 
@@ -94,12 +95,39 @@ class Target:
             e: i for i, e in session.exec(select(Subscriber.id, Subscriber.email)) if i
         }
 
-    def ensure_list(self, identifier: str, title: str) -> int:
+    def ensure_list(
+        self,
+        identifier: str,
+        title: str,
+        *,
+        description: str = "",
+        open: bool = False,
+        from_name: str = "",
+        from_email: str = "",
+    ) -> int:
+        """The list named ``identifier``, created with what SPIP knew of it; an existing one is left as
+        it is (the operator may have changed it here since)."""
         found = self.session.exec(select(MailingList).where(MailingList.identifier == identifier)).first()
         if found is not None and found.id is not None:
             self.report.existing["lists"] += 1
             return found.id
-        mlist = MailingList(identifier=identifier, title=one_line(title)[:255] or identifier)
+        sender = ""
+        if from_email.strip():
+            try:
+                sender = normalise_email(from_email)
+            except InvalidInput as exc:
+                self.report.problem("list", identifier, f"sender address not imported: {exc}")
+        name, name_length = one_line(from_name), max_length(MailingList, "from_name")
+        if len(name) > name_length:
+            self.report.problem("list", identifier, f"sender name cut to {name_length} characters")
+        mlist = MailingList(
+            identifier=identifier,
+            title=one_line(title)[:255] or identifier,
+            description=description.strip(),
+            open=open,
+            from_name=name[:name_length] if sender else "",
+            from_email=sender,
+        )
         self.session.add(mlist)
         self.session.flush()
         self.report.created["lists"] += 1

@@ -197,7 +197,16 @@ def test_mailshot_and_mailsubscribers(sites: dict[str, str], db_url: str) -> Non
     engine = engine_for(make_settings(db_url))
     report = mapping.import_legacy(engine, sites["mailshot"], "mailshot")
     state = _state(engine)
-    assert state["lists"] == {"newsletter": "La lettre", "events": "Événements"}
+    assert state["lists"] == {"newsletter": "La lettre", "events": "Événements"}  # the public title when set
+    with engine.connect() as conn:
+        fields = {
+            r[0]: tuple(r[1:])
+            for r in conn.execute(text("SELECT identifier, description, open, from_name, from_email FROM mailing_list"))
+        }
+    assert fields == {
+        "newsletter": ("Chaque mois", True, "La rédaction", "redaction@example.org"),
+        "events": ("", False, "", ""),
+    }
     assert state["subscribers"] == {
         "m1@example.net": ("Mélanie", "valid"),
         "m2@example.net": ("", "valid"),
