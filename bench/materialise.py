@@ -18,7 +18,7 @@ import time
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import lists
 from mailshot_core.config import load_settings
 from mailshot_core.sending import claims, sendings
 from mailshot_core.store.db import get_engine, session_scope
@@ -28,7 +28,7 @@ from mailshot_core.store.models import utcnow
 def fill_subscribers(engine: Engine, count: int, list_name: str) -> None:
     """COUNT valid subscribers r<i>@example.com ("Reader i") on a new list, with set-based inserts."""
     with session_scope(engine) as session:
-        mlist = subscribers.create_list(session, list_name)
+        mlist = lists.create_list(session, list_name)
         now = utcnow()
         chunk = 50_000
         for start in range(0, count, chunk):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import lists, subscribers
 from mailshot_core.config import Settings
 from mailshot_core.sending import lifecycle, pipeline, sendings
-from mailshot_core.store.db import session_scope
+from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import Mailshot
 
 # The secret key of the tests' settings: a public base URL needs at least 32 bytes (config.MIN_SECRET_BYTES).
@@ -21,14 +21,23 @@ HTML = (
 )
 
 
+def two_lists(folder: Path) -> Engine:
+    """A new SQLite database in ``folder`` with the lists news ("Weekly news") and events."""
+    engine = get_engine(f"sqlite:///{folder}/t.db")
+    with session_scope(engine) as session:
+        lists.create_list(session, "news", "Weekly news")
+        lists.create_list(session, "events")
+    return engine
+
+
 def seed(engine: Engine, tmp: Path, n: int, list_name: str = "news", domain: str = "example.com") -> list[str]:
     """A list with n subscribers u0..u(n-1)@domain named 'User i'."""
     path = tmp / f"{list_name}.csv"
     emails = [f"u{i}@{domain}" for i in range(n)]
     path.write_text("email,nom,lang\n" + "".join(f"{e},User {i},fr\n" for i, e in enumerate(emails)))
     with session_scope(engine) as session:
-        if list_name not in [m.identifier for m, _ in subscribers.list_lists(session)]:
-            subscribers.create_list(session, list_name, list_name.title())
+        if list_name not in [m.identifier for m, _ in lists.list_lists(session)]:
+            lists.create_list(session, list_name, list_name.title())
         subscribers.import_csv(session, path, list_name)
     return emails
 

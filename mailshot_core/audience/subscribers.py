@@ -1,4 +1,4 @@
-"""Lists, subscribers, subscriptions: creation, CSV import, unsubscription, history.
+"""Subscribers and subscriptions: CSV import, unsubscription, history (lists: lists.py).
 
 Addresses are validated and normalised with email-validator (no DNS look-up: an
 import of a million rows must not depend on the network) and lower-cased, so one
@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import String, and_, func, literal, union_all, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Subquery
 from sqlmodel import Session, col, select
 
-from mailshot_core.content.message import HeaderError, check_header_value
+from mailshot_core.audience.addresses import check_lang, check_name, normalise_email
+from mailshot_core.audience.lists import get_list
 from mailshot_core.errors import InvalidInput, NotFound
 from mailshot_core.store.models import (
     DeliveryOutcome,
@@ -43,49 +42,13 @@ from mailshot_core.store.models import (
 )
 
 IMPORT_CHUNK = 1000
-# The columns these values are stored in: checked on input, so that a long value is a clear error (a bad
-# row of an import, by line) on SQLite as on PostgreSQL, and never reaches a header whole.
-NAME_LENGTH = max_length(Subscriber, "nom")
-LANG_LENGTH = max_length(Subscriber, "lang")
-TITLE_LENGTH = max_length(MailingList, "title")
-LIST_NAME_LENGTH = max_length(MailingList, "identifier")
 _SOURCE_LENGTH = max_length(OptinEvent, "source")
 _CLIENT_LENGTH = max_length(OptinEvent, "client")
-_LIST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _SUBSCRIBERS = Subscriber.__table__  # type: ignore[attr-defined]
 _SUBSCRIPTIONS = Subscription.__table__  # type: ignore[attr-defined]
 _RECIPIENTS = Recipient.__table__  # type: ignore[attr-defined]
 _OUTCOMES = DeliveryOutcome.__table__  # type: ignore[attr-defined]
 _MAILSHOTS = Mailshot.__table__  # type: ignore[attr-defined]
-
-
-def normalise_email(raw: str) -> str:
-    """The canonical form of an address, or InvalidInput saying why it is not one."""
-    value = raw.strip()
-    if not value:
-        raise InvalidInput("empty address")
-    try:
-        # allow_smtputf8=False: message.py and the SMTP transport send plain-ASCII envelopes and headers, so
-        # an address with non-ASCII before the "@" would be imported and then never be sendable.
-        result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as exc:
-        raise InvalidInput(f"invalid address {value!r}: {exc}") from None
-    # An internationalised domain is stored in its ASCII (IDNA) form, which SMTP and headers accept.
-    return (result.ascii_email or result.normalized).lower()
-
-
-def check_name(nom: str) -> str:
-    try:
-        return check_header_value("name", nom.strip(), NAME_LENGTH)
-    except HeaderError as exc:
-        raise InvalidInput(str(exc)) from None
-
-
-def check_lang(lang: str) -> str:
-    lang = lang.strip()
-    if len(lang) > LANG_LENGTH or not lang.isprintable():
-        raise InvalidInput(f"lang {lang[:40]!r}: not a language code (at most {LANG_LENGTH} printable characters)")
-    return lang
 
 
 def insert_ignore(session: Session, table: Any) -> Any:
@@ -96,57 +59,6 @@ def insert_ignore(session: Session, table: Any) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     raise NotImplementedError(f"database {dialect!r} is not supported (use SQLite or PostgreSQL)")
-
-
-# --- lists ------------------------------------------------------------------------------------------
-
-
-def create_list(session: Session, identifier: str, title: str = "") -> MailingList:
-    identifier = identifier.strip()
-    # ASCII only and dot-separated labels: the identifier becomes the left part of the List-Id
-    # (RFC 2919 §2: a dot-atom), which str.isalnum() (true for "é") did not guarantee.
-    if len(identifier) > LIST_NAME_LENGTH or not _LIST_NAME.fullmatch(identifier):
-        raise InvalidInput(
-            f"invalid list name {identifier[:100]!r}: use ASCII letters, digits, '-', '_', and '.' between them, "
-            f"at most {LIST_NAME_LENGTH} characters (it becomes part of List-Id)"
-        )
-    if session.exec(select(MailingList).where(MailingList.identifier == identifier)).first():
-        raise InvalidInput(f"list {identifier!r} already exists")
-    try:
-        title = check_header_value("list title", title.strip() or identifier, TITLE_LENGTH)
-    except HeaderError as exc:
-        raise InvalidInput(str(exc)) from None
-    mlist = MailingList(identifier=identifier, title=title)
-    session.add(mlist)
-    session.flush()
-    return mlist
-
-
-def get_list(session: Session, identifier: str) -> MailingList:
-    mlist = session.exec(select(MailingList).where(MailingList.identifier == identifier)).first()
-    if mlist is None:
-        known = session.exec(select(MailingList.identifier).order_by(MailingList.identifier)).all()
-        hint = (
-            f" (existing lists: {', '.join(known)})" if known else " (no list exists yet: mailshot lists create NAME)"
-        )
-        raise NotFound(f"unknown list {identifier!r}{hint}")
-    return mlist
-
-
-def list_lists(session: Session) -> list[tuple[MailingList, int]]:
-    """Every list with its number of valid subscriptions."""
-    counts = (
-        select(Subscription.list_id, func.count().label("n"))  # type: ignore[call-overload]
-        .where(Subscription.status == SubscriptionStatus.VALID)
-        .group_by(col(Subscription.list_id))
-        .subquery()
-    )
-    rows = session.execute(
-        select(MailingList, func.coalesce(counts.c.n, 0))
-        .outerjoin(counts, counts.c.list_id == MailingList.id)
-        .order_by(MailingList.identifier)
-    ).all()
-    return [(r[0], int(r[1])) for r in rows]
 
 
 # --- subscribers ------------------------------------------------------------------------------------

@@ -18,14 +18,9 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from mailshot_core.audience.subscribers import (
-    check_lang,
-    check_name,
-    get_list,
-    normalise_email,
-    record_optin,
-    unsubscribe,
-)
+from mailshot_core.audience.addresses import check_lang, check_name, normalise_email
+from mailshot_core.audience.lists import get_list
+from mailshot_core.audience.subscribers import record_optin, unsubscribe
 from mailshot_core.errors import InvalidInput
 from mailshot_core.store.models import (
     MailingList,

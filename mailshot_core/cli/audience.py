@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import lists, subscribers
 from mailshot_core.cli.common import (
     db_session,
     err,
@@ -24,7 +24,7 @@ def lists_create(
 ) -> None:
     """Create a mailing list NAME."""
     with db_session() as session:
-        mlist = subscribers.create_list(session, name, title)
+        mlist = lists.create_list(session, name, title)
         out.print(f"list {mlist.identifier} created")
 
 
@@ -33,7 +33,7 @@ def lists_list() -> None:
     """Show the lists and their number of valid subscriptions."""
     with db_session() as session:
         table = Table("list", "title", "subscribers")
-        for mlist, n in subscribers.list_lists(session):
+        for mlist, n in lists.list_lists(session):
             table.add_row(mlist.identifier, mlist.title, str(n))
         out.print(table)
 

@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
-from mailshot_core.audience.subscribers import insert_ignore, normalise_email
+from mailshot_core.audience.addresses import normalise_email
+from mailshot_core.audience.subscribers import insert_ignore
 from mailshot_core.errors import InvalidInput
 from mailshot_core.sending import sendings
 from mailshot_core.store.models import (

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from mailshot_core.audience.subscribers import get_list
+from mailshot_core.audience.lists import get_list
 from mailshot_core.config import Settings
 from mailshot_core.content.message import Envelope, MessageBuilder, OutgoingMessage
 from mailshot_core.content.render import CompiledMailshot, Personalisation

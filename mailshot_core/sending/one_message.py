@@ -10,7 +10,8 @@ import asyncio
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from mailshot_core.audience.subscribers import current_lists, normalise_email
+from mailshot_core.audience.addresses import normalise_email
+from mailshot_core.audience.subscribers import current_lists
 from mailshot_core.config import Settings
 from mailshot_core.content.message import HeaderError, OutgoingMessage
 from mailshot_core.content.render import TemplateError

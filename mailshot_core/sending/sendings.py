@@ -30,7 +30,8 @@ from sqlalchemy import func, or_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from mailshot_core.audience.subscribers import get_list, normalise_email
+from mailshot_core.audience.addresses import normalise_email
+from mailshot_core.audience.lists import get_list
 from mailshot_core.config import Settings
 from mailshot_core.content.message import MAX_HEADER_TEXT, HeaderError, check_header_value
 from mailshot_core.content.render import CompiledMailshot, TemplateError, html_to_text, inline_css

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from conftest import engine_for, make_settings
 from helpers import create
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import lists, subscribers
 from mailshot_core.config import MAX_NAME_LENGTH, Settings
 from mailshot_core.errors import InvalidInput
 from mailshot_core.store.db import session_scope
@@ -23,7 +23,7 @@ def site(db_url: str) -> tuple[Engine, Settings]:
     settings = make_settings(db_url)
     engine = engine_for(settings)
     with session_scope(engine) as session:
-        subscribers.create_list(session, "news", "News")
+        lists.create_list(session, "news", "News")
         subscribers.add_subscriber(session, "ann@example.org", "news", "Ann")
     return engine, settings
 
@@ -79,7 +79,7 @@ def test_list_title_and_sending_header_values_are_capped(site: tuple[Engine, Set
         pytest.raises(InvalidInput, match="list title is 256 characters long; at most 255"),
         session_scope(engine) as session,
     ):
-        subscribers.create_list(session, "other", "T" * 256)
+        lists.create_list(session, "other", "T" * 256)
     with pytest.raises(InvalidInput, match="sender name is 256 characters long; at most 255"):
         create(engine, settings, from_name="S" * 256)
     with pytest.raises(InvalidInput, match="subject is 999 characters long; at most 998"):

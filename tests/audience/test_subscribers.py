@@ -12,19 +12,12 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from mailshot_core.audience.subscribers import (
-    add_subscriber,
-    check_name,
-    create_list,
-    get_list,
-    history,
-    import_csv,
-    list_lists,
-    normalise_email,
-    unsubscribe,
-)
+from helpers import two_lists
+from mailshot_core.audience.addresses import check_name, normalise_email
+from mailshot_core.audience.lists import get_list, list_lists
+from mailshot_core.audience.subscribers import add_subscriber, history, import_csv, unsubscribe
 from mailshot_core.errors import InvalidInput, NotFound
-from mailshot_core.store.db import get_engine, session_scope
+from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import (
     FeedbackEvent,
     Mailshot,
@@ -39,10 +32,7 @@ from mailshot_core.store.models import (
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = get_engine(f"sqlite:///{tmp_path}/t.db")
-    with session_scope(eng) as s:
-        create_list(s, "news", "Weekly news")
-        create_list(s, "events")
+    eng = two_lists(tmp_path)
     yield eng
     eng.dispose()
 
@@ -317,39 +307,6 @@ def test_history_shows_lists_sendings_and_events(engine: Engine) -> None:
     assert [(e.kind, e.email) for e in h.events] == [("unsub", "ann@example.org")]
     with pytest.raises(NotFound), session_scope(engine) as s:
         history(s, "nobody@example.org")
-
-
-@pytest.mark.parametrize("name", ["", "  ", "a b", "été", "a..b", ".a", "a.", "a/b", "a@b", "x" * 101, "ne\nws"])
-def test_create_list_refuses_invalid_names(engine: Engine, name: str) -> None:
-    """A list name must be a dot-atom of ASCII letters, digits, '-', '_' (it becomes the List-Id)."""
-    with pytest.raises(InvalidInput, match="invalid list name"), session_scope(engine) as s:
-        create_list(s, name)
-
-
-def test_create_list_valid_names_and_duplicates(engine: Engine) -> None:
-    """Valid names are created (title defaults to the name); a duplicate or a title with CR/LF is refused."""
-    with session_scope(engine) as s:
-        assert create_list(s, "news.fr").title == "news.fr"
-        assert create_list(s, " a-b_c ", "Lettre d’été").identifier == "a-b_c"
-    with pytest.raises(InvalidInput, match="already exists"), session_scope(engine) as s:
-        create_list(s, "news")
-    with pytest.raises(InvalidInput, match="single line"), session_scope(engine) as s:
-        create_list(s, "other", "Title\r\nX-Evil: 1")
-
-
-def test_get_list_unknown_names_the_existing_lists(engine: Engine, tmp_path: Path) -> None:
-    """An unknown list is NotFound whose message lists the lists that exist (or says there are none)."""
-    with (
-        pytest.raises(NotFound, match=r"unknown list 'nope' \(existing lists: events, news\)"),
-        session_scope(engine) as s,
-    ):
-        get_list(s, "nope")
-    empty = get_engine(f"sqlite:///{tmp_path}/empty.db")
-    try:
-        with pytest.raises(NotFound, match="no list exists yet"), session_scope(empty) as s:
-            get_list(s, "news")
-    finally:
-        empty.dispose()
 
 
 def test_import_of_50000_rows(engine: Engine, tmp_path: Path) -> None:

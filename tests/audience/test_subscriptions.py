@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from conftest import engine_for, make_settings
 from helpers import create, drive, recipients
-from mailshot_core.audience import subscribers, subscriptions
+from mailshot_core.audience import lists, subscribers, subscriptions
 from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.errors import InvalidInput
 from mailshot_core.sending import confirmations
@@ -27,11 +27,7 @@ LINK = re.compile(r"https://news\.example\.org/confirm/(\S+)")
 
 def _open_list(url: str, identifier: str = "news", **fields: object) -> None:
     with session_scope(engine_for(make_settings(url))) as session:
-        subscribers.create_list(session, identifier, identifier.title())
-        mlist = session.exec(select(MailingList).where(MailingList.identifier == identifier)).one()
-        mlist.open = True
-        for name, value in fields.items():
-            setattr(mlist, name, value)
+        lists.create_list(session, identifier, identifier.title(), **{"open": True, **fields})
 
 
 def _body(raw: bytes) -> EmailMessage:
@@ -169,10 +165,12 @@ def test_preferences_join_and_leave(sqlite_url: str) -> None:
 def test_a_list_template_is_checked_and_used(sqlite_url: str, relay: DevRelay) -> None:
     settings = make_settings(sqlite_url, relay)
     engine = engine_for(settings)
-    with pytest.raises(InvalidInput, match="url_confirm"):
-        confirmations.check_template("Hi", "no link here")
-    with pytest.raises(InvalidInput, match="unknown variable"):
-        confirmations.check_template("Hi {{ password }}", None)
+    with session_scope(engine) as session:
+        lists.create_list(session, "other")
+        with pytest.raises(InvalidInput, match="url_confirm"):
+            lists.update_list(session, "other", confirm_text="no link here")
+        with pytest.raises(InvalidInput, match="unknown variable"):
+            lists.update_list(session, "other", confirm_subject="Hi {{ password }}")
     _open_list(sqlite_url, confirm_subject="Join {{ lists }}?", confirm_text="Click {{ url_confirm }} ({{ email }})")
     with session_scope(engine) as session:
         subscriptions.subscribe(session, "t@example.com", ["news"], source="api")

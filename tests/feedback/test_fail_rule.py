@@ -19,6 +19,7 @@ from bouncemail import dsn
 from conftest import TEST_KEY, engine_for, make_settings
 from helpers import create, drive, recipients
 from mailshot_core.audience import subscribers
+from mailshot_core.audience.lists import create_list
 from mailshot_core.cli import main
 from mailshot_core.config import get_settings
 from mailshot_core.devtools.relay import DevRelay, FaultPlan
@@ -52,8 +53,8 @@ def test_four_sendings_unsubscribe_exactly_the_addresses_the_rule_names(
     settings = make_settings(db_url, bounce_address="bounces@news.example.org")
     engine = engine_for(settings)
     with session_scope(engine) as session:
-        subscribers.create_list(session, "news")
-        subscribers.create_list(session, "extra")
+        create_list(session, "news")
+        create_list(session, "extra")
         for name, lists in MEMBERS.items():
             for lst in lists:
                 subscribers.add_subscriber(session, f"{name}@{D}", lst)
@@ -172,7 +173,7 @@ def test_the_rule_still_sees_sendings_archived_by_the_purge(db_url: str, tmp_pat
     settings = make_settings(db_url)
     engine = engine_for(settings)
     with session_scope(engine) as session:
-        subscribers.create_list(session, "news")
+        create_list(session, "news")
         for name in ("ok", "dead"):
             subscribers.add_subscriber(session, f"{name}@{D}", "news")
     ids = []
