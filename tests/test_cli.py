@@ -89,6 +89,11 @@ def test_a_draft_waits_for_send_and_test_messages_work_on_it(seeded, tmp_path: P
 
 
 BAD_INPUTS = [
+    ("list sender not an address", ["lists", "update", "news", "--from-email", "nobody"], "invalid address 'nobody'"),
+    ("list update without a field", ["lists", "update", "news"], "nothing to change"),
+    ("list confirmation without link", ["lists", "update", "news", "--confirm-text", "{tmp}/body.html"], "url_confirm"),
+    ("list confirmation bad syntax", ["lists", "update", "news", "--confirm-subject", "{{ x"], "confirmation subject"),
+    ("unknown list to update", ["lists", "update", "nope", "--open"], "unknown list 'nope'"),
     ("malformed CSV", ["subscribers", "import", "{tmp}/nohead.csv", "--list", "news"], "line 1: no 'email' column"),
     ("CSV file missing", ["subscribers", "import", "{tmp}/missing.csv", "--list", "news"], "no such file"),
     ("CSV not UTF-8", ["subscribers", "import", "{tmp}/latin1.csv", "--list", "news"], "not UTF-8"),
@@ -282,3 +287,27 @@ def test_non_utf8_argument_is_one_clear_line(cli, tmp_path: Path) -> None:  # ty
     assert done.returncode == 1, done.stderr
     assert done.stderr.decode().strip().startswith("error: argument 5 ('l\\\\xff') is not UTF-8 text: byte 0xff")
     assert b"Traceback" not in done.stderr and not (tmp_path / "raw.db").exists()
+
+
+def test_lists_carry_their_sender_and_public_status(seeded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`lists create/update` set the fields SPIP's lists have; `lists list` shows them with pending counts;
+    a sending on the list takes its sender."""
+    cli = seeded
+    code, out, err = cli(
+        "lists", "update", "news", "--open", "--from-name", "The Team", "--from-email", "Team@Example.org"
+    )
+    assert code == 0, err
+    assert "from_email, from_name, open" in out
+    code, out, _ = cli("lists", "list", env={"COLUMNS": "200"})
+    assert code == 0
+    row = next(line for line in out.splitlines() if " news " in line)
+    assert "open" in row and "The Team <team@example.org>" in row and "double" in row
+    assert cli("create", "--subject", "Hi", "--html", str(tmp_path / "body.html"), "--list", "news")[0] == 0
+    con = sqlite3.connect(cli.db_file)
+    try:
+        assert con.execute("select from_name, from_email from mailshot order by id desc").fetchone() == (
+            "The Team",
+            "team@example.org",
+        )
+    finally:
+        con.close()

@@ -164,3 +164,13 @@ def list_lists(session: Session) -> list[tuple[MailingList, int]]:
         .order_by(MailingList.identifier)
     ).all()
     return [(r[0], int(r[1])) for r in rows]
+
+
+def pending_counts(session: Session) -> dict[int, int]:
+    """List id -> subscriptions waiting for their double opt-in confirmation."""
+    rows = session.exec(
+        select(Subscription.list_id, func.count())
+        .where(Subscription.status == SubscriptionStatus.PENDING)
+        .group_by(col(Subscription.list_id))
+    ).all()
+    return {list_id: int(n) for list_id, n in rows}

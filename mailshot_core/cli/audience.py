@@ -14,27 +14,123 @@ from mailshot_core.cli.common import (
     err,
     lists_app,
     out,
+    read_file,
     subs_app,
 )
+from mailshot_core.errors import InvalidInput
+
+# The fields `lists create` and `lists update` share (None: not given, so unchanged by update).
+Description = Annotated[str | None, typer.Option(help="What the list is about (shown on the subscribe page).")]
+Open = Annotated[
+    bool | None, typer.Option("--open/--closed", help="Open: visitors may subscribe themselves (default closed).")
+]
+FromName = Annotated[str | None, typer.Option(help="Sender name of its sendings ('' removes it).")]
+FromEmail = Annotated[
+    str | None,
+    typer.Option(help="Sender address of its sendings, when it is their first list with one ('' removes it)."),
+]
+DoubleOptin = Annotated[
+    bool | None,
+    typer.Option(
+        "--double-optin/--single-optin",
+        help="A visitor's subscription waits for the emailed link (default), or counts at once.",
+    ),
+]
+Lang = Annotated[str | None, typer.Option(help="Language of its confirmation message (en, fr, es, de, it).")]
+ConfirmSubject = Annotated[
+    str | None, typer.Option(help="Subject of its confirmation message (a template; '' = the default).")
+]
+ConfirmText = Annotated[
+    Path | None,
+    typer.Option(help="File with its confirmation message's text: a template with {{ url_confirm }}."),
+]
+
+
+def _fields(**given: object) -> dict[str, object]:
+    text = given.pop("confirm_text")
+    if isinstance(text, Path):
+        given["confirm_text"] = read_file(text, "confirmation text")
+    return {name: value for name, value in given.items() if value is not None}
 
 
 @lists_app.command("create")
 def lists_create(
-    name: str, title: Annotated[str, typer.Option(help="Human title (List-Id description).")] = ""
+    name: str,
+    title: Annotated[str, typer.Option(help="Human title (List-Id description, pages).")] = "",
+    description: Description = None,
+    open_: Open = None,
+    from_name: FromName = None,
+    from_email: FromEmail = None,
+    double_optin: DoubleOptin = None,
+    lang: Lang = None,
+    confirm_subject: ConfirmSubject = None,
+    confirm_text: ConfirmText = None,
 ) -> None:
-    """Create a mailing list NAME."""
+    """Create a mailing list NAME (closed, double opt-in, no sender of its own unless told)."""
+    fields = _fields(
+        description=description,
+        open=open_,
+        from_name=from_name,
+        from_email=from_email,
+        double_optin=double_optin,
+        lang=lang,
+        confirm_subject=confirm_subject,
+        confirm_text=confirm_text,
+    )
     with db_session() as session:
-        mlist = lists.create_list(session, name, title)
-        out.print(f"list {mlist.identifier} created")
+        mlist = lists.create_list(session, name, title, **fields)
+        out.print(f"list {mlist.identifier} created ({'open' if mlist.open else 'closed'})")
+
+
+@lists_app.command("update")
+def lists_update(
+    name: str,
+    title: Annotated[str | None, typer.Option(help="Human title.")] = None,
+    description: Description = None,
+    open_: Open = None,
+    from_name: FromName = None,
+    from_email: FromEmail = None,
+    double_optin: DoubleOptin = None,
+    lang: Lang = None,
+    confirm_subject: ConfirmSubject = None,
+    confirm_text: ConfirmText = None,
+) -> None:
+    """Change the given fields of list NAME; the others stay as they are."""
+    fields = _fields(
+        title=title,
+        description=description,
+        open=open_,
+        from_name=from_name,
+        from_email=from_email,
+        double_optin=double_optin,
+        lang=lang,
+        confirm_subject=confirm_subject,
+        confirm_text=confirm_text,
+    )
+    if not fields:
+        raise InvalidInput("nothing to change: give at least one option (see mailshot lists update --help)")
+    with db_session() as session:
+        mlist = lists.update_list(session, name, **fields)
+        out.print(f"list {mlist.identifier} updated: {', '.join(sorted(fields))}")
 
 
 @lists_app.command("list")
 def lists_list() -> None:
-    """Show the lists and their number of valid subscriptions."""
+    """Show the lists: open or closed, sender, double opt-in, valid and pending subscriptions."""
     with db_session() as session:
-        table = Table("list", "title", "subscribers")
+        pending = lists.pending_counts(session)
+        table = Table("list", "title", "public", "sender", "opt-in", "subscribers", "pending")
         for mlist, n in lists.list_lists(session):
-            table.add_row(mlist.identifier, mlist.title, str(n))
+            sender = f"{mlist.from_name} <{mlist.from_email}>" if mlist.from_email else ""
+            table.add_row(
+                mlist.identifier,
+                mlist.title,
+                "open" if mlist.open else "closed",
+                sender,
+                "double" if mlist.double_optin else "single",
+                str(n),
+                str(pending.get(mlist.id or 0, 0)),
+            )
         out.print(table)
 
 
