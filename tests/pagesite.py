@@ -25,7 +25,7 @@ from sqlmodel import col
 from conftest import engine_for, make_settings
 from fakes.webhooks import SnsSigner, WebServer, free_socket
 from helpers import HTML, create, drive, seed
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import subscriptions
 from mailshot_core.config import Settings
 from mailshot_core.devtools.relay import DevRelay, FaultPlan
 from mailshot_core.sending import archive, sendings
@@ -82,7 +82,7 @@ def _fill(settings: Settings, tmp: Path) -> dict[str, int]:
     engine = engine_for(settings)
     seed(engine, tmp, 40)
     with session_scope(engine) as session:
-        subscribers.add_subscriber(session, EVIL_EMAIL, "news", nom=EVIL, lang="en")
+        subscriptions.add_subscriber(session, EVIL_EMAIL, "news", nom=EVIL, lang="en")
     ids = {}
     ids["archived"] = create(engine, settings, subject="Spring issue")
     drive(engine, settings, ids["archived"])

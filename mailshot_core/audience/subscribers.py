@@ -219,47 +219,6 @@ def _upsert(session: Session, mlist: MailingList, rows: Sequence[_Row], report: 
         report.new_subscriptions += len(new)
 
 
-def add_subscriber(
-    session: Session, email: str, list_identifier: str, nom: str = "", lang: str = ""
-) -> tuple[Subscriber, bool]:
-    """Subscribe one address to a list; returns (subscriber, whether a subscription was created).
-
-    An explicit add re-subscribes someone who had left (unlike a bulk import): it is the operator's
-    decision for one person.
-    """
-    mlist = get_list(session, list_identifier)
-    address = normalise_email(email)
-    nom = check_name(nom)
-    lang = check_lang(lang)
-    sub = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
-    now = utcnow()
-    if sub is None:
-        sub = Subscriber(email=address, nom=nom, lang=lang)
-        session.add(sub)
-        session.flush()
-    else:
-        if nom:
-            sub.nom = nom
-        if lang:
-            sub.lang = lang
-        if sub.status != SubscriberStatus.VALID:
-            sub.status = SubscriberStatus.VALID
-            sub.unsubscribed_at = None
-            sub.unsubscribe_reason = None
-        sub.updated_at = now
-    link = session.get(Subscription, (sub.id, mlist.id))
-    created = False
-    if link is None:
-        session.add(Subscription(subscriber_id=sub.id, list_id=mlist.id, status=SubscriptionStatus.VALID))  # type: ignore[arg-type]
-        created = True
-    elif link.status != SubscriptionStatus.VALID:
-        link.status = SubscriptionStatus.VALID
-        link.updated_at = now
-        created = True
-    session.flush()
-    return sub, created
-
-
 def get_subscriber(session: Session, email: str) -> Subscriber:
     try:
         address = normalise_email(email)

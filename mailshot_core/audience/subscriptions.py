@@ -132,6 +132,16 @@ def subscribe(
     return outcome
 
 
+def add_subscriber(
+    session: Session, email: str, list_identifier: str, nom: str = "", lang: str = "", *, source: str = "cli"
+) -> tuple[Subscriber, bool]:
+    """The operator subscribes one address to one list, at once (forced: no confirmation), even
+    someone who had left: it is the operator's decision for one person.  Returns (subscriber,
+    whether the subscription is new)."""
+    outcome = subscribe(session, email, [list_identifier], nom=nom, lang=lang, force=True, source=source)
+    return outcome.subscriber, bool(outcome.subscribed)
+
+
 def _become_valid(sub: Subscriber, now: datetime) -> None:
     if sub.status != SubscriberStatus.VALID:
         sub.status = SubscriberStatus.VALID

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mailshot_core.audience import lists, subscribers
+from mailshot_core.audience import lists, subscribers, subscriptions
 from mailshot_core.cli.common import (
     db_session,
     err,
@@ -164,7 +164,7 @@ def subs_add(
 ) -> None:
     """Subscribe EMAIL to a list."""
     with db_session() as session:
-        sub, created = subscribers.add_subscriber(session, email, list_, nom, lang)
+        sub, created = subscriptions.add_subscriber(session, email, list_, nom, lang)
         out.print(f"{sub.email} {'subscribed to' if created else 'already subscribed to'} {list_}")
 
 

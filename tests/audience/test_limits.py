@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from conftest import engine_for, make_settings
 from helpers import create
-from mailshot_core.audience import lists, subscribers
+from mailshot_core.audience import lists, subscribers, subscriptions
 from mailshot_core.config import MAX_NAME_LENGTH, Settings
 from mailshot_core.errors import InvalidInput
 from mailshot_core.store.db import session_scope
@@ -24,7 +24,7 @@ def site(db_url: str) -> tuple[Engine, Settings]:
     engine = engine_for(settings)
     with session_scope(engine) as session:
         lists.create_list(session, "news", "News")
-        subscribers.add_subscriber(session, "ann@example.org", "news", "Ann")
+        subscriptions.add_subscriber(session, "ann@example.org", "news", "Ann")
     return engine, settings
 
 
@@ -66,7 +66,7 @@ def test_add_refuses_a_name_or_lang_longer_than_its_column(
     """`subscribers add` with a 100,000-character name (or an overlong lang) is refused; nothing is written."""
     engine, _ = site
     with pytest.raises(InvalidInput, match=why), session_scope(engine) as session:
-        subscribers.add_subscriber(session, "bob@example.org", "news", nom, lang)
+        subscriptions.add_subscriber(session, "bob@example.org", "news", nom, lang)
     assert _count(engine, Subscriber) == 1
 
 

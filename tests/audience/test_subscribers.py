@@ -15,7 +15,8 @@ from sqlmodel import select
 from helpers import two_lists
 from mailshot_core.audience.addresses import check_name, normalise_email
 from mailshot_core.audience.lists import get_list, list_lists
-from mailshot_core.audience.subscribers import add_subscriber, history, import_csv, unsubscribe
+from mailshot_core.audience.subscribers import history, import_csv, unsubscribe
+from mailshot_core.audience.subscriptions import add_subscriber
 from mailshot_core.errors import InvalidInput, NotFound
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import (

@@ -18,7 +18,7 @@ from sqlmodel import select
 from bouncemail import dsn
 from conftest import TEST_KEY, engine_for, make_settings
 from helpers import create, drive, recipients
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import subscribers, subscriptions
 from mailshot_core.audience.lists import create_list
 from mailshot_core.cli import main
 from mailshot_core.config import get_settings
@@ -57,7 +57,7 @@ def test_four_sendings_unsubscribe_exactly_the_addresses_the_rule_names(
         create_list(session, "extra")
         for name, lists in MEMBERS.items():
             for lst in lists:
-                subscribers.add_subscriber(session, f"{name}@{D}", lst)
+                subscriptions.add_subscriber(session, f"{name}@{D}", lst)
     ids = []
     for number, (lists, faults) in enumerate(PLANS, 1):
         with DevRelay(faults=FaultPlan({f"{n}@{D}": r for n, r in faults.items()})) as relay:
@@ -175,7 +175,7 @@ def test_the_rule_still_sees_sendings_archived_by_the_purge(db_url: str, tmp_pat
     with session_scope(engine) as session:
         create_list(session, "news")
         for name in ("ok", "dead"):
-            subscribers.add_subscriber(session, f"{name}@{D}", "news")
+            subscriptions.add_subscriber(session, f"{name}@{D}", "news")
     ids = []
     for _ in range(3):
         with DevRelay(faults=FaultPlan({f"dead@{D}": UNKNOWN})) as relay:
