@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from mailshot_core.audience.addresses import check_lang, check_name, normalise_email
@@ -25,6 +26,7 @@ from mailshot_core.errors import InvalidInput
 from mailshot_core.store.models import (
     MailingList,
     OptinEvent,
+    Recipient,
     Subscriber,
     SubscriberStatus,
     Subscription,
@@ -270,3 +272,44 @@ def requests_since(session: Session, subscriber_id: int, since: datetime) -> int
             )
         ).all()
     )
+
+
+@dataclass(frozen=True)
+class ExpiredRequests:
+    subscriptions: int  # pending subscriptions whose link has expired, deleted
+    addresses: int  # addresses that had nothing else, deleted with their trail (they never consented)
+
+
+def expire_pending(session: Session, before: datetime, *, dry_run: bool = False) -> ExpiredRequests:
+    """Forget the subscription requests nobody confirmed before ``before`` (their links no longer work):
+    an address typed into a form by someone else is not kept for ever.  An address left with no
+    subscription at all, that was never subscribed (status pending) and never received a sending,
+    is deleted with its trail; the others keep their trail, which records the request."""
+    stale = (
+        col(Subscription.status) == SubscriptionStatus.PENDING,
+        col(Subscription.updated_at) < before,
+    )
+    owners = list(session.exec(select(Subscription.subscriber_id).where(*stale)).all())
+    if not owners:
+        return ExpiredRequests(0, 0)
+    still_on = select(Subscription.subscriber_id).where(
+        col(Subscription.subscriber_id).in_(owners), ~(stale[0] & stale[1])
+    )
+    received = select(Recipient.subscriber_id).where(col(Recipient.subscriber_id).in_(owners))
+    orphans = set(
+        session.exec(
+            select(Subscriber.id).where(
+                col(Subscriber.id).in_(set(owners)),
+                Subscriber.status == SubscriberStatus.PENDING,
+                col(Subscriber.id).not_in(still_on),
+                col(Subscriber.id).not_in(received),
+            )
+        ).all()
+    )
+    if not dry_run:
+        session.execute(delete(Subscription).where(*stale))
+        if orphans:
+            session.execute(delete(OptinEvent).where(col(OptinEvent.subscriber_id).in_(orphans)))
+            session.execute(delete(Subscriber).where(col(Subscriber.id).in_(orphans)))
+        session.flush()
+    return ExpiredRequests(len(owners), len(orphans))

@@ -42,9 +42,11 @@ def purge(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be archived.")] = False,
 ) -> None:
-    """Archive finished sendings: recipient rows deleted, counters kept, the most recent one never archived."""
+    """Archive finished sendings (recipient rows deleted, counters kept, the most recent one never archived),
+    and forget the subscription requests nobody confirmed before their link expired."""
     from mailshot_core.duration import DurationError, parse_duration
     from mailshot_core.sending import archive as purging
+    from mailshot_core.sending.confirmations import expire_requests
 
     try:
         age = parse_duration(older_than if older_than is not None else current_settings().purge_after)
@@ -70,6 +72,7 @@ def purge(
     for mailshot_id in report.repaired:
         err.print(f"sending {mailshot_id}: counters differed from its recipient rows; the recount was kept")
     out.print(report.summary())
+    out.print(expire_requests(open_engine(), current_settings(), dry_run=dry_run))
 
 
 @app.command("import-legacy")

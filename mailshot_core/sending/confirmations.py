@@ -16,14 +16,14 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from mailshot_core.audience.lists import get_list
 from mailshot_core.audience.subscribers import get_subscriber
-from mailshot_core.audience.subscriptions import confirm
+from mailshot_core.audience.subscriptions import confirm, expire_pending
 from mailshot_core.config import Settings
 from mailshot_core.content.confirmation import DEFAULTS, VARIABLES, language
 from mailshot_core.content.message import HeaderError, OutgoingMessage, build_notice
@@ -120,3 +120,16 @@ def follow(engine: Engine, settings: Settings, token: str, *, client: str | None
     subscriber_id, issued_at = found
     with session_scope(engine) as session:
         return confirm(session, subscriber_id, issued_at, client=client)
+
+
+def expire_requests(engine: Engine, settings: Settings, *, dry_run: bool = False) -> str:
+    """Forget the requests whose confirmation link has expired (purge-stats, ``mailshot purge``); the
+    summary line."""
+    before = datetime.now(UTC) - timedelta(days=settings.confirm_link_days)
+    with session_scope(engine) as session:
+        done = expire_pending(session, before, dry_run=dry_run)
+    verb = "would be forgotten" if dry_run else "forgotten"
+    return (
+        f"{done.subscriptions} unconfirmed subscription request(s) older than {settings.confirm_link_days} days "
+        f"{verb}, {done.addresses} address(es) with nothing else removed"
+    )

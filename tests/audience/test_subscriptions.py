@@ -7,6 +7,7 @@ import email
 import email.policy
 import re
 import time
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -178,3 +179,30 @@ def test_a_list_template_is_checked_and_used(sqlite_url: str, relay: DevRelay) -
     msg = _body(relay.messages[0].data)
     assert msg["Subject"] == "Join News?"
     assert re.fullmatch(r"Click https://news\.example\.org/confirm/\S+ \(t@example\.com\)\r?\n", msg.get_content())
+
+
+def test_unconfirmed_requests_are_forgotten_once_their_link_expired(db_url: str) -> None:
+    settings = make_settings(db_url)
+    engine = engine_for(settings)
+    _open_list(db_url)
+    _open_list(db_url, "events")
+    with session_scope(engine) as session:
+        subscriptions.subscribe(session, "stranger@example.com", ["news"], public=True, source="page")
+        subscriptions.subscribe(session, "member@example.com", ["events"], force=True, source="api")
+        subscriptions.subscribe(session, "member@example.com", ["news"], public=True, source="page")
+        subscriptions.subscribe(session, "recent@example.com", ["news"], public=True, source="page")
+        for link in session.exec(select(Subscription)).all():  # every request but recent@'s is old
+            if (
+                link.status == "pending"
+                and link.subscriber_id != subscribers.get_subscriber(session, "recent@example.com").id
+            ):
+                link.updated_at = link.updated_at - timedelta(days=settings.confirm_link_days + 1)
+    assert "2 unconfirmed subscription request(s)" in confirmations.expire_requests(engine, settings, dry_run=True)
+    summary = confirmations.expire_requests(engine, settings)
+    assert summary.startswith("2 unconfirmed") and "1 address(es)" in summary
+    with session_scope(engine) as session:
+        assert {s.email for s in session.exec(select(Subscriber)).all()} == {"member@example.com", "recent@example.com"}
+        member = subscribers.get_subscriber(session, "member@example.com")
+        assert subscribers.current_lists(session, member.id or 0) == {"events"}
+        assert [e.action for e in subscriptions.trail(session, member.id or 0)] == ["subscribed", "requested"]
+    assert confirmations.expire_requests(engine, settings).startswith("0 unconfirmed")
