@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from mailshot_core.audience.lists import get_list
 from mailshot_core.audience.subscribers import get_subscriber
-from mailshot_core.audience.subscriptions import confirm, expire_pending
+from mailshot_core.audience.subscriptions import SubscribeOutcome, confirm, expire_pending, subscribe
 from mailshot_core.config import Settings
 from mailshot_core.content.confirmation import DEFAULTS, VARIABLES, language
 from mailshot_core.content.message import HeaderError, OutgoingMessage, build_notice
@@ -98,6 +98,45 @@ def send_confirmation(
         confirmation = build(session, settings, email, lists)
     hand_over(transport or get_transport(settings.transport, settings), confirmation.message, "confirmation message")
     return confirmation
+
+
+def request_subscription(
+    engine: Engine,
+    settings: Settings,
+    email: str,
+    lists: Sequence[str],
+    *,
+    nom: str = "",
+    lang: str = "",
+    force: bool = False,
+    graceful: bool = False,
+    public: bool = False,
+    source: str,
+    client: str | None = None,
+    transport: Transport | None = None,
+    send: bool = True,
+) -> tuple[SubscribeOutcome, Confirmation | None]:
+    """Subscribe (subscriptions.subscribe, committed) and, when some lists wait for the address's
+    confirmation, send it the link: what the public form and the API's subscribe do.
+
+    ``send=False`` leaves the sending to the caller (the form answers first and sends in the
+    background, so its answer time does not tell whether the address was known)."""
+    with session_scope(engine) as session:
+        outcome = subscribe(
+            session,
+            email,
+            lists,
+            nom=nom,
+            lang=lang,
+            force=force,
+            graceful=graceful,
+            public=public,
+            source=source,
+            client=client,
+        )
+    if not (send and outcome.pending):
+        return outcome, None
+    return outcome, send_confirmation(engine, settings, outcome.subscriber.email, outcome.pending, transport=transport)
 
 
 def read_link(settings: Settings, token: str) -> tuple[int, datetime] | None:

@@ -173,9 +173,11 @@ def test_a_list_template_is_checked_and_used(sqlite_url: str, relay: DevRelay) -
         with pytest.raises(InvalidInput, match="unknown variable"):
             lists.update_list(session, "other", confirm_subject="Hi {{ password }}")
     _open_list(sqlite_url, confirm_subject="Join {{ lists }}?", confirm_text="Click {{ url_confirm }} ({{ email }})")
-    with session_scope(engine) as session:
-        subscriptions.subscribe(session, "t@example.com", ["news"], source="api")
-    confirmations.send_confirmation(engine, settings, "t@example.com", ["news"])
+    outcome, sent = confirmations.request_subscription(engine, settings, "T@example.com", ["news"], source="api")
+    assert outcome.pending == ["news"] and sent is not None
+    again, resent = confirmations.request_subscription(engine, settings, "t@example.com", ["news"], source="api")
+    assert again.pending == ["news"] and resent is not None  # asked again: a new link
+    assert len(relay.messages) == 2
     msg = _body(relay.messages[0].data)
     assert msg["Subject"] == "Join News?"
     assert re.fullmatch(r"Click https://news\.example\.org/confirm/\S+ \(t@example\.com\)\r?\n", msg.get_content())
