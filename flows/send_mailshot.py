@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -35,7 +36,7 @@ from mailshot_core.feedback import fail_rule
 from mailshot_core.sending import runs, sendings
 from mailshot_core.sending.connections import StopCheck
 from mailshot_core.sending.ledger import BatchReport
-from mailshot_core.sending.lifecycle import end_sending, next_step, start_sending
+from mailshot_core.sending.lifecycle import Started, end_sending, next_step, start_sending
 from mailshot_core.sending.pipeline import send_batch, send_batches
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import MailshotStatus, utcnow
@@ -272,12 +273,9 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         mailshot_id: The sending to send (the `mailshot-sendings` artifact and `mailshot status` list them).
         parallel: How many batches (fast mode: batch workers) run at once.
     """
-    logger = get_run_logger()
     settings = get_settings()
     engine = get_engine(settings.database_url)
     run_id = str(flow_run.id) if flow_run.id else runs.local_run_id()
-    outside = prefect_stop(run_id)
-
     _tag_run(run_id, mailshot_id)
     record_dead_runs(engine, settings, mailshot_id, skip=run_id)  # earlier runs of it that crashed
     _resume_own_pause(engine, mailshot_id, run_id)
@@ -285,12 +283,28 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     with session_scope(engine) as session:
         runs.open_run(session, run_id, sendings.get(session, mailshot_id))
     try:
-        started = start_sending(engine, settings, mailshot_id, run_id=run_id)
+        # Streamed: the first batch is claimable as soon as the first chunk is in (issue 16); the
+        # materialiser keeps two rounds of batches ahead of the workers.
+        ahead = 2 * settings.batch_size * max(1, parallel)
+        started = start_sending(engine, settings, mailshot_id, run_id=run_id, stream=ahead)
     except MailshotError as exc:  # e.g. paused or ended: the run fails, with its record saying why
         close_and_record(engine, run_id, reason=str(exc))
         raise
+    try:
+        return _send(engine, settings, mailshot_id, parallel, run_id, started, since)
+    finally:
+        if started.materialiser is not None:
+            started.materialiser.stop()
+
+
+def _send(
+    engine: Any, settings: Settings, mailshot_id: int, parallel: int, run_id: str, started: Started, since: datetime
+) -> dict[str, Any]:
+    """The sending loop of :func:`send_mailshot`, from the started sending to its result."""
+    logger = get_run_logger()
+    outside = prefect_stop(run_id)
     _ensure_connection_limit(settings, started.transport)
-    logger.info("sending %s: %s recipients, %s batch(es) at a time", mailshot_id, started.total, parallel)
+    logger.info("sending %s: %s recipients so far, %s batch(es) at a time", mailshot_id, started.total, parallel)
     if started.in_doubt:
         logger.warning(
             "%s message(s) were in flight when a previous worker died: marked 'unknown', not resent "
@@ -309,6 +323,8 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     running: list[PrefectFuture[BatchReport]] = []
     stop_reason: str | None = None
     while True:
+        if started.materialiser is not None:
+            started.materialiser.check()  # a failed materialisation fails the run, never waits for ever
         # Collect finished batches first: their results decide whether to go on.
         for future in [f for f in running if f.state.is_final()]:
             running.remove(future)

@@ -1,7 +1,8 @@
 """A sending's recipients and their claims: materialise once, claim a batch, workers and crash recovery.
 
 - **Materialise** (:func:`materialise`): one ``INSERT .. SELECT`` of the lists' valid subscribers,
-  never a Python loop over them.
+  never a Python loop over them; or chunk by chunk in subscriber id order (:func:`materialise_next`),
+  so that the first batch is claimed before the last subscriber is read.
 - **Claim** (:func:`claim`): one short transaction selects the next due rows, fewest tries first, and
   marks them ``claimed`` with the worker's token.  PostgreSQL uses ``FOR UPDATE SKIP LOCKED``; SQLite
   transactions start with ``BEGIN IMMEDIATE``, which serialises writers so the select-then-update is
@@ -43,44 +44,95 @@ from mailshot_core.store.models import (
 S = RecipientStatus
 
 
-def materialise(session: Session, mailshot: Mailshot) -> int:
-    """Freeze the recipient list: one set-based INSERT .. SELECT, deduplicated across lists.
-
-    Only subscribers whose overall status is valid and who hold a valid subscription to at least one
-    of the sending's lists.  ``ON CONFLICT DO NOTHING`` on (mailshot_id, email) makes a re-run (after a
-    crash during materialisation) add only what is missing.  Relies on subscription's primary key
-    and ix_subscription_list_id; never loops over subscribers in Python.
-    """
-    assert mailshot.id is not None
-    list_ids = [
+def _list_ids(session: Session, mailshot: Mailshot) -> list[int]:
+    return [
         m.id
         for m in session.exec(select(MailingList).where(col(MailingList.identifier).in_(list_identifiers(mailshot))))
+        if m.id is not None
     ]
+
+
+# The sending's audience: valid subscribers holding a valid subscription to one of its lists (a pending
+# double opt-in subscription sends nothing), each once however many of the lists they are on.  Walks
+# subscriber's primary key in order and probes subscription's primary key; never a Python loop.
+_AUDIENCE = """
+    FROM subscriber s
+    WHERE s.status = 'valid' AND s.id > :after {upto}
+      AND EXISTS (
+        SELECT 1 FROM subscription sub
+        WHERE sub.subscriber_id = s.id AND sub.status = 'valid' AND sub.list_id IN :list_ids
+      )
+"""
+
+
+def _insert_audience(session: Session, mailshot_id: int, list_ids: list[int], after: int, upto: int | None) -> int:
+    """INSERT .. SELECT of the audience with ``after < subscriber id <= upto``; returns the rows added.
+
+    ``ON CONFLICT DO NOTHING`` on (mailshot_id, email) makes a re-run (after a crash during
+    materialisation, or two runs materialising together) add only what is missing.
+    """
     dialect = session.get_bind().dialect.name
-    conflict = "ON CONFLICT (mailshot_id, email) DO NOTHING"
+    conflict = "ON CONFLICT (mailshot_id, email) DO NOTHING" if dialect in ("sqlite", "postgresql") else ""
+    audience = _AUDIENCE.format(upto="" if upto is None else "AND s.id <= :upto")
     stmt = text(
-        f"""
-        INSERT INTO recipient (mailshot_id, email, subscriber_id, status, tries)
-        SELECT :mailshot_id, s.email, s.id, 'todo', 0
-        FROM subscriber s
-        WHERE s.status = 'valid'
-          AND EXISTS (
-            SELECT 1 FROM subscription sub
-            WHERE sub.subscriber_id = s.id AND sub.status = 'valid' AND sub.list_id IN :list_ids
-          )
-        ORDER BY s.id
-        {conflict if dialect in ("sqlite", "postgresql") else ""}
-        """
+        f"INSERT INTO recipient (mailshot_id, email, subscriber_id, status, tries) "
+        f"SELECT :mailshot_id, s.email, s.id, 'todo', 0 {audience} ORDER BY s.id {conflict}"
     ).bindparams(bindparam("list_ids", expanding=True))
-    session.execute(stmt, {"mailshot_id": mailshot.id, "list_ids": list_ids})
+    params: dict[str, object] = {"mailshot_id": mailshot_id, "list_ids": list_ids, "after": after}
+    if upto is not None:
+        params["upto"] = upto
+    return int(session.execute(stmt, params).rowcount)  # type: ignore[attr-defined]
+
+
+def _mark_materialised(session: Session, mailshot: Mailshot) -> None:
+    """Every recipient is in: ``total`` is their count (only todo rows were added: nothing else moves)."""
     total = session.exec(select(func.count()).select_from(Recipient).where(Recipient.mailshot_id == mailshot.id)).one()
-    # Only todo rows can have been added here: total and nothing else moves.
     mailshot.total = int(total)
     mailshot.materialised = True
     mailshot.updated_at = utcnow()
     session.add(mailshot)
     session.flush()
+
+
+def materialise(session: Session, mailshot: Mailshot) -> int:
+    """Freeze the whole recipient list: one set-based INSERT .. SELECT, deduplicated across lists."""
+    assert mailshot.id is not None
+    _insert_audience(session, mailshot.id, _list_ids(session, mailshot), 0, None)
+    _mark_materialised(session, mailshot)
     return mailshot.total
+
+
+def materialised_up_to(session: Session, mailshot_id: int) -> int:
+    """Where a streamed materialisation goes on: chunks are committed in subscriber id order, so the
+    highest subscriber already in the sending is where an interrupted run stopped (0: from the start)."""
+    last = session.exec(select(func.max(Recipient.subscriber_id)).where(Recipient.mailshot_id == mailshot_id)).one()
+    return int(last or 0)
+
+
+def materialise_next(session: Session, mailshot: Mailshot, after: int, limit: int) -> int | None:
+    """Add the next ``limit`` subscribers of the audience after subscriber id ``after``: recipients are
+    claimable while the rest is still being read (issue 16).  Returns the last subscriber id taken, or
+    None when the audience is exhausted (then the sending is marked materialised, ``total`` recounted).
+
+    Each chunk raises ``total`` by what it added in the same transaction, so the counters stay
+    derivable from the rows at every commit.  The caller holds the sending's row (``lock=True``) and
+    checks it is still processing: a cancel between chunks must not get new ``todo`` rows.
+    """
+    assert mailshot.id is not None
+    list_ids = _list_ids(session, mailshot)
+    upto = session.execute(
+        text(
+            f"SELECT max(id) FROM (SELECT s.id {_AUDIENCE.format(upto='')} ORDER BY s.id LIMIT :limit) AS chunk"
+        ).bindparams(bindparam("list_ids", expanding=True)),
+        {"list_ids": list_ids, "after": after, "limit": limit},
+    ).scalar()
+    if upto is None:
+        _mark_materialised(session, mailshot)
+        return None
+    added = _insert_audience(session, mailshot.id, list_ids, after, int(upto))
+    if added:
+        apply_counter_deltas(session, mailshot.id, {"total": added})
+    return int(upto)
 
 
 @dataclass(frozen=True)
@@ -94,6 +146,17 @@ class ClaimedRecipient:
     status: str
     listes: tuple[str, ...]
     subscriber_id: int
+
+
+def unclaimed_at_least(session: Session, mailshot_id: int, n: int) -> bool:
+    """Whether ``n`` never-claimed rows wait (a bounded scan of ix_recipient_claim, not a count of all)."""
+    waiting = (
+        select(Recipient.id)
+        .where(col(Recipient.mailshot_id) == mailshot_id, col(Recipient.status) == S.TODO)
+        .offset(n - 1)
+        .limit(1)
+    )
+    return session.exec(waiting).first() is not None
 
 
 def claim(

@@ -6,10 +6,13 @@ The flow (flows/send_mailshot.py) loops on :func:`next_step` between :func:`star
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from mailshot_core.config import Settings
 from mailshot_core.errors import InvalidState
@@ -19,21 +22,93 @@ from mailshot_core.sending.ledger import Clock
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 
+log = logging.getLogger("mailshot.sending")
+
+# A streamed materialisation's chunk: 10,000 rows hold SQLite's write lock for ~70 ms (1,000,000 in
+# 6.9 s, bench/RESULTS.md), short enough for the ledger's commits to wait, long enough to keep ahead.
+CHUNK = 10_000
+# How often the materialiser looks whether the claimers are catching up (a bounded index scan).
+LOOK_AHEAD_SECONDS = 0.05
+
+
+class Materialiser:
+    """Materialises the rest of a sending's recipients in a thread, chunk after chunk, keeping at least
+    ``ahead`` never-claimed rows in front of the claimers (issue 16: the first batch leaves before the
+    last subscriber is read).
+
+    Each chunk is its own transaction, taken on the sending's locked row: it stops when the sending
+    leaves ``processing`` (a cancel between chunks gets no new ``todo`` rows) or when the audience is
+    exhausted (the sending is then marked materialised).  Killed with its process, it leaves the
+    sending unmaterialised: the next run's :func:`start_sending` goes on from the last chunk committed.
+    """
+
+    def __init__(self, engine: Engine, mailshot_id: int, after: int, ahead: int, chunk: int = CHUNK) -> None:
+        self._engine, self._mailshot_id, self._after = engine, mailshot_id, after
+        self._ahead, self._chunk = max(ahead, chunk), chunk
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"mailshot-{mailshot_id}-materialise", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        after: int | None = self._after
+        try:
+            while after is not None and not self._stop.is_set():
+                with self._engine.connect() as conn:  # a read: never waits for the ledger's write lock
+                    enough = claims.unclaimed_at_least(Session(bind=conn), self._mailshot_id, self._ahead)
+                if enough:
+                    self._stop.wait(LOOK_AHEAD_SECONDS)
+                    continue
+                with session_scope(self._engine) as session:
+                    mailshot = sendings.get(session, self._mailshot_id, lock=True)
+                    if mailshot.status != MailshotStatus.PROCESSING or mailshot.materialised:
+                        return
+                    after = claims.materialise_next(session, mailshot, after, self._chunk)
+        except BaseException as exc:  # re-raised in the run by check(): never lost in a thread
+            self.error = exc
+            log.error("sending %s: materialising its recipients failed: %s", self._mailshot_id, exc)
+
+    def check(self) -> None:
+        """Raise what stopped the thread, if anything did (the run must not wait for it for ever)."""
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def ended(self, timeout: float) -> bool:
+        """Whether the thread ended by itself (audience exhausted, sending stopped) within ``timeout``."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
 
 @dataclass(frozen=True)
 class Started:
-    total: int
+    total: int  # recipients so far (all of them unless ``materialiser`` is still adding)
     transport: str
     released: int  # claims of dead workers put back in the queue
     in_doubt: int  # messages of dead workers whose fate is unknown
+    materialiser: Materialiser | None = None  # streaming: the rest of the recipients, being added
 
 
 def start_sending(
-    engine: Engine, settings: Settings, mailshot_id: int, *, run_id: str | None = None, clock: Clock = utcnow
+    engine: Engine,
+    settings: Settings,
+    mailshot_id: int,
+    *,
+    run_id: str | None = None,
+    clock: Clock = utcnow,
+    stream: int = 0,
 ) -> Started:
     """Open a sending: validate, start, recover dead claims, materialise once.
 
-    Raises InvalidState when the sending cannot be sent now (paused, ended, cancelled, scheduled).
+    ``stream``: when > 0, only the first chunk of recipients is materialised here and the returned
+    ``Started.materialiser`` (already running) adds the rest, keeping ``stream`` unclaimed recipients
+    ahead of the workers; the caller stops it when the run ends.  Raises InvalidState when the sending
+    cannot be sent now (paused, ended, cancelled, scheduled).
     """
     now = clock()
     with session_scope(engine) as session:
@@ -64,12 +139,20 @@ def start_sending(
         released, in_doubt = claims.recover_dead_workers(
             session, mailshot_id, now, timedelta(seconds=settings.claim_lease)
         )
-        if not mailshot.materialised:
+        after: int | None = None
+        if not mailshot.materialised and stream:
+            after = claims.materialise_next(session, mailshot, claims.materialised_up_to(session, mailshot_id), CHUNK)
+            session.refresh(mailshot)
+        elif not mailshot.materialised:
             claims.materialise(session, mailshot)
         total, transport = mailshot.total, mailshot.transport
     # Validate the templates and settings before the first batch (errors surface here, not mid-way).
     context_for(engine, settings, mailshot_id)
-    return Started(total, transport, released, in_doubt)
+    materialiser = None
+    if after is not None:
+        materialiser = Materialiser(engine, mailshot_id, after, stream)
+        materialiser.start()
+    return Started(total, transport, released, in_doubt, materialiser)
 
 
 @dataclass(frozen=True)
@@ -90,6 +173,8 @@ def next_step(engine: Engine, settings: Settings, mailshot_id: int, *, clock: Cl
         return Step("stopped", reason=f"sending is {p.status}")
     if p.due:
         return Step("send")
+    if p.materialising:
+        return Step("wait", seconds=LOOK_AHEAD_SECONDS, reason="recipients are still being materialised")
     if p.next_due is not None:
         return Step("wait", seconds=max(0.05, (p.next_due - now).total_seconds()), reason="waiting for retries")
     if p.in_flight:

@@ -134,8 +134,28 @@ def send_batches(
     cancel is seen between batches.  Raises what :func:`send_batch` raises.
     """
     total = BatchReport()
+    idle_since: float | None = None
     while True:
         report = send_batch(engine, settings, mailshot_id, clock=clock, run_id=run_id, outside_stop=outside_stop)
         total.add(report)
-        if report.stopped or report.claimed == 0:
+        if report.stopped:
             return total
+        if report.claimed:
+            idle_since = None
+            continue
+        idle_since = idle_since or time.monotonic()
+        if time.monotonic() - idle_since > MATERIALISE_PATIENCE_SECONDS or not _materialising(engine, mailshot_id):
+            return total  # the flow starts another worker if more becomes due
+        time.sleep(MATERIALISE_POLL_SECONDS)  # caught up with a streamed materialisation: more is coming
+
+
+# A worker that caught up with a streamed materialisation looks again this often (lifecycle.Materialiser
+# keeps rows ahead of the claimers, so this is rare), and gives up after this long without a claim.
+MATERIALISE_POLL_SECONDS = 0.05
+MATERIALISE_PATIENCE_SECONDS = 10.0
+
+
+def _materialising(engine: Engine, mailshot_id: int) -> bool:
+    table = Mailshot.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:  # a read: never waits for the ledger's write lock
+        return not conn.execute(select(table.c.materialised).where(table.c.id == mailshot_id)).scalar_one()

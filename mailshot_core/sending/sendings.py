@@ -364,6 +364,7 @@ class Progress:
     due: bool  # some todo row can be sent now
     next_due: datetime | None  # earliest retry time among todo rows not due yet
     in_flight: int  # claimed or sending by live workers
+    materialising: bool = False  # recipients are still being added (a streamed materialisation)
 
 
 def progress(session: Session, mailshot_id: int, now: datetime) -> Progress:
@@ -397,6 +398,7 @@ def progress(session: Session, mailshot_id: int, now: datetime) -> Progress:
         due=due is not None,
         next_due=next_due,
         in_flight=counts.get(S.CLAIMED, 0) + counts.get(S.SENDING, 0),
+        materialising=not mailshot.materialised,
     )
 
 
