@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy.engine import Engine
@@ -20,6 +20,9 @@ from mailshot_core.cli.common import (
     out,
 )
 from mailshot_core.sending import sendings
+
+if TYPE_CHECKING:
+    from flows.ephemeral import SharedServer
 
 
 @app.command("send")
@@ -38,6 +41,19 @@ def send(
     engine = open_engine()
     with db_session() as session:  # fail fast, before starting Prefect, on an unknown id
         sendings.get(session, mailshot_id)
+    from flows.ephemeral import SharedServer
+
+    # Without PREFECT_API_URL, one Prefect server for the run and its workers: it boots in its own
+    # process while this one imports the flow (issue 16).
+    with SharedServer() as server:
+        result = _run_flow(engine, mailshot_id, fast, progress, server)
+    out.print(
+        f"sending {mailshot_id}: {result['status']} — {result['sent']} sent, {result['failed']} failed, "
+        f"{result['nb_unknown']} in doubt, of {result['total']}"
+    )
+
+
+def _run_flow(engine: Engine, mailshot_id: int, fast: bool, progress: bool, server: SharedServer) -> dict[str, Any]:
     import os
 
     from prefect import Flow
@@ -49,24 +65,17 @@ def send(
         from flows.send_mailshot_dask import send_mailshot_dask
 
         flow_fn = send_mailshot_dask
-
-    result: dict[str, Any] = {}
+    server.ready()
     done = threading.Event()
-    if progress:
-        watcher = threading.Thread(target=_watch, args=(engine, mailshot_id, done), daemon=True)
+    watcher = threading.Thread(target=_watch, args=(engine, mailshot_id, done), daemon=True) if progress else None
+    if watcher is not None:
         watcher.start()
-    else:
-        watcher = None
     try:
-        result = flow_fn(mailshot_id, parallel=(os.cpu_count() or 2) if fast else 1)
+        return flow_fn(mailshot_id, parallel=(os.cpu_count() or 2) if fast else 1)
     finally:
         done.set()
         if watcher is not None:
             watcher.join(timeout=5)
-    out.print(
-        f"sending {mailshot_id}: {result['status']} — {result['sent']} sent, {result['failed']} failed, "
-        f"{result['nb_unknown']} in doubt, of {result['total']}"
-    )
 
 
 def _watch(engine: Engine, mailshot_id: int, done: threading.Event) -> None:
