@@ -33,11 +33,11 @@ from flows.run_records import close_and_record, flow_run_uuid, read_run, record_
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.errors import MailshotError
 from mailshot_core.feedback import fail_rule
-from mailshot_core.sending import runs, sendings
+from mailshot_core.sending import claims, runs, sendings
 from mailshot_core.sending.connections import StopCheck
 from mailshot_core.sending.ledger import BatchReport
 from mailshot_core.sending.lifecycle import Started, end_sending, next_step, start_sending
-from mailshot_core.sending.pipeline import send_batch, send_batches
+from mailshot_core.sending.pipeline import send_batch, send_batches, send_head_start
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import MailshotStatus, utcnow
 from mailshot_core.transports.base import TransportUnavailable
@@ -322,6 +322,7 @@ def _send(
     number = 0
     running: list[PrefectFuture[BatchReport]] = []
     stop_reason: str | None = None
+    head_started = False
     while True:
         if started.materialiser is not None:
             started.materialiser.check()  # a failed materialisation fails the run, never waits for ever
@@ -350,6 +351,10 @@ def _send(
                 running.append(send_batch_task.submit(mailshot_id, number, started.transport, run_id))
             if len(running) < parallel:
                 continue  # fill the pool first: fast mode's workers start together
+            if parallel > 1 and not head_started:
+                head_started = True
+                totals.add(_head_start(engine, settings, mailshot_id, run_id))
+                continue
         elif step.action == "stopped":
             stop_reason = step.reason
             logger.info("sending %s: %s", mailshot_id, step.reason)
@@ -393,6 +398,31 @@ def _send(
     if stop_reason and stop_reason.startswith(SUSPENDED_IN_PREFECT):
         _end_suspended(run_id)
     return result
+
+
+def _head_start(engine: Any, settings: Settings, mailshot_id: int, run_id: str) -> BatchReport:
+    """Fast mode: this process sends while its worker processes start (pipeline.send_head_start).
+
+    Not with a cross-run connection cap: the workers would wait for the slots this process holds.  A
+    relay that cannot be reached is left to the workers' batch tasks, which retry it.
+    """
+    if settings.max_connections is not None:
+        return BatchReport()
+    pid = os.getpid()
+
+    def pool_ready() -> bool:
+        with session_scope(engine) as session:
+            return claims.workers_besides(session, mailshot_id, pid) > 0
+
+    try:
+        report = send_head_start(
+            engine, settings, mailshot_id, pool_ready=pool_ready, run_id=run_id, outside_stop=prefect_stop(run_id)
+        )
+    except TransportUnavailable as exc:
+        get_run_logger().warning("head start of sending %s: %s (the workers retry)", mailshot_id, exc)
+        return BatchReport()
+    _log_batch("head start", report)
+    return report
 
 
 def _outside_reason(outside: StopCheck | None, engine: Any, mailshot_id: int) -> str | None:

@@ -285,6 +285,13 @@ def unregister_worker(session: Session, mailshot_id: int, token: str) -> None:
     session.flush()
 
 
+def workers_besides(session: Session, mailshot_id: int, pid: int) -> int:
+    """Registered workers of the sending in other processes than ``pid`` (fast mode's pool is up)."""
+    others = or_(col(SendWorker.pid) != pid, col(SendWorker.hostname) != socket.gethostname()[:40])
+    query = select(func.count()).select_from(SendWorker).where(col(SendWorker.mailshot_id) == mailshot_id, others)
+    return int(session.exec(query).one())
+
+
 def _is_dead(worker: SendWorker, now: datetime, lease: timedelta) -> bool:
     if worker.heartbeat_at < now - lease:
         return True

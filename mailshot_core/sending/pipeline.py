@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -37,6 +38,7 @@ def send_batch(
     clock: Clock = utcnow,
     run_id: str | None = None,
     outside_stop: StopCheck | None = None,
+    size: int | None = None,
 ) -> BatchReport:
     """Claim one batch of due recipients and send it; the sending's state is in the database.
 
@@ -48,7 +50,7 @@ def send_batch(
     from the CLI, the pages or another process stops it before its next message) and asks
     ``outside_stop`` (the orchestrator's view: the run cancelled or suspended); a reason from there
     pauses the sending with that reason, then stops.  ``run_id``: the send run whose record
-    (runs.py) this batch adds to.
+    (runs.py) this batch adds to.  ``size``: how many to claim (default MAILSHOT_BATCH_SIZE).
     """
     # Each batch is its own worker (its own claims, heartbeat and pid), so batches can run in parallel in
     # threads, processes or machines, and a batch whose process died is recovered on its own.
@@ -59,7 +61,7 @@ def send_batch(
             return BatchReport(stopped=f"sending is {mailshot.status}")
         claims.register_worker(session, mailshot_id, token, clock(), run_id)
     with session_scope(engine) as session:
-        claimed, killed = claims.claim(session, mailshot, token, settings.batch_size, clock())
+        claimed, killed = claims.claim(session, mailshot, token, size or settings.batch_size, clock())
     report = BatchReport(claimed=len(claimed) + killed, killed=killed)
     if not claimed:
         with session_scope(engine) as session:
@@ -147,6 +149,42 @@ def send_batches(
         if time.monotonic() - idle_since > MATERIALISE_PATIENCE_SECONDS or not _materialising(engine, mailshot_id):
             return total  # the flow starts another worker if more becomes due
         time.sleep(MATERIALISE_POLL_SECONDS)  # caught up with a streamed materialisation: more is coming
+
+
+HEAD_START_FIRST_PER_CONNECTION = 4
+
+
+def send_head_start(
+    engine: Engine,
+    settings: Settings,
+    mailshot_id: int,
+    *,
+    pool_ready: Callable[[], bool],
+    clock: Clock = utcnow,
+    run_id: str | None = None,
+    outside_stop: StopCheck | None = None,
+) -> BatchReport:
+    """Fast mode's first batches, sent by the run's own process while its worker processes start.
+
+    A spawned worker imports Prefect and the flow before its first claim (seconds on 2 cores, measured
+    in bench/RESULTS.md): the run's process has all of that loaded already, so it sends batch after
+    batch itself until ``pool_ready()`` says a worker process has claimed, then leaves the sending to
+    them.  Each batch is an ordinary one (its own worker row, claims and ledger), so every guarantee
+    holds unchanged.  Raises what :func:`send_batch` raises.
+    """
+    total = BatchReport()
+    # The first batch is small: claiming and building 2,000 messages while the pool's processes import
+    # took ~0.4 s before the first message left (bench/RESULTS.md); a few per connection go at once.
+    size = min(settings.batch_size, HEAD_START_FIRST_PER_CONNECTION * settings.smtp_connections)
+    while not pool_ready():
+        report = send_batch(
+            engine, settings, mailshot_id, clock=clock, run_id=run_id, outside_stop=outside_stop, size=size
+        )
+        size = settings.batch_size
+        total.add(report)
+        if report.stopped or report.claimed == 0:
+            break
+    return total
 
 
 # A worker that caught up with a streamed materialisation looks again this often (lifecycle.Materialiser

@@ -8,6 +8,7 @@ and a run killed half-way goes on where it stopped.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from helpers import create, recipients, seed
 from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.sending import claims, lifecycle, pipeline, sendings
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import MailshotStatus, Recipient
+from mailshot_core.store.models import MailshotStatus, Recipient, utcnow
 
 # u0..u29 on "news", u0..u19 also on "other" (the same subscribers: deduplicated), and two who must
 # get nothing: u3's address is unconfirmed, u25's only subscription is pending.
@@ -127,4 +128,29 @@ def test_a_cancel_between_chunks_stops_the_materialisation(
     with session_scope(engine) as session:
         statuses = Counter(session.exec(select(Recipient.status).where(Recipient.mailshot_id == mid)).all())
     assert set(statuses) == {"kill"}
+    _counters_match(engine, mid)
+
+
+def test_the_head_start_sends_small_then_full_batches_until_the_pool_has_claimed(
+    db_url: str, tmp_path: Path, relay: DevRelay
+) -> None:
+    """send_head_start: a first batch of a few messages per connection, then full batches, and it stops
+    as soon as a worker of another process is registered on the sending (workers_besides)."""
+    settings = make_settings(db_url, relay, batch_size=10, smtp_connections=2)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 40)
+    mid = create(engine, settings)
+    lifecycle.start_sending(engine, settings, mid)
+    batches: list[int] = []
+
+    def pool_ready() -> bool:
+        with session_scope(engine) as session:
+            if len(batches) == 2:  # a worker process registers on the sending
+                claims.register_worker(session, mid, f"elsewhere:{os.getpid() + 1}:x", utcnow())
+            batches.append(len(relay.messages))
+            return claims.workers_besides(session, mid, os.getpid()) > 0
+
+    report = pipeline.send_head_start(engine, settings, mid, pool_ready=pool_ready)
+    assert batches == [0, 8, 18]  # 4 per connection first, then a whole batch, then the pool is up
+    assert report.sent == 18 and len({m.rcpt_tos[0] for m in relay.messages}) == 18
     _counters_match(engine, mid)
