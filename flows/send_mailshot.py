@@ -141,15 +141,12 @@ def send_batch_task(mailshot_id: int, number: int, transport: str = "smtp", run_
 _orphan_watch_started = False
 
 
-def _die_with_the_run(flow_pid: int) -> None:
-    """A fast-mode worker process ends when the run's process is gone (kill -9 of `mailshot send
-    --fast`): it was seen sending on alone, and never exiting.  Its claims are recovered like any dead
-    worker's (pid gone: claimed rows back to the queue, the one in flight in doubt)."""
+def _watch_parent(parent: int) -> None:
+    """End this process within a second once its parent is no longer ``parent``."""
     global _orphan_watch_started
-    if os.getpid() == flow_pid or _orphan_watch_started:
-        return  # in the run's own process (threads), or watched already
+    if _orphan_watch_started:
+        return
     _orphan_watch_started = True
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -157,6 +154,23 @@ def _die_with_the_run(flow_pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="mailshot-orphan-watch", daemon=True).start()
+
+
+def _die_with_the_run(flow_pid: int) -> None:
+    """A fast-mode worker process ends when the run's process is gone (kill -9 of `mailshot send
+    --fast`): it was seen sending on alone, and never exiting.  Its claims are recovered like any dead
+    worker's (pid gone: claimed rows back to the queue, the one in flight in doubt).  Called by the
+    task: on Dask the worker's parent is its nanny, not the run's process."""
+    if os.getpid() == flow_pid:
+        return  # in the run's own process (threads)
+    _watch_parent(os.getppid())
+
+
+def _pool_worker_dies_with_the_run(flow_pid: int) -> None:
+    """The process pool's initializer: the same watch from the pool process's start, not its first
+    task.  With the head start, a kill while the workers were still importing left them waiting for
+    tasks for ever (tests/sending/test_crash.py); a run already gone is seen within a second."""
+    _watch_parent(flow_pid)
 
 
 @task(name="send-batches", task_run_name="worker {number}", **_BATCH_TASK)
@@ -475,7 +489,9 @@ def _end_suspended(run_id: str) -> None:
 
 # Fast mode: batches in separate processes, one per core (the GIL would keep threads on one core).
 send_mailshot_fast = send_mailshot.with_options(
-    task_runner=ProcessPoolTaskRunner(max_workers=os.cpu_count() or 2),  # type: ignore[arg-type]
+    task_runner=ProcessPoolTaskRunner(  # type: ignore[arg-type]
+        max_workers=os.cpu_count() or 2, initializer=_pool_worker_dies_with_the_run, initargs=(os.getpid(),)
+    ),
 )
 
 
