@@ -15,7 +15,9 @@ server's own process boots beside it (~4.4 s to its first healthy answer, bench/
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 import prefect
+import prefect.context
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from prefect.settings.context import get_current_settings
 
@@ -77,6 +80,7 @@ class SharedServer:
                 "on",
             ],
             env=env,
+            preexec_fn=_end_with_parent,
         )
         self.api_url = f"http://127.0.0.1:{port}/api"
         # Stopped at exit, after Prefect's own exit handlers (registered later, run first) have sent
@@ -100,6 +104,12 @@ class SharedServer:
         os.environ["PREFECT_API_URL"] = self.api_url  # the spawned workers read their settings from it
         self._stack.callback(_restore_env, "PREFECT_API_URL", previous)
         self._stack.enter_context(temporary_settings({PREFECT_API_URL: self.api_url}))
+        # Threads that do not copy this context (Prefect's log, event and process-pool helpers) read the
+        # process-global settings: without this they started a second ephemeral server mid-run.  The
+        # same step as prefect.testing.utilities.prefect_test_harness (Prefect issue 15818).
+        self._stack.enter_context(
+            prefect.context._temporary_global_settings_context(prefect.context.get_settings_context())
+        )
         self._ready = True
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -114,6 +124,16 @@ class SharedServer:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+
+def _end_with_parent() -> None:
+    """In the server's process before it starts (Linux): SIGTERM when the command dies, even by kill -9
+    (exit handlers do not run then, and the server was left running alone)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _healthy(url: str) -> bool:
