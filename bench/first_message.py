@@ -15,7 +15,8 @@ bench/materialise.py), a sending of the ~10 KB newsletter, and `mailshot send ID
 Reports, per case: the delay from the command's start to the first message the relay accepted (the
 first recipient's ``sent_at``, written when the relay's 250 reply arrives), the wall time and rate end
 to end, the sending phase's rate (first attempt to last acceptance), its ratio to `smtp-source`, the
-peak RSS of the largest process, and how many Prefect server processes (uvicorn) the command ran.
+peak RSS of the largest Mailshot process (the flow's and its workers'), and how many Prefect server
+processes (uvicorn) the command ran, with their own peak RSS.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _send(env: dict[str, str], mid: str) -> dict[str, float]:
         stderr=subprocess.PIPE,
     )
     peak: dict[int, float] = {}
-    servers: set[int] = set()
+    servers: set[int] = set()  # Prefect's uvicorn: reported apart from Mailshot's own processes
     done = threading.Event()
 
     def sample() -> None:
@@ -94,7 +95,8 @@ def _send(env: dict[str, str], mid: str) -> dict[str, float]:
     return {
         "wall": wall,
         "launched": launched,
-        "peak_rss_mb": max(peak.values(), default=0.0),
+        "peak_rss_mb": max((rss for pid, rss in peak.items() if pid not in servers), default=0.0),
+        "server_rss_mb": max((rss for pid, rss in peak.items() if pid in servers), default=0.0),
         "servers": float(len(servers)),
     }
 
@@ -131,6 +133,7 @@ def run_case(case: str, url: str, count: int, port: int, api_url: str | None, wo
         "wall": run["wall"],
         "phase_rate": count / (ts(last_sent) - ts(first_attempt)),
         "peak_rss_mb": run["peak_rss_mb"],
+        "server_rss_mb": run["server_rss_mb"],
         "servers": run["servers"],
     }
 
@@ -165,8 +168,9 @@ def main() -> int:
                 f"{case}: first message {r['first']:.2f} s | end to end {r['wall_rate']:,.0f} msg/s "
                 f"({r['wall']:.1f} s) | sending phase {r['phase_rate']:,.0f} msg/s = "
                 f"{r['phase_rate'] / limit:.2f}x smtp-source | end to end / phase "
-                f"{r['wall_rate'] / r['phase_rate']:.2f} | peak RSS {r['peak_rss_mb']:.0f} MB (largest process) | "
-                f"Prefect servers started by the command: {r['servers']:.0f}",
+                f"{r['wall_rate'] / r['phase_rate']:.2f} | peak RSS {r['peak_rss_mb']:.0f} MB (largest Mailshot process) | "
+                f"Prefect servers started by the command: {r['servers']:.0f}"
+                + (f" (peak RSS {r['server_rss_mb']:.0f} MB)" if r["servers"] else ""),
                 flush=True,
             )
     finally:

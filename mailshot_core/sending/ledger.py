@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from sqlalchemy.engine import Connection as DbConnection
 from sqlalchemy.engine import Engine
 
 from mailshot_core.sending import claims, runs, sendings
-from mailshot_core.store.db import raw_write_transaction, session_scope
+from mailshot_core.store.db import WriteLockBusy, raw_write_transaction, session_scope
 from mailshot_core.store.models import Recipient, RecipientStatus
 
 log = logging.getLogger("mailshot.sending")
@@ -37,6 +38,10 @@ MAX_RETRY_DELAY = timedelta(hours=6)
 # relay is clearly not going to take it and it fails like any other.
 THROTTLE_DELAY = 2.0
 MAX_THROTTLED = 30
+# A ledger that finds SQLite's write lock taken tries again this soon, and after this long waits for it
+# in SQLite's busy handler like any other writer (never starved by busier processes).
+LOCK_RETRY_SECONDS = 0.0005
+LOCK_PATIENCE_SECONDS = 1.0
 # A worker waiting for its send slot refreshes its heartbeat this often (well under MAILSHOT_CLAIM_LEASE).
 HEARTBEAT_EVERY = 20.0
 
@@ -174,6 +179,7 @@ class Ledger:
             self._flushing = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
+        busy_since: float | None = None
         try:
             while self._starts or self._outcomes:
                 starts, self._starts = self._starts, []
@@ -181,8 +187,20 @@ class Ledger:
                 try:
                     # In the loop's own thread on purpose: a writer thread waited up to the GIL switch
                     # interval (5 ms) each time it needed the GIL back, and writes took 5.8 ms instead
-                    # of 2.1 ms (bench/RESULTS.md).
-                    granted = self._write([rid for rid, _ in starts], outcomes)
+                    # of 2.1 ms (bench/RESULTS.md).  Without waiting for SQLite's write lock while
+                    # another process holds it: that wait blocked every connection of the batch (8 %
+                    # of a fast-mode worker's time, py-spy, issue 16); the loop serves its sockets and
+                    # tries again, with whatever was queued meanwhile in the same transaction.
+                    granted = self._write(
+                        [rid for rid, _ in starts],
+                        outcomes,
+                        wait=busy_since is not None and time.monotonic() - busy_since > LOCK_PATIENCE_SECONDS,
+                    )
+                except WriteLockBusy:
+                    busy_since = busy_since or time.monotonic()
+                    self._starts, self._outcomes = starts + self._starts, outcomes + self._outcomes
+                    await asyncio.sleep(LOCK_RETRY_SECONDS)
+                    continue
                 except Exception as exc:
                     # The database is failing: stop every connection.  Rows left in `sending` are
                     # reported as in doubt by the next run's recovery, never resent blindly.
@@ -192,13 +210,14 @@ class Ledger:
                             fut.set_exception(exc)
                     self._starts, self._outcomes = [], []
                     return
+                busy_since = None
                 for rid, fut in starts:
                     if not fut.done():
                         fut.set_result(rid in granted)
         finally:
             self._flushing = None
 
-    def _write(self, starts: list[int], outcomes: list[Outcome]) -> set[int]:
+    def _write(self, starts: list[int], outcomes: list[Outcome], *, wait: bool) -> set[int]:
         """One transaction for everything waiting: results first, then the guarded starts.
 
         Driver SQL on the raw DBAPI cursor, prepared once per dialect (:class:`_LedgerSql`): this runs
@@ -210,7 +229,7 @@ class Ledger:
         sql = _LedgerSql.of(self.engine)
         if self._connection is None:  # one connection for the whole batch, closed by close()
             self._connection = self.engine.connect()
-        with raw_write_transaction(self.engine, self._connection.connection.dbapi_connection) as cursor:
+        with raw_write_transaction(self.engine, self._connection.connection.dbapi_connection, wait=wait) as cursor:
             if outcomes:
                 self._write_outcomes(cursor, sql, outcomes, now)
             if starts:

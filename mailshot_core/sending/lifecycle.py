@@ -56,7 +56,7 @@ class Materialiser:
         after: int | None = self._after
         try:
             while after is not None and not self._stop.is_set():
-                with self._engine.connect() as conn:  # a read: never waits for the ledger's write lock
+                with self._engine.connect() as conn:  # one short read
                     enough = claims.unclaimed_at_least(Session(bind=conn), self._mailshot_id, self._ahead)
                 if enough:
                     self._stop.wait(LOOK_AHEAD_SECONDS)

@@ -195,5 +195,5 @@ MATERIALISE_PATIENCE_SECONDS = 10.0
 
 def _materialising(engine: Engine, mailshot_id: int) -> bool:
     table = Mailshot.__table__  # type: ignore[attr-defined]
-    with engine.connect() as conn:  # a read: never waits for the ledger's write lock
+    with engine.connect() as conn:  # one short read
         return not conn.execute(select(table.c.materialised).where(table.c.id == mailshot_id)).scalar_one()

@@ -9,6 +9,7 @@ never both read-then-write the same rows (the claim relies on it).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# How long a SQLite connection waits for another's write lock before "database is locked".
+BUSY_TIMEOUT_MS = 60_000
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -39,7 +42,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -50,17 +53,27 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class WriteLockBusy(Exception):
+    """SQLite's write lock is held by another connection (``raw_write_transaction(wait=False)``)."""
+
+
 @contextmanager
-def raw_write_transaction(engine: Engine, dbapi_conn: Any) -> Iterator[Any]:
+def raw_write_transaction(engine: Engine, dbapi_conn: Any, *, wait: bool = True) -> Iterator[Any]:
     """A write transaction straight on a DBAPI connection, yielding a cursor (hot path only).
 
     The send ledger commits a group of recipient transitions every few milliseconds; SQLAlchemy's own
     work per transaction (events, begin/commit bookkeeping) cost more than the database's.  Same
     semantics as the engine's transactions: SQLite takes the write lock at BEGIN.
+
+    ``wait=False`` (SQLite): raise :class:`WriteLockBusy` at once, before anything is written, when
+    another connection holds the write lock, instead of sleeping in SQLite's busy handler; an asyncio
+    caller can then serve its sockets and try again (ledger.py).
     """
     cursor = dbapi_conn.cursor()
     try:
-        if is_sqlite(engine):
+        if is_sqlite(engine) and not wait:
+            _begin_or_busy(cursor)
+        elif is_sqlite(engine):
             cursor.execute("BEGIN IMMEDIATE")
         yield cursor
         dbapi_conn.commit()
@@ -69,6 +82,18 @@ def raw_write_transaction(engine: Engine, dbapi_conn: Any) -> Iterator[Any]:
         raise
     finally:
         cursor.close()
+
+
+def _begin_or_busy(cursor: Any) -> None:
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise WriteLockBusy(str(exc)) from exc
+        raise
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def alembic_config(url: str) -> Config:
