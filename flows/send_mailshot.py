@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
@@ -357,6 +357,16 @@ def _send(
         with session_scope(engine) as session:  # pauses the sending: next_step then says "stopped"
             fail_rule.breaker(session, mailshot_id, since, settings.max_fail_ratio)
         step = next_step(engine, settings, mailshot_id)
+        if step.action == "send" and parallel > 1 and not head_started:
+            head_started = True
+
+            def start_pool() -> None:
+                for n in range(1, parallel + 1):
+                    running.append(send_batches_task.submit(mailshot_id, n, started.transport, run_id, os.getpid()))
+
+            totals.add(_head_start(engine, settings, mailshot_id, run_id, start_pool))
+            number = len(running)
+            continue
         if step.action == "send" and len(running) < max(1, parallel):
             number += 1
             if parallel > 1:
@@ -365,10 +375,6 @@ def _send(
                 running.append(send_batch_task.submit(mailshot_id, number, started.transport, run_id))
             if len(running) < parallel:
                 continue  # fill the pool first: fast mode's workers start together
-            if parallel > 1 and not head_started:
-                head_started = True
-                totals.add(_head_start(engine, settings, mailshot_id, run_id))
-                continue
         elif step.action == "stopped":
             stop_reason = step.reason
             logger.info("sending %s: %s", mailshot_id, step.reason)
@@ -414,8 +420,11 @@ def _send(
     return result
 
 
-def _head_start(engine: Any, settings: Settings, mailshot_id: int, run_id: str) -> BatchReport:
-    """Fast mode: this process sends while its worker processes start (pipeline.send_head_start).
+def _head_start(
+    engine: Any, settings: Settings, mailshot_id: int, run_id: str, start_pool: Callable[[], None]
+) -> BatchReport:
+    """Fast mode: this process sends while its worker processes start (pipeline.send_head_start); the
+    pool is started by ``start_pool`` after the first small batch (or by the sending loop if not).
 
     Not with a cross-run connection cap: the workers would wait for the slots this process holds.  A
     relay that cannot be reached is left to the workers' batch tasks, which retry it.
@@ -430,7 +439,13 @@ def _head_start(engine: Any, settings: Settings, mailshot_id: int, run_id: str) 
 
     try:
         report = send_head_start(
-            engine, settings, mailshot_id, pool_ready=pool_ready, run_id=run_id, outside_stop=prefect_stop(run_id)
+            engine,
+            settings,
+            mailshot_id,
+            start_pool=start_pool,
+            pool_ready=pool_ready,
+            run_id=run_id,
+            outside_stop=prefect_stop(run_id),
         )
     except TransportUnavailable as exc:
         get_run_logger().warning("head start of sending %s: %s (the workers retry)", mailshot_id, exc)

@@ -159,6 +159,7 @@ def send_head_start(
     settings: Settings,
     mailshot_id: int,
     *,
+    start_pool: Callable[[], None],
     pool_ready: Callable[[], bool],
     clock: Clock = utcnow,
     run_id: str | None = None,
@@ -169,18 +170,23 @@ def send_head_start(
     A spawned worker imports Prefect and the flow before its first claim (seconds on 2 cores, measured
     in bench/RESULTS.md): the run's process has all of that loaded already, so it sends batch after
     batch itself until ``pool_ready()`` says a worker process has claimed, then leaves the sending to
-    them.  Each batch is an ordinary one (its own worker row, claims and ledger), so every guarantee
+    them.  The pool is started (``start_pool``) only once the first, small batch is sent: its
+    processes' imports take both cores of a small machine, and the first message waited for them.  Each batch is an ordinary one (its own worker row, claims and ledger), so every guarantee
     holds unchanged.  Raises what :func:`send_batch` raises.
     """
     total = BatchReport()
     # The first batch is small: claiming and building 2,000 messages while the pool's processes import
     # took ~0.4 s before the first message left (bench/RESULTS.md); a few per connection go at once.
     size = min(settings.batch_size, HEAD_START_FIRST_PER_CONNECTION * settings.smtp_connections)
-    while not pool_ready():
+    started = False
+    while not started or not pool_ready():
         report = send_batch(
             engine, settings, mailshot_id, clock=clock, run_id=run_id, outside_stop=outside_stop, size=size
         )
         size = settings.batch_size
+        if not started and not report.stopped and report.claimed:
+            start_pool()
+            started = True
         total.add(report)
         if report.stopped or report.claimed == 0:
             break

@@ -134,23 +134,31 @@ def test_a_cancel_between_chunks_stops_the_materialisation(
 def test_the_head_start_sends_small_then_full_batches_until_the_pool_has_claimed(
     db_url: str, tmp_path: Path, relay: DevRelay
 ) -> None:
-    """send_head_start: a first batch of a few messages per connection, then full batches, and it stops
-    as soon as a worker of another process is registered on the sending (workers_besides)."""
+    """send_head_start: a first batch of a few messages per connection, then the pool is started, then
+    full batches until a worker of another process is registered on the sending (workers_besides)."""
     settings = make_settings(db_url, relay, batch_size=10, smtp_connections=2)
     engine = engine_for(settings)
     seed(engine, tmp_path, 40)
     mid = create(engine, settings)
     lifecycle.start_sending(engine, settings, mid)
-    batches: list[int] = []
+    pool_started_at: list[int] = []
+    looked: list[int] = []
 
     def pool_ready() -> bool:
         with session_scope(engine) as session:
-            if len(batches) == 2:  # a worker process registers on the sending
+            if len(looked) == 2:  # a worker process registers on the sending
                 claims.register_worker(session, mid, f"elsewhere:{os.getpid() + 1}:x", utcnow())
-            batches.append(len(relay.messages))
+            looked.append(len(relay.messages))
             return claims.workers_besides(session, mid, os.getpid()) > 0
 
-    report = pipeline.send_head_start(engine, settings, mid, pool_ready=pool_ready)
-    assert batches == [0, 8, 18]  # 4 per connection first, then a whole batch, then the pool is up
-    assert report.sent == 18 and len({m.rcpt_tos[0] for m in relay.messages}) == 18
+    report = pipeline.send_head_start(
+        engine,
+        settings,
+        mid,
+        start_pool=lambda: pool_started_at.append(len(relay.messages)),
+        pool_ready=pool_ready,
+    )
+    assert pool_started_at == [8]  # 4 per connection first, then the pool starts
+    assert looked == [8, 18, 28]  # whole batches until the pool is up
+    assert report.sent == 28 and len({m.rcpt_tos[0] for m in relay.messages}) == 28
     _counters_match(engine, mid)
