@@ -1,4 +1,5 @@
-"""One personalised message to one address, outside the sending's queue: test messages.
+"""One personalised message to one address, outside the sending's queue: test messages, and the API's
+one-off copies of a sending.
 
 No recipient row changes; variables come from the subscriber when the address is one.
 """
@@ -27,7 +28,21 @@ from mailshot_core.transports.base import ConfigurationError, PermanentError, Te
 def send_test(
     engine: Engine, settings: Settings, mailshot_id: int, email: str, *, transport: Transport | None = None
 ) -> OutgoingMessage:
-    """One personalised message to any address, subject prefixed ``[TEST] ``; no recipient row changes.
+    """One personalised message to any address, subject prefixed ``[TEST] ``; no recipient row changes."""
+    return send_one(engine, settings, mailshot_id, email, test=True, transport=transport)
+
+
+def send_one(
+    engine: Engine,
+    settings: Settings,
+    mailshot_id: int,
+    email: str,
+    *,
+    test: bool,
+    transport: Transport | None = None,
+) -> OutgoingMessage:
+    """One personalised message of a sending to any address (SPIP's ``newsletter/send``), a test (subject
+    prefixed ``[TEST] ``) or not (a transactional copy, as its recipients get it); no recipient row changes.
 
     Variables come from the subscriber when the address is one (its lists among the sending's),
     otherwise from the address alone.
@@ -53,11 +68,11 @@ def send_test(
     # Recipient 0: tracking links that record nothing (a test message is no recipient's).
     who = ctx.personalise(0, sub.id if sub is not None else None, address, nom, listes, lang, status)
     try:
-        msg = ctx.message_for(row or 0, address, who, test=True)
+        msg = ctx.message_for(row or 0, address, who, test=test)
     except (TemplateError, HeaderError) as exc:
         raise MailshotError(str(exc)) from None
 
-    hand_over(transport, msg, "test message")
+    hand_over(transport, msg, "test message" if test else "message")
     return msg
 
 

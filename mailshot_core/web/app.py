@@ -16,6 +16,8 @@ from mailshot_core.config import Settings, get_settings
 from mailshot_core.feedback.applier import Applier
 from mailshot_core.store.db import get_engine
 from mailshot_core.web import links, pages, webhooks
+from mailshot_core.web.api.app import PREFIX as API_PREFIX
+from mailshot_core.web.api.app import create_api
 from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, SnsVerifier, https_get
 from mailshot_core.web.context import WebContext
 from mailshot_core.web.server import install_log_redaction
@@ -36,10 +38,10 @@ def create_app(
     install_log_redaction()  # whoever serves the app, ?token= never reaches the access log
     app = FastAPI(title="Mailshot", docs_url=None, redoc_url=None, openapi_url=None)
     applier = Applier(engine, max_fail=settings.max_fail)
-    app.state.mailshot = WebContext(
-        settings, engine, SnsVerifier(topics, fetch, fetch_timeout), fetch, applier, start_run
-    )
+    ctx = WebContext(settings, engine, SnsVerifier(topics, fetch, fetch_timeout), fetch, applier, start_run)
+    app.state.mailshot = ctx
     app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(pages.router)
+    app.mount(API_PREFIX, create_api(ctx))  # the Newsletter API: a sub-application with its own schema and errors
     return app
