@@ -16,7 +16,7 @@ from mailshot_core.audience.subscribers import current_lists
 from mailshot_core.config import Settings
 from mailshot_core.content.message import HeaderError, OutgoingMessage
 from mailshot_core.content.render import TemplateError
-from mailshot_core.errors import MailshotError
+from mailshot_core.errors import InvalidState, MailshotError
 from mailshot_core.sending import sendings
 from mailshot_core.sending.context import context_for
 from mailshot_core.store.db import session_scope
@@ -88,5 +88,9 @@ def hand_over(transport: Transport, msg: OutgoingMessage, what: str) -> None:
 
     try:
         asyncio.run(_go())
-    except (TemporaryError, PermanentError, ConfigurationError) as exc:
+    except ConfigurationError as exc:
+        # Nothing was tried: the site's settings lack what the transport needs (a missing API key),
+        # which the operator fixes; not a refusal by the relay or the provider.
+        raise InvalidState(f"{what} to {msg.envelope_to} not sent: {exc}") from None
+    except (TemporaryError, PermanentError) as exc:
         raise MailshotError(f"{what} to {msg.envelope_to} not sent: {exc}") from None

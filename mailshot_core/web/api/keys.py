@@ -24,7 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from mailshot_core.errors import InvalidInput, NotFound
+from mailshot_core.errors import AlreadyExists, InvalidInput, NotFound
 from mailshot_core.store.models import ApiKey, max_length, utcnow
 from mailshot_core.web.api.problems import Problem
 from mailshot_core.web.context import context
@@ -66,7 +66,7 @@ def create_key(session: Session, name: str, scope: str) -> tuple[ApiKey, str]:
         )
     check_scope(scope)
     if session.exec(select(ApiKey).where(ApiKey.name == name)).first():
-        raise InvalidInput(f"an API key named {name!r} already exists (revoke it, or choose another name)")
+        raise AlreadyExists(f"an API key named {name!r} already exists (revoke it, or choose another name)")
     while True:
         prefix = secrets.token_hex(4)
         if session.exec(select(ApiKey.id).where(ApiKey.prefix == prefix)).first() is None:

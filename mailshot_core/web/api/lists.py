@@ -13,11 +13,13 @@ from sqlmodel import Session
 from mailshot_core.audience import lists
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import MailingList
-from mailshot_core.web.api import idempotency
+from mailshot_core.web.api import fields, idempotency, problems
 from mailshot_core.web.api.keys import Caller, require
 from mailshot_core.web.context import context
 
 router = APIRouter(tags=["lists"])
+# content/confirmation.check_template: a list's own confirmation text carries the link to confirm.
+CONFIRM_TEXT_PATTERN = r"^$|^[^\x00]*\{\{ *url_confirm *\}\}[^\x00]*$"
 ListName = Annotated[str, Path(min_length=1, max_length=lists.LIST_NAME_LENGTH, description="The list's identifier.")]
 
 
@@ -44,21 +46,33 @@ class ListOut(BaseModel):
 class ListFields(BaseModel):
     """Absent or null: unchanged (at creation, the default); see audience/lists.py for each rule."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"description": "News of the week, every Monday.", "open": True}]},
+    )
 
-    title: str | None = Field(None, max_length=lists.TITLE_LENGTH)
-    description: str | None = Field(None, max_length=lists.DESCRIPTION_LENGTH)
-    open: bool | None = None
-    from_name: str | None = Field(None, max_length=lists.FROM_NAME_LENGTH)
-    from_email: str | None = Field(None, max_length=320)
-    double_optin: bool | None = None
-    lang: str | None = Field(None, max_length=16)
-    confirm_subject: str | None = Field(None, max_length=lists.CONFIRM_SUBJECT_LENGTH)
-    confirm_text: str | None = Field(None, max_length=lists.CONFIRM_TEXT_LENGTH)
+    title: Annotated[str, fields.line(lists.TITLE_LENGTH)] | None = None
+    description: Annotated[str, fields.text(lists.DESCRIPTION_LENGTH)] | None = None
+    open: fields.Flag | None = None
+    from_name: Annotated[str, fields.line(lists.FROM_NAME_LENGTH)] | None = None
+    from_email: fields.OptionalEmail | None = None
+    double_optin: fields.Flag | None = None
+    lang: fields.Lang | None = None
+    confirm_subject: Annotated[str, fields.line(lists.CONFIRM_SUBJECT_LENGTH)] | None = Field(
+        None, description="A template ({{ nom }}, {{ lists }} ...); empty: the default subject."
+    )
+    confirm_text: Annotated[str, Field(max_length=lists.CONFIRM_TEXT_LENGTH, pattern=CONFIRM_TEXT_PATTERN)] | None = (
+        Field(None, description="A template with the link {{ url_confirm }}; empty: the default text.")
+    )
 
 
 class NewList(ListFields):
-    identifier: str = Field(min_length=1, max_length=lists.LIST_NAME_LENGTH, pattern=r"^[A-Za-z0-9_.-]+$")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"identifier": "news", "title": "Weekly news", "open": True, "lang": "en"}]},
+    )
+
+    identifier: fields.ListName
 
 
 def _out(session: Session, mlist: MailingList) -> ListOut:
@@ -87,7 +101,14 @@ def get_list(request: Request, identifier: ListName, caller: Annotated[Caller, D
 _GET_LINK = {"GetList": {"operationId": "getList", "parameters": {"identifier": "$response.body#/identifier"}}}
 
 
-@idempotency.creating(router, "/lists", operation_id="createList", response_model=ListOut, link=_GET_LINK)
+@idempotency.creating(
+    router,
+    "/lists",
+    operation_id="createList",
+    response_model=ListOut,
+    link=_GET_LINK,
+    problems=problems.responses(409),
+)
 async def create_list(
     request: Request, body: NewList, caller: Annotated[Caller, Depends(require("admin"))]
 ) -> Response:

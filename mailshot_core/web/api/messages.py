@@ -13,20 +13,21 @@ from sqlmodel import Session
 
 from mailshot_core.sending import sendings
 from mailshot_core.sending.one_message import send_one
-from mailshot_core.web.api import idempotency, problems
+from mailshot_core.web.api import fields, idempotency, problems
 from mailshot_core.web.api.keys import Caller, require
-from mailshot_core.web.api.routing import MAX_ID
 from mailshot_core.web.context import context
 
 router = APIRouter(tags=["messages"])
 
 
 class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"sending_id": 1, "email": "ann@example.org", "test": True}]}
+    )
 
-    sending_id: int = Field(ge=1, le=MAX_ID, description="The sending whose content is sent.")
-    email: str = Field(min_length=1, max_length=320)
-    test: bool = Field(True, description="A [TEST] message; false: the message as its recipients get it.")
+    sending_id: fields.Id = Field(description="The sending whose content is sent.")
+    email: fields.Email
+    test: fields.Flag = Field(True, description="A [TEST] message; false: the message as its recipients get it.")
 
 
 class MessageOut(BaseModel):
@@ -36,7 +37,7 @@ class MessageOut(BaseModel):
 
 
 @idempotency.creating(
-    router, "/messages", operation_id="sendMessage", response_model=MessageOut, problems=problems.responses(502)
+    router, "/messages", operation_id="sendMessage", response_model=MessageOut, problems=problems.responses(409, 502)
 )
 async def send_message(
     request: Request, body: MessageIn, caller: Annotated[Caller, Depends(require("send"))]

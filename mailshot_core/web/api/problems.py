@@ -13,10 +13,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from mailshot_core.errors import InvalidInput, InvalidState, MailshotError, NotFound
+from mailshot_core.errors import AlreadyExists, InvalidInput, InvalidState, MailshotError, NotFound
 
 log = logging.getLogger("mailshot.web.api")
 
@@ -93,6 +95,17 @@ def _summary(errors: list[dict[str, Any]]) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the request's path answers: Starlette's own 405 names only its first route's (GET
+    /lists/{identifier} and PATCH /lists/{identifier} are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\0"})  # no method matches: partial = the path does
+        if match == Match.PARTIAL and isinstance(route, APIRoute):
+            methods |= route.methods or set()
+    return sorted(methods - {"HEAD"})
+
+
 def install(app: FastAPI) -> None:
     """Answer every error of ``app`` with a problem."""
 
@@ -108,11 +121,14 @@ def install(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != TITLES.get(exc.status_code) else None
-        return problem_response(exc.status_code, detail, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem_response(exc.status_code, detail, headers)
 
     async def on_domain(request: Request, exc: Exception) -> JSONResponse:
         # Bad input is 422 like a schema violation: the request was understood and refused as it is.
-        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, InvalidState) else 422
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, InvalidState | AlreadyExists) else 422
         if not isinstance(exc, InvalidInput | NotFound | InvalidState):
             status = 502  # a MailshotError of its own: a relay or provider refused or was unreachable
         return problem_response(status, str(exc))

@@ -5,6 +5,7 @@ operator's actions (test, send, pause, resume, cancel) with the CLI's and the pa
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -14,13 +15,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
-from mailshot_core.audience.lists import LIST_NAME_LENGTH
+from mailshot_core.content.message import MAX_HEADER_TEXT
 from mailshot_core.sending import sendings
 from mailshot_core.sending.one_message import send_test
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Mailshot, MailshotStatus, RecipientStatus
+from mailshot_core.transports import AVAILABLE as TRANSPORTS
 from mailshot_core.web import operations
-from mailshot_core.web.api import idempotency, pagination, problems
+from mailshot_core.web.api import fields, idempotency, pagination, problems
 from mailshot_core.web.api.keys import Caller, require
 from mailshot_core.web.api.pagination import Cursor, Limit, Page
 from mailshot_core.web.api.routing import MAX_BODY, SendingId
@@ -29,6 +31,7 @@ from mailshot_core.web.context import context
 router = APIRouter(tags=["sendings"])
 CHANNEL = "API"
 MAX_RATE = 10_000_000
+TRANSPORT_NAMES = tuple(TRANSPORTS)
 
 
 class Cadence(BaseModel):
@@ -36,25 +39,34 @@ class Cadence(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    per_day: int | None = Field(None, ge=1, le=MAX_RATE)
-    per_hour: int | None = Field(None, ge=1, le=MAX_RATE)
-    per_minute: int | None = Field(None, ge=1, le=MAX_RATE)
+    per_day: Annotated[int, Field(ge=1, le=MAX_RATE), fields.JSON_INTEGER] | None = None
+    per_hour: Annotated[int, Field(ge=1, le=MAX_RATE), fields.JSON_INTEGER] | None = None
+    per_minute: Annotated[int, Field(ge=1, le=MAX_RATE), fields.JSON_INTEGER] | None = None
 
 
 class NewSending(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"subject": "Hello {{ nom }}", "html": "<p>Hello {{ nom }}</p>", "lists": ["news"]}]
+        },
+    )
 
-    subject: str = Field(min_length=1, max_length=998, description="A template: {{ nom }} ...")
-    html: str = Field(max_length=MAX_BODY, description="The HTML body (a Jinja2 template, sandboxed).")
-    text: str | None = Field(None, max_length=MAX_BODY, description="Absent: made from the HTML.")
-    lists: list[Annotated[str, Field(min_length=1, max_length=LIST_NAME_LENGTH)]] = Field(min_length=1, max_length=100)
-    from_name: str | None = Field(None, max_length=255)
-    from_email: str | None = Field(None, max_length=320)
-    start_at: datetime | None = Field(None, description="Schedule it (ISO 8601; without an offset, UTC).")
-    send: bool = Field(False, description="Start it now; neither this nor start_at: a draft.")
-    transport: str | None = Field(None, max_length=40)
+    subject: Annotated[str, Field(max_length=MAX_HEADER_TEXT, pattern=r"^[^\x00\r\n]*[^\x00\s][^\x00\r\n]*$")] = Field(
+        description="A template: {{ nom }} ..."
+    )
+    html: Annotated[str, fields.text(MAX_BODY, nonblank=True)] = Field(
+        description="The HTML body (a Jinja2 template, sandboxed)."
+    )
+    text: Annotated[str, fields.text(MAX_BODY)] | None = Field(None, description="Absent: made from the HTML.")
+    lists: list[fields.ListName] = Field(min_length=1, max_length=100)
+    from_name: Annotated[str, fields.line(255)] | None = None
+    from_email: fields.OptionalEmail | None = None
+    start_at: fields.Timestamp | None = Field(None, description="Schedule it (ISO 8601; without an offset, UTC).")
+    send: fields.Flag = Field(False, description="Start it now; neither this nor start_at: a draft.")
+    transport: Literal[TRANSPORT_NAMES] | None = None  # type: ignore[valid-type]
     cadence: Cadence | None = None
-    track: bool | None = Field(None, description="Open pixel and click redirects; absent: MAILSHOT_TRACKING.")
+    track: fields.Flag | None = Field(None, description="Open pixel and click redirects; absent: MAILSHOT_TRACKING.")
 
 
 class Counters(BaseModel):
@@ -117,9 +129,9 @@ class RecipientOut(BaseModel):
 
 
 class TestIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"email": "ann@example.org"}]})
 
-    email: str = Field(min_length=1, max_length=320)
+    email: fields.Email
 
 
 class TestOut(BaseModel):
@@ -127,7 +139,19 @@ class TestOut(BaseModel):
     message_id: str
 
 
-_GET_LINK = {"GetSending": {"operationId": "getSending", "parameters": {"mailshot_id": "$response.body#/id"}}}
+# From a sending's answer to what can be done with it (OpenAPI links: clients and schemathesis follow them).
+_GET_LINK = {
+    name: {"operationId": operation, "parameters": {"mailshot_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetSending", "getSending"),
+        ("ListRecipients", "listRecipients"),
+        ("TestSending", "testSending"),
+        ("SendSending", "sendSending"),
+        ("PauseSending", "pauseSending"),
+        ("ResumeSending", "resumeSending"),
+        ("CancelSending", "cancelSending"),
+    )
+}
 
 
 @idempotency.creating(router, "/sendings", operation_id="createSending", response_model=SendingOut, link=_GET_LINK)
@@ -218,7 +242,7 @@ def list_recipients(
     "/sendings/{mailshot_id}/test",
     operation_id="testSending",
     response_model=TestOut,
-    responses=problems.responses(502),
+    responses=problems.responses(409, 502),
 )
 def test_sending(
     request: Request, mailshot_id: SendingId, body: TestIn, caller: Annotated[Caller, Depends(require("send"))]
@@ -231,20 +255,32 @@ def test_sending(
     return TestOut(email=message.envelope_to, message_id=message.message_id)
 
 
-Action = Literal["send", "pause", "resume", "cancel"]
+def _operation(action: str) -> Callable[..., Awaitable[SendingOut]]:
+    async def operate(
+        request: Request, mailshot_id: SendingId, caller: Annotated[Caller, Depends(require("send"))]
+    ) -> SendingOut:
+        ctx = context(request)
+        who = f"API key {caller.name}"
+        await run_in_threadpool(operations.operate, ctx, mailshot_id, action, channel=CHANNEL, who=who)
+        with Session(ctx.engine) as session:
+            return SendingOut.of(sendings.get(session, mailshot_id))
+
+    return operate
 
 
-@router.post(
-    "/sendings/{mailshot_id}/{action}",
-    operation_id="operateSending",
-    response_model=SendingOut,
-    responses={**problems.responses(409), 200: {"links": _GET_LINK}},
-)
-async def operate(
-    request: Request, mailshot_id: SendingId, action: Action, caller: Annotated[Caller, Depends(require("send"))]
-) -> SendingOut:
-    """send (a draft or a scheduled sending, now), pause, resume (a paused one) or cancel, as the CLI does."""
-    ctx = context(request)
-    await run_in_threadpool(operations.operate, ctx, mailshot_id, action, channel=CHANNEL, who=f"API key {caller.name}")
-    with Session(ctx.engine) as session:
-        return SendingOut.of(sendings.get(session, mailshot_id))
+# The operator's actions, as the CLI's commands and the pages' buttons: each its own operation.
+for _action, _summary in (
+    ("send", "Send a draft or a scheduled sending now."),
+    ("pause", "Pause a sending: it stops within seconds, before its next messages."),
+    ("resume", "Resume a paused sending."),
+    ("cancel", "Cancel a sending: its recipients not yet sent to are never sent to."),
+):
+    router.add_api_route(
+        f"/sendings/{{mailshot_id}}/{_action}",
+        _operation(_action),
+        methods=["POST"],
+        operation_id=f"{_action}Sending",
+        summary=_summary,
+        response_model=SendingOut,
+        responses={**problems.responses(409), 200: {"links": _GET_LINK}},
+    )

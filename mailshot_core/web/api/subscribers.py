@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -22,17 +23,21 @@ from mailshot_core.errors import InvalidInput
 from mailshot_core.sending.confirmations import request_subscription
 from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import SubscriberStatus, SubscriptionStatus
-from mailshot_core.web.api import idempotency, pagination, problems
+from mailshot_core.web.api import fields, idempotency, pagination, problems
 from mailshot_core.web.api.keys import Caller, require
 from mailshot_core.web.api.pagination import Cursor, Limit, Page
 from mailshot_core.web.api.routing import CSV, media_type
 from mailshot_core.web.context import context
 
 router = APIRouter(tags=["subscribers"])
+# The filter's values: a subscriber's statuses and a subscription's, together (one enum in the schema).
+Status = StrEnum("Status", {s: s for s in sorted({*SubscriberStatus, *SubscriptionStatus})})  # type: ignore[misc]
 EMAIL_LENGTH = 320
 Email = Annotated[str, Path(min_length=1, max_length=EMAIL_LENGTH, description="The address.")]
-ListId = Annotated[str, Field(min_length=1, max_length=lists.LIST_NAME_LENGTH)]
 SOURCE = "api"
+# The header line subscribers.read_csv needs, and rows without the quotes, semicolons or tabs that would
+# make its dialect sniffer take them for another format.
+CSV_PATTERN = r'^email(?:,(?:nom|name|lang))*\r?\n[^\x00";\t]*$'
 
 
 class SubscriptionOut(BaseModel):
@@ -78,14 +83,17 @@ class SubscriberBrief(BaseModel):
 
 
 class SubscribeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"email": "ann@example.org", "lists": ["news"], "nom": "Ann", "lang": "en"}]},
+    )
 
-    email: str = Field(min_length=1, max_length=EMAIL_LENGTH)
-    lists: list[ListId] = Field(min_length=1, max_length=100)
-    nom: str = Field("", max_length=255)
-    lang: str = Field("", max_length=16)
-    force: bool = Field(False, description="Subscribe at once, without the confirmation message.")
-    graceful: bool = Field(False, description="Never re-subscribe an address that unsubscribed.")
+    email: fields.Email
+    lists: list[fields.ListName] = Field(min_length=1, max_length=100)
+    nom: Annotated[str, fields.line(255)] = ""
+    lang: fields.Lang = ""
+    force: fields.Flag = Field(False, description="Subscribe at once, without the confirmation message.")
+    graceful: fields.Flag = Field(False, description="Never re-subscribe an address that unsubscribed.")
 
 
 class SubscribeOut(BaseModel):
@@ -119,10 +127,12 @@ class ImportOut(BaseModel):
 
 
 class UnsubscribeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"lists": ["news"], "reason": "asked by phone"}]}
+    )
 
-    lists: list[ListId] | None = Field(None, max_length=100, description="Absent or null: every list.")
-    reason: str = Field("unsubscribed through the API", min_length=1, max_length=500)
+    lists: list[fields.ListName] | None = Field(None, max_length=100, description="Absent or null: every list.")
+    reason: Annotated[str, fields.text(500, nonblank=True)] = "unsubscribed through the API"
 
 
 class UnsubscribeOut(BaseModel):
@@ -154,7 +164,14 @@ def _subscriber(session: Session, email: str) -> SubscriberOut:
     )
 
 
-_GET_LINK = {"GetSubscriber": {"operationId": "getSubscriber", "parameters": {"email": "$response.body#/email"}}}
+_GET_LINK = {
+    name: {"operationId": operation, "parameters": {"email": "$response.body#/email"}}
+    for name, operation in (
+        ("GetSubscriber", "getSubscriber"),
+        ("Unsubscribe", "unsubscribe"),
+        ("Erase", "eraseSubscriber"),
+    )
+}
 
 
 @router.get("/subscribers/{email}", operation_id="getSubscriber", response_model=SubscriberOut)
@@ -172,22 +189,21 @@ def list_subscribers(
     caller: Annotated[Caller, Depends(require("read"))],
     list_: Annotated[str | None, Query(alias="list", min_length=1, max_length=lists.LIST_NAME_LENGTH)] = None,
     status: Annotated[
-        str | None,
+        Status | None,
         Query(
             description="With `list`: the subscription's (valid, pending, refused); without: the address's "
-            "(valid, pending, unsubscribed)."
+            "(valid, pending, unsubscribed).  Another one matches nobody."
         ),
     ] = None,
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> Page[SubscriberBrief]:
     """Subscribers by id, a page at a time, with the count of all that match."""
-    known = {*SubscriptionStatus} if list_ is not None else {*SubscriberStatus}
-    if status is not None and status not in known:
-        raise InvalidInput(f"status {status[:40]!r}: one of {', '.join(sorted(known))}")
     after = pagination.decode(cursor) or 0
     with Session(context(request).engine) as session:
-        page = subscribers.browse(session, list_identifier=list_, status=status, after=after, limit=limit)
+        page = subscribers.browse(
+            session, list_identifier=list_, status=status and str(status), after=after, limit=limit
+        )
     items = [SubscriberBrief(email=s.email, nom=s.nom, lang=s.lang, status=s.status) for s in page.subscribers]
     last = page.subscribers[-1].id if page.subscribers else None
     return Page(items=items, count=page.count, next_cursor=pagination.encode(last) if page.more and last else None)
@@ -200,7 +216,7 @@ def list_subscribers(
     response_model=SubscribeOut,
     status_code=200,
     link=_GET_LINK,
-    problems=problems.responses(502),
+    problems=problems.responses(409, 502),
 )
 async def subscribe(
     request: Request, body: SubscribeIn, caller: Annotated[Caller, Depends(require("subscribers"))]
@@ -236,27 +252,25 @@ async def subscribe(
     return await idempotency.respond(request, caller, 200, work)
 
 
+# Rows are checked one by one and the bad ones reported (``errors``, by position or line) with the
+# others imported: so any array is accepted, and any CSV text whose first line names the columns.
 _IMPORT_BODY = {
     "required": True,
     "content": {
         "application/json": {
             "schema": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "email": {"type": "string", "maxLength": EMAIL_LENGTH},
-                        "nom": {"type": "string", "maxLength": 255},
-                        "lang": {"type": "string", "maxLength": 16},
-                    },
-                    "required": ["email"],
-                },
+                "description": "One object per address: email (required), nom, lang.  A row that is not one "
+                "is reported in `errors` by its position (from 1), the others are imported.",
+                "items": {},
             }
         },
         CSV: {
             "schema": {
                 "type": "string",
-                "description": "A header line with email[, nom][, lang], then a row per address.",
+                "pattern": CSV_PATTERN,
+                "description": "A header line naming the columns (email, and optionally nom, lang), then one "
+                "line per address; a bad line is reported in `errors` by its number.",
             }
         },
     },
@@ -273,7 +287,6 @@ async def import_subscribers(
     request: Request,
     caller: Annotated[Caller, Depends(require("subscribers"))],
     list_: Annotated[str, Query(alias="list", min_length=1, max_length=lists.LIST_NAME_LENGTH)],
-    strict: Annotated[bool, Query(description="Refuse the whole import when a row is invalid.")] = False,
 ) -> Response:
     """Subscribe many addresses to a list at once, as ``mailshot subscribers import`` does (the same code):
     no confirmation message, an address that left is never re-subscribed, invalid rows reported by line."""
@@ -298,7 +311,7 @@ async def import_subscribers(
 
     def work() -> ImportOut:
         with session_scope(engine) as session:
-            return ImportOut.of(subscribers.import_rows(session, items, list_, source=source, strict=strict))
+            return ImportOut.of(subscribers.import_rows(session, items, list_, source=source))
 
     return await idempotency.respond(request, caller, 200, work)
 
