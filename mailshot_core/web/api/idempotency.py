@@ -46,22 +46,26 @@ HEADER_DOC = {
 }
 
 
-def _fingerprint(request: Request, body: bytes) -> str:
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    """What tells a retry (same) from another request reusing its key (different)."""
     digest = hashlib.sha256()
-    for part in (request.method, request.url.path, request.url.query):
+    for part in (method, path, query):
         digest.update(part.encode() + b"\0")
     digest.update(body)
     return digest.hexdigest()
 
 
-def _claim(engine: Engine, key_id: int, key: str, fingerprint: str) -> IdempotentRequest | None:
+def claim(engine: Engine, key_id: int, key: str, fingerprint: str) -> IdempotentRequest | None:
     """None: the key is ours now; else its row (a request in flight, or done)."""
     now = utcnow()
     with session_scope(engine) as session:
         session.execute(delete(IdempotentRequest).where(col(IdempotentRequest.created_at) < now - KEPT))
         values = {"api_key_id": key_id, "key": key, "fingerprint": fingerprint, "created_at": now}
-        inserted = session.execute(insert_ignore(session, _TABLE).values(**values)).rowcount  # type: ignore[attr-defined]
-        if inserted:
+        # RETURNING, not rowcount: on PostgreSQL (psycopg 3) the rowcount of an INSERT .. ON CONFLICT DO
+        # NOTHING that inserted nothing was not 0 (measured: every retry "claimed" the key again); a
+        # conflict returns no row on both databases.
+        inserted = session.execute(insert_ignore(session, _TABLE).values(**values).returning(_TABLE.c.key)).first()
+        if inserted is not None:
             return None
         return session.get(IdempotentRequest, (key_id, key))
 
@@ -91,10 +95,10 @@ async def respond(request: Request, caller: Caller, status: int, work: Callable[
     if not (0 < len(key) <= KEY_LENGTH and key.isascii() and key.isprintable() and " " not in key):
         raise Problem(400, f"{HEADER}: 1 to {KEY_LENGTH} printable ASCII characters without spaces")
     engine = context(request).engine
-    fingerprint = _fingerprint(request, await request.body())
-    row = await run_in_threadpool(_claim, engine, caller.key_id, key, fingerprint)
+    this = fingerprint(request.method, request.url.path, request.url.query, await request.body())
+    row = await run_in_threadpool(claim, engine, caller.key_id, key, this)
     if row is not None:
-        if row.fingerprint != fingerprint:
+        if row.fingerprint != this:
             raise Problem(422, f"{HEADER} {key[:80]!r} was used for another request; use a new key for this one")
         if row.status_code is None or row.body is None:
             raise Problem(409, f"the request with {HEADER} {key[:80]!r} is still in progress; retry later")

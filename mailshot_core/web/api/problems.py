@@ -98,10 +98,15 @@ def _summary(errors: list[dict[str, Any]]) -> str:
 def allowed_methods(request: Request) -> list[str]:
     """Every method the request's path answers: Starlette's own 405 names only its first route's (GET
     /lists/{identifier} and PATCH /lists/{identifier} are two routes)."""
+    probe = {**request.scope, "method": "\0"}  # no route takes it: a partial match means the path fits
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "\0"})  # no method matches: partial = the path does
-        if match == Match.PARTIAL and isinstance(route, APIRoute):
+    pending: list[Any] = list(request.app.router.routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)  # FastAPI keeps an included router whole
+        if included is not None:
+            pending.extend(included.routes)
+        elif isinstance(route, APIRoute) and route.matches(probe)[0] == Match.PARTIAL:
             methods |= route.methods or set()
     return sorted(methods - {"HEAD"})
 
