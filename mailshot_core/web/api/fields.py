@@ -18,8 +18,9 @@ from pydantic import BeforeValidator, Field, StrictBool
 from mailshot_core.audience.lists import LIST_NAME_LENGTH
 
 EMAIL_LENGTH = 254  # RFC 5321 §4.5.3.1.3: a path is at most 256 octets, 254 without its angle brackets
-# JSON's numbers are exact up to 2^53 (RFC 8259 §6): ids beyond it would not survive a client's parser.
-MAX_ID = 2**53 - 1
+# The ids are the database's INTEGER (32 bits on PostgreSQL): a larger one would be a database error (a
+# 500) before it could be "not found".
+MAX_ID = 2**31 - 1
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # An address email-validator accepts: dot-atoms, a domain of LDH labels under a top-level of letters.

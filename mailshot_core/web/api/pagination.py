@@ -12,6 +12,8 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Query
 from pydantic import BaseModel
 
+from mailshot_core.web.api.fields import MAX_ID
+
 T = TypeVar("T")
 MAX_LIMIT = 1000
 # A position written in base 36: opaque enough to be given back unchanged, and every text of the pattern
@@ -42,4 +44,6 @@ def encode(position: int) -> str:
 
 def decode(cursor: str | None) -> int | None:
     """The position a cursor stands for (None: the first page); its form is checked by :data:`Cursor`."""
-    return None if cursor is None else int(cursor, 36)
+    # Past the largest id there is nothing more: a position beyond it reads as the largest (the database's
+    # INTEGER would overflow).
+    return None if cursor is None else min(int(cursor, 36), MAX_ID)

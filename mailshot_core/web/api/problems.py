@@ -97,9 +97,11 @@ def _summary(errors: list[dict[str, Any]]) -> str:
 
 def allowed_methods(request: Request) -> list[str]:
     """Every method the request's path answers: Starlette's own 405 names only its first route's (GET
-    /lists/{identifier} and PATCH /lists/{identifier} are two routes)."""
+    /lists/{identifier} and PATCH /lists/{identifier} are two routes).  A path that a route names literally
+    is that route's (/subscribers/import), not also an {email}'s."""
     probe = {**request.scope, "method": "\0"}  # no route takes it: a partial match means the path fits
-    methods: set[str] = set()
+    literal: set[str] = set()
+    templated: set[str] = set()
     pending: list[Any] = list(request.app.router.routes)
     while pending:
         route = pending.pop()
@@ -107,8 +109,8 @@ def allowed_methods(request: Request) -> list[str]:
         if included is not None:
             pending.extend(included.routes)
         elif isinstance(route, APIRoute) and route.matches(probe)[0] == Match.PARTIAL:
-            methods |= route.methods or set()
-    return sorted(methods - {"HEAD"})
+            (templated if route.param_convertors else literal).update(route.methods or ())
+    return sorted((literal or templated) - {"HEAD"})
 
 
 def install(app: FastAPI) -> None:
