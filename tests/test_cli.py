@@ -311,3 +311,36 @@ def test_lists_carry_their_sender_and_public_status(seeded, tmp_path: Path) -> N
         )
     finally:
         con.close()
+
+
+def test_api_keys_create_list_revoke(cli) -> None:  # type: ignore[no-untyped-def]
+    """`api-keys create` prints the key once (only its hash is stored); `list` shows it without the secret and
+    when it was last used; `revoke` makes it fail; a bad scope, a taken name or an unknown key is one clear
+    line and changes nothing."""
+    code, out, err = cli("api-keys", "create", "shop", "--scope", "subscribers")
+    assert code == 0, err
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("msk_") and "not shown again" in err
+    con = sqlite3.connect(cli.db_file)
+    try:
+        stored = con.execute("select prefix, secret_hash, scope from api_key").fetchall()
+    finally:
+        con.close()
+    assert len(stored) == 1 and stored[0][2] == "subscribers" and key not in stored[0][1]
+    code, out, _ = cli("api-keys", "list", env={"COLUMNS": "200"})
+    assert code == 0 and "shop" in out and f"msk_{stored[0][0]}_" in out and key not in out and "never" in out
+    before = _dump(cli.db_file)
+    for args, message in (
+        (("api-keys", "create", "other", "--scope", "root"), "unknown scope 'root'"),
+        (("api-keys", "create", "shop"), "already exists"),
+        (("api-keys", "revoke", "nobody"), "no API key named 'nobody'"),
+    ):
+        code, _, err = cli(*args)
+        assert code == 1 and err.startswith("error: ") and message in err, err
+    assert _dump(cli.db_file) == before
+    code, out, _ = cli("api-keys", "revoke", "shop")
+    assert code == 0 and "revoked" in out
+    from mailshot_core.store.db import get_engine
+    from mailshot_core.web.api.keys import authenticate
+
+    assert authenticate(get_engine(f"sqlite:///{cli.db_file}"), key) is None
