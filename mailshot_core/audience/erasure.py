@@ -5,7 +5,8 @@ The subscriber, its subscriptions and its opt-in trail are deleted.  Its recipie
 outcomes and feedback events stay, so every counter still equals its recount, but under an address
 that names nobody (``erased.<random>@erased.invalid``: RFC 2606's reserved TLD, so it can never be
 sent to), with the address also removed from the error texts a relay wrote (a 550 often quotes it),
-and the providers' raw events (which carry it in many fields) dropped.
+and the providers' raw events (which carry it in many fields) dropped, as are the API's stored answers
+that name it (idempotent_request).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mailshot_core.audience.subscribers import get_subscriber
 from mailshot_core.store.models import (
     DeliveryOutcome,
     FeedbackEvent,
+    IdempotentRequest,
     OptinEvent,
     Recipient,
     Subscriber,
@@ -51,6 +53,8 @@ def erase(session: Session, email: str) -> str:
         .where(col(FeedbackEvent.email) == address)
         .values(email=anonymous, raw=None, detail=func.replace(col(FeedbackEvent.detail), address, anonymous))
     )
+    # The API's stored answers (replayed for an Idempotency-Key for 24 hours) that name the address go too.
+    session.execute(delete(IdempotentRequest).where(col(IdempotentRequest.body).contains(address, autoescape=True)))
     session.execute(delete(OptinEvent).where(col(OptinEvent.subscriber_id) == sub.id))
     session.execute(delete(Subscription).where(col(Subscription.subscriber_id) == sub.id))
     session.execute(delete(Subscriber).where(col(Subscriber.id) == sub.id))

@@ -13,7 +13,7 @@ from apisite import ApiSite, problem, serve
 from helpers import drive
 from mailshot_core.sending import sendings
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import FeedbackEvent, Recipient, Subscriber
+from mailshot_core.store.models import FeedbackEvent, IdempotentRequest, Recipient, Subscriber
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,13 @@ def test_unsubscribe_then_graceful_subscribe_changes_nothing(api_site: ApiSite) 
 
 
 def test_erase_removes_the_address_and_keeps_the_counters(api_site: ApiSite) -> None:
-    """After a sending reached it, the address is erased: not found any more, nowhere in the recipient rows
-    nor the events, and the sending's counters still equal their recount."""
-    with api_site.client("admin") as c:
+    """After a sending reached it, the address is erased: not found any more, nowhere in the recipient rows,
+    the events nor the API's kept answers, and the sending's counters still equal their recount."""
+    with api_site.client("admin", **{"Idempotency-Key": "gone"}) as c:
         c.post("/subscribers", json={"email": "gone@example.com", "lists": ["news"], "force": True})
+    with session_scope(api_site.engine) as session:  # the answer kept for a retry names the address
+        assert "gone@example.com" in (session.exec(select(IdempotentRequest.body)).one() or "")
+    with api_site.client("admin") as c:
         sending = c.post(
             "/sendings", json={"subject": "s", "html": "<p>x</p>", "lists": ["news"], "send": True}
         ).json()["id"]
@@ -76,6 +79,7 @@ def test_erase_removes_the_address_and_keeps_the_counters(api_site: ApiSite) -> 
         emails = session.exec(select(Recipient.email).where(Recipient.mailshot_id == sending)).all()
         assert "gone@example.com" not in emails and any(e.endswith("@erased.invalid") for e in emails)
         assert session.exec(select(FeedbackEvent).where(FeedbackEvent.email == "gone@example.com")).first() is None
+        assert session.exec(select(IdempotentRequest)).first() is None
         assert sendings.recount(session, sending) == sendings.stored_counters(sendings.get(session, sending))
 
 
