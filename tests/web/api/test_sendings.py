@@ -145,3 +145,32 @@ def test_recipients_page_by_status_and_sendings_list(api_site: ApiSite) -> None:
         assert listed["items"][0]["id"] == sending and listed["next_cursor"]
         older = c.get("/sendings", params={"limit": 1, "cursor": listed["next_cursor"]}).json()
         assert older["items"][0]["id"] < sending
+
+
+def test_one_message_and_feedback_go_through_the_same_paths(api_site: ApiSite) -> None:
+    """POST /messages sends one message of a sending to any address ([TEST] or as recipients get it, with
+    the sending's headers); POST /feedback records an event through the inbox: a hard bounce moves the
+    recipient and its counter; the same event id twice is recorded once."""
+    with api_site.client("send") as c:
+        sending = c.post("/sendings", json={"subject": SUBJECT, "html": HTML, "lists": ["news"], "send": True}).json()[
+            "id"
+        ]
+        drive(api_site.engine, api_site.settings, sending)
+        before = len(api_site.relay.messages)
+        for test in (True, False):
+            r = c.post("/messages", json={"sending_id": sending, "email": "p1@example.com", "test": test})
+            assert r.status_code == 201 and r.json()["email"] == "p1@example.com"
+        test_copy, real_copy = api_site.relay.messages[before:]
+        assert b"Subject: [TEST] Hello Person 1" in test_copy.data
+        assert b"Subject: Hello Person 1" in real_copy.data and b"List-Unsubscribe:" in real_copy.data
+        assert c.get(f"/sendings/{sending}").json()["counters"]["sent"] == 5  # a copy is no recipient's
+        event = {"sending_id": sending, "email": "P2@example.com", "kind": "hard_bounce", "event_id": "bp-1"}
+        assert c.post("/feedback", json=event).json() == {"event_id": "bp-1", "recorded": True}
+        assert c.post("/feedback", json=event).json() == {"event_id": "bp-1", "recorded": False}
+        api_site.web.settle()
+        got = c.get(f"/sendings/{sending}").json()["counters"]
+        assert got["nb_bounce"] == 1
+        bounced = c.get(f"/sendings/{sending}/recipients", params={"status": "bounce"}).json()["items"]
+        assert [r["email"] for r in bounced] == ["p2@example.com"]
+        problem(c.post("/feedback", json={**event, "sending_id": 999999, "event_id": "bp-2"}), 404)
+        problem(c.post("/feedback", json={**event, "kind": "machine_read", "event_id": "bp-3"}), 422)
