@@ -106,7 +106,8 @@ def web(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve the web app with uvicorn (put it behind HTTPS): unsubscribe links /u/, open pixel /o/,
-    click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/."""
+    click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/, the Newsletter API /api/v1
+    (its docs at /api/v1/docs; keys: `mailshot api-keys create`)."""
     import uvicorn
 
     from mailshot_core.web import server
