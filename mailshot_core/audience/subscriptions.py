@@ -186,6 +186,7 @@ class ListChoice:
     title: str
     description: str
     status: str | None  # valid, pending, refused; None: never subscribed
+    open: bool = True  # False: a closed list the address is on (it may leave it, not join it again)
 
 
 def choices(session: Session, subscriber_id: int) -> list[ListChoice]:
@@ -200,7 +201,7 @@ def choices(session: Session, subscriber_id: int) -> list[ListChoice]:
     for mlist in session.exec(select(MailingList).order_by(col(MailingList.identifier))).all():
         state = states.get(mlist.id)
         if mlist.open or state in (SubscriptionStatus.VALID, SubscriptionStatus.PENDING):
-            shown.append(ListChoice(mlist.identifier, mlist.title, mlist.description, state))
+            shown.append(ListChoice(mlist.identifier, mlist.title, mlist.description, state, mlist.open))
     return shown
 
 
@@ -266,7 +267,7 @@ def requests_since(session: Session, subscriber_id: int, since: datetime) -> int
     request for several lists at once is one request: its trail entries share their time
     (:func:`subscribe` writes them with one ``at``)."""
     return session.exec(
-        select(func.count(distinct(OptinEvent.at))).where(
+        select(func.count(distinct(col(OptinEvent.at)))).where(
             OptinEvent.subscriber_id == subscriber_id,
             OptinEvent.action == "requested",
             col(OptinEvent.at) >= since,
