@@ -32,9 +32,11 @@ from mailshot_core.store.db import session_scope
 from mailshot_core.store.models import Subscriber
 from mailshot_core.web import preferences
 from mailshot_core.web.server import ACCESS_LOGGER
+from pagesite import csrf_of
 
 CONFIRM_LINK = re.compile(r"(http://127\.0\.0\.1:\d+/confirm/(\S+))")
 SENT = "Check your inbox"
+ADMIN_PASSWORD = "subscribe-pages-test"
 
 
 @dataclass
@@ -89,7 +91,8 @@ def public_site(url: str) -> Iterator[Site]:
     app logs its access lines (to check that no token is in them)."""
     sock = free_socket()
     with DevRelay() as relay:
-        settings = make_settings(url, relay, base_url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+        web_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = make_settings(url, relay, base_url=web_url, admin_password=ADMIN_PASSWORD)
         engine = engine_for(settings)
         with session_scope(engine) as session:
             lists.create_list(
@@ -353,3 +356,23 @@ def test_preferences_from_the_unsubscribe_page_join_and_leave(site: Site) -> Non
     prefs = [line for line in lines if "/preferences/" in line]
     assert len(prefs) == 7 and all("/preferences/***" in line for line in prefs), lines
     assert not any(token in line for line in lines)
+
+
+# --- the operator's view ----------------------------------------------------------------------------
+
+
+def test_the_admin_subscriber_page_shows_pending_subscriptions_and_the_trail(sqlite_site: Site) -> None:
+    site = sqlite_site
+    with site.client() as visitor:
+        site.subscribe(visitor, "j@example.com", "news", "offers")
+    with site.client() as operator:
+        form = operator.get("/admin/login")
+        login = {"csrf": csrf_of(form.text), "user": "admin", "password": ADMIN_PASSWORD, "next": "/admin/"}
+        assert operator.post("/admin/login", data=login).status_code == 303
+        page = operator.get("/admin/subscriber", params={"email": "j@example.com"}).text
+    assert "Waiting for the address to confirm (double opt-in): news, offers." in page
+    trail = page.split("Opt-in trail", 1)[1]
+    rows = re.findall(
+        r"<tr><td[^>]*>[^<]*</td><td>(\w+)</td><td>(\w+)</td><td>(\w+)</td>\s*<td[^>]*>([^<]*)</td>", trail
+    )
+    assert sorted(rows) == [("requested", "news", "page", "127.0.0.1"), ("requested", "offers", "page", "127.0.0.1")]
