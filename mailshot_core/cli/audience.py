@@ -196,8 +196,8 @@ def subs_show(email: str) -> None:
     out.print(table)
     # The consent record: who asked for what, from where, and when the link was followed ("confirmed").
     table = Table("when", "what", "list", "source", "client", "detail", title="Opt-in trail")
-    for e in trail:
-        table.add_row(f"{e.at:%Y-%m-%d %H:%M}", e.action, e.list, e.source, e.client or "", e.detail or "")
+    for t in trail:
+        table.add_row(f"{t.at:%Y-%m-%d %H:%M}", t.action, t.list, t.source, t.client or "", t.detail or "")
     out.print(table)
     table = Table("sending", "subject", "status", "tries", "last attempt", "last error", title="Sendings")
     for o in h.sendings:
