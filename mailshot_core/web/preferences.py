@@ -90,7 +90,7 @@ async def save_preferences(token: str, request: Request) -> Response:
         return _invalid(request)
     sub, shown = found
     assert sub.id is not None
-    posted = await read_post(request, language(request, sub.lang))
+    posted = await read_post(request, language(request, sub.lang), token_in_url=True)
     if isinstance(posted, Response):
         return posted
     try:

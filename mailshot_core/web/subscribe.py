@@ -84,7 +84,7 @@ def _form_lang(request: Request, lists: list[MailingList], chosen: list[str], gi
 
 def _form(request: Request, lists: list[MailingList], lang: str, status_code: int = 200, **values: object) -> Response:
     shown = {"title": "subscribe_title", "lists": lists, "email": "", "nom": "", "chosen": [], "error": "", **values}
-    return page("subscribe.html", lang, shown, status_code)
+    return page("subscribe.html", lang, shown, status_code, token_in_url=False)
 
 
 @router.get("/subscribe")
@@ -156,10 +156,10 @@ async def subscribe(request: Request, background: BackgroundTasks) -> Response:
     wait = _throttle(request).take(client)
     if wait:
         log.warning("subscribe form refused for %s: %d posts in %d s", client, CLIENT_LIMIT, CLIENT_WINDOW)
-        response = message(lang, "too_many_title", "too_many_text", 429)
+        response = message(lang, "too_many_title", "too_many_text", 429, token_in_url=False)
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
-    posted = await read_post(request, lang)
+    posted = await read_post(request, lang, token_in_url=False)
     if isinstance(posted, Response):
         return posted
     lists = await run_in_threadpool(_offered, ctx)
@@ -178,7 +178,7 @@ async def subscribe(request: Request, background: BackgroundTasks) -> Response:
 
 
 def _sent(lang: str, email: str) -> Response:
-    return page("subscribe_sent.html", lang, {"title": "sent_title", "email": email[:254]})
+    return page("subscribe_sent.html", lang, {"title": "sent_title", "email": email[:254]}, token_in_url=False)
 
 
 # --- the confirmation link ------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def _follow(ctx: WebContext, token: str, client: str) -> tuple[Subscriber, list[
 @router.post("/confirm/{token}")
 async def confirm(token: str, request: Request) -> Response:
     ctx = context(request)
-    posted = await read_post(request, language(request))
+    posted = await read_post(request, language(request), token_in_url=True)
     if isinstance(posted, Response):
         return posted
     done = await run_in_threadpool(_follow, ctx, token, client_of(request))
