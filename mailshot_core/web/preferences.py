@@ -28,7 +28,7 @@ from mailshot_core.store.models import Subscriber
 from mailshot_core.web.context import WebContext, context
 from mailshot_core.web.public import client_of, language, message, page, read_post
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)  # pages, not part of the API schema
 
 LINK_DAYS = 7
 

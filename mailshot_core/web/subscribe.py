@@ -41,7 +41,7 @@ from mailshot_core.web.throttle import Throttle
 from mailshot_core.web.views import list_titles, open_lists
 
 log = logging.getLogger("mailshot.web.subscribe")
-router = APIRouter()
+router = APIRouter(include_in_schema=False)  # pages, not part of the API schema
 
 CLIENT_LIMIT = 5  # posts of the form per client address ...
 CLIENT_WINDOW = 10 * 60  # ... in this many seconds: a person subscribing, and fixing a typo or two
