@@ -8,7 +8,10 @@ typed in: it would tell a stranger whether that address is known.
 
 from __future__ import annotations
 
-LANGUAGES = ("en", "fr")
+LANGUAGES = ("en", "fr")  # of these pages
+# The languages a subscriber may choose for our messages (the confirmation's default texts exist in each),
+# each named in itself.
+MESSAGE_LANGUAGES = {"en": "English", "fr": "Français", "es": "Español", "de": "Deutsch", "it": "Italiano"}
 
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
@@ -16,6 +19,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "subscribe_intro": "Choose the lists you want to receive. We will send you a message to confirm.",
         "email": "Email address",
         "name": "Name (optional)",
+        "language": "Language of our messages",
         "lists": "Lists",
         "website": "Leave this field empty",
         "subscribe_button": "Subscribe",
@@ -66,6 +70,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "subscribe_intro": "Choisissez les listes que vous voulez recevoir. Nous vous enverrons un message de confirmation.",
         "email": "Adresse e-mail",
         "name": "Nom (facultatif)",
+        "language": "Langue de nos messages",
         "lists": "Listes",
         "website": "Laissez ce champ vide",
         "subscribe_button": "M'inscrire",

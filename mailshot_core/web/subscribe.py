@@ -36,7 +36,7 @@ from mailshot_core.store.models import MailingList, Subscriber, utcnow
 from mailshot_core.web import preferences
 from mailshot_core.web.context import WebContext, context
 from mailshot_core.web.public import Posted, client_of, language, message, page, read_post
-from mailshot_core.web.public_texts import texts
+from mailshot_core.web.public_texts import MESSAGE_LANGUAGES, texts
 from mailshot_core.web.throttle import Throttle
 from mailshot_core.web.views import list_titles, open_lists
 
@@ -76,14 +76,25 @@ def _offered(ctx: WebContext) -> list[MailingList]:
         return open_lists(session)
 
 
-def _form_lang(request: Request, lists: list[MailingList], chosen: list[str], given: str = "") -> str:
-    """The form's language: the one it was shown in, else the first chosen list's, else the browser's."""
+def _form_lang(request: Request, lists: list[MailingList], chosen: list[str], shown_in: str = "") -> str:
+    """The form's language: the one it was shown in (its answer too), else the first chosen list's,
+    else the browser's."""
     langs = [m.lang for m in lists if m.identifier in chosen]
-    return language(request, given, *langs)
+    return language(request, shown_in, *langs)
 
 
 def _form(request: Request, lists: list[MailingList], lang: str, status_code: int = 200, **values: object) -> Response:
-    shown = {"title": "subscribe_title", "lists": lists, "email": "", "nom": "", "chosen": [], "error": "", **values}
+    shown = {
+        "title": "subscribe_title",
+        "lists": lists,
+        "languages": MESSAGE_LANGUAGES,
+        "email": "",
+        "nom": "",
+        "chosen": [],
+        "chosen_lang": "",
+        "error": "",
+        **values,
+    }
     return page("subscribe.html", lang, shown, status_code, token_in_url=False)
 
 
@@ -163,13 +174,18 @@ async def subscribe(request: Request, background: BackgroundTasks) -> Response:
     if isinstance(posted, Response):
         return posted
     lists = await run_in_threadpool(_offered, ctx)
-    lang = _form_lang(request, lists, posted.all("list"), posted.first("lang"))
+    lang = _form_lang(request, lists, posted.all("list"), posted.first("page_lang"))
     if posted.first("website"):  # the honeypot: a bot filled every field; it learns nothing
         log.info("subscribe form from %s: honeypot filled, nothing done", client)
         return _sent(lang, posted.first("email"))
     checked = _checked(posted, lists, lang)
     if isinstance(checked, str):
-        values = {"email": posted.first("email"), "nom": posted.first("nom"), "chosen": posted.all("list")}
+        values = {
+            "email": posted.first("email"),
+            "nom": posted.first("nom"),
+            "chosen": posted.all("list"),
+            "chosen_lang": posted.first("lang"),
+        }
         return _form(request, lists, lang, 400, error=checked, **values)
     pending = await run_in_threadpool(_request, ctx, checked, client)
     if pending:

@@ -247,10 +247,11 @@ def test_single_opt_in_lists_are_joined_at_once_with_the_same_answer(sqlite_site
 def test_bad_input_shows_the_form_again_with_its_values_and_changes_nothing(sqlite_site: Site) -> None:
     site = sqlite_site
     with site.client() as client:
-        bad = site.subscribe(client, "not an address", "news", "offers", nom="Ann <b>")
+        bad = site.subscribe(client, "not an address", "news", "offers", nom="Ann <b>", lang="it")
         assert bad.status_code == 400 and "invalid address" in bad.text
         assert 'value="not an address"' in bad.text and 'value="Ann &lt;b&gt;"' in bad.text
         assert 'value="news" checked' in bad.text and 'value="offers" checked' in bad.text
+        assert '<option value="it" selected>' in bad.text
         none = site.subscribe(client, "c@example.com")
         assert none.status_code == 400 and "Choose at least one list" in none.text
         closed = site.subscribe(client, "c@example.com", "staff")
@@ -306,13 +307,21 @@ def test_per_client_and_per_address_throttles(sqlite_site: Site) -> None:
 
 
 def test_french_pages_from_the_list_or_the_browser(sqlite_site: Site) -> None:
+    """The pages speak the list's language, else the browser's; the visitor chooses the messages'."""
     with sqlite_site.client(**{"accept-language": "de-CH, fr;q=0.8, en;q=0.5"}) as client:
         assert "M&#39;inscrire" in client.get("/subscribe").text
     with sqlite_site.client() as client:
         assert "M&#39;inscrire" in client.get("/subscribe", params={"list": "offers"}).text  # the list's language
         assert "M&#39;inscrire" not in client.get("/subscribe").text
         answer = sqlite_site.subscribe(client, "i@example.com", "offers")
+        german = sqlite_site.subscribe(client, "k@example.com", "news", lang="de")
+        kept = sqlite_site.subscribe(client, "l@example.com", "offers", page_lang="en")
     assert "Consultez votre boîte" in answer.text
+    assert SENT in kept.text  # the answer keeps the language the form was shown in
+    assert SENT in german.text  # the page speaks English; the messages will be in German
+    sqlite_site.confirmation("k@example.com", 3)
+    [to_k] = [m for m in sqlite_site.relay.messages if m.rcpt_tos == ["k@example.com"]]
+    assert "Bitte bestätigen" in str(email.message_from_bytes(to_k.data, policy=email.policy.default)["Subject"])
 
 
 # --- preferences ------------------------------------------------------------------------------------
