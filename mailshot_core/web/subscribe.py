@@ -125,7 +125,7 @@ def _checked(posted: Posted, lists: list[MailingList], lang: str) -> SubscribeFo
 
 def _request(ctx: WebContext, form: SubscribeForm, client: str) -> list[str]:
     """The per-address limit, then subscribe; the lists whose confirmation link is to be sent (after
-    the answer).  Failures are logged, never with the address: nothing of them reaches the visitor."""
+    the answer).  Failures are logged for the operator; nothing of them reaches the visitor."""
     try:
         with Session(ctx.engine) as session:
             sub = session.exec(select(Subscriber).where(Subscriber.email == form.email)).first()
@@ -155,8 +155,10 @@ def _request(ctx: WebContext, form: SubscribeForm, client: str) -> list[str]:
 def _send(ctx: WebContext, email: str, lists: list[str], client: str) -> None:
     try:
         send_confirmation(ctx.engine, ctx.settings, email, lists)
-    except MailshotError as exc:  # the relay refused it: the visitor may ask again
+    except MailshotError as exc:  # the relay refused it, or is down: the visitor may ask again
         log.warning("confirmation message for a request from %s not sent: %s", client, exc)
+    except Exception:  # after the answer, nobody else would see it
+        log.exception("confirmation message for a request from %s failed", client)
 
 
 @router.post("/subscribe")
