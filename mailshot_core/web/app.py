@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.feedback.applier import Applier
 from mailshot_core.store.db import get_engine
-from mailshot_core.web import links, pages, webhooks
+from mailshot_core.web import links, pages, preferences, subscribe, webhooks
 from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, SnsVerifier, https_get
 from mailshot_core.web.context import WebContext
 from mailshot_core.web.server import install_log_redaction
@@ -42,4 +42,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(pages.router)
+    app.state.mailshot_subscribe_throttle = subscribe.new_throttle()
+    app.include_router(subscribe.router)
+    app.include_router(preferences.router)
     return app
