@@ -344,3 +344,24 @@ def test_api_keys_create_list_revoke(cli) -> None:  # type: ignore[no-untyped-de
     from mailshot_core.web.api.keys import authenticate
 
     assert authenticate(get_engine(f"sqlite:///{cli.db_file}"), key) is None
+
+
+def test_show_prints_pending_subscriptions_and_the_opt_in_trail(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`mailshot subscribers show`: a pending subscription in the lists, and the trail: what, which list,
+    from where (source, client), and when the link was followed."""
+    from mailshot_core.audience import subscriptions
+    from mailshot_core.store.db import get_engine, session_scope
+
+    assert cli("lists", "create", "news", "--title", "News", "--open")[0] == 0
+    assert cli("lists", "create", "offers", "--open")[0] == 0
+    assert cli("subscribers", "add", "carol@example.org", "--list", "news")[0] == 0
+    with session_scope(get_engine(f"sqlite:///{tmp_path / 'cli.db'}")) as session:
+        subscriptions.subscribe(
+            session, "carol@example.org", ["offers"], public=True, source="page", client="192.0.2.9"
+        )
+    code, out, _ = cli("subscribers", "show", "carol@example.org")
+    assert code == 0 and "Opt-in trail" in out
+    rows = [line for line in out.splitlines() if "carol" not in line]
+    assert any("offers" in r and "pending" in r for r in rows), out
+    assert any("subscribed" in r and "news" in r and "cli" in r and "forced" in r for r in rows), out
+    assert any("requested" in r and "offers" in r and "page" in r and "192.0.2.9" in r for r in rows), out

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.feedback.applier import Applier
 from mailshot_core.store.db import get_engine
-from mailshot_core.web import links, pages, webhooks
+from mailshot_core.web import links, pages, preferences, subscribe, webhooks
 from mailshot_core.web.api.app import PREFIX as API_PREFIX
 from mailshot_core.web.api.app import create_api
 from mailshot_core.web.api.problems import problem_response
@@ -46,6 +46,9 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(pages.router)
+    app.state.mailshot_subscribe_throttle = subscribe.new_throttle()
+    app.include_router(subscribe.router)
+    app.include_router(preferences.router)
     app.mount(API_PREFIX, create_api(ctx))  # the Newsletter API: a sub-application with its own schema and errors
     app.add_exception_handler(StarletteHTTPException, _api_paths_answer_problems)
     return app

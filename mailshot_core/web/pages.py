@@ -24,7 +24,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import subscribers, subscriptions
 from mailshot_core.errors import InvalidInput, InvalidState, MailshotError, NotFound
 from mailshot_core.feedback import tracking
 from mailshot_core.sending import sendings
@@ -373,9 +373,11 @@ def sending_action(
 def subscriber(request: Request, admin: Annotated[Admin, Depends(logged_in)], email: str = "") -> Response:
     email = _address_text(email, "address")
     history = None
+    trail: list[subscriptions.TrailEntry] = []
     if email:
         with Session(context(request).engine) as session:
             history = subscribers.history(session, email)
+            trail = subscriptions.trail(session, history.subscriber.id or 0)
     return render(
         "subscriber.html",
         {
@@ -383,6 +385,8 @@ def subscriber(request: Request, admin: Annotated[Admin, Depends(logged_in)], em
             "title": history.subscriber.email if history else "Subscribers",
             "email": email,
             "h": history,
+            "trail": trail,
+            "pending": [name for name, state, _ in history.subscriptions if state == "pending"] if history else [],
             "sendings": list(reversed(history.sendings)) if history else [],
             "outcomes": views.RECIPIENT_LABELS,
         },
