@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from sqlmodel import select
 
 from apisite import ApiSite, problem, serve
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import ApiKey, Mailshot
+from mailshot_core.store.models import ApiKey, IdempotentRequest, Mailshot, utcnow
 from mailshot_core.web.api.idempotency import claim, fingerprint
 
 NEW = {"subject": "Hello {{ nom }}", "html": "<p>Hello {{ nom }}</p>", "lists": ["news"]}
@@ -97,3 +98,17 @@ def test_racing_retries_create_one_sending(api_site: ApiSite) -> None:
     assert sorted({r.status_code for r in answers}) in ([201], [201, 409])
     assert len({r.json()["id"] for r in answers if r.status_code == 201}) == 1
     assert _sendings(api_site) == before + 1
+
+
+def test_keys_are_forgotten_after_24_hours(api_site: ApiSite) -> None:
+    """A key older than a day is purged when another is claimed: the same key then creates again."""
+    with api_site.client("send", **{"Idempotency-Key": "yesterday"}) as c:
+        first = c.post("/sendings", json=NEW).json()["id"]
+    with session_scope(api_site.engine) as session:
+        row = session.exec(select(IdempotentRequest).where(IdempotentRequest.key == "yesterday")).one()
+        row.created_at = utcnow() - timedelta(hours=24, minutes=1)
+        session.add(row)
+    with api_site.client("send", **{"Idempotency-Key": "yesterday"}) as c:
+        second = c.post("/sendings", json=NEW)
+    assert second.status_code == 201 and "idempotent-replayed" not in second.headers
+    assert second.json()["id"] != first
