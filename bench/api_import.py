@@ -7,7 +7,7 @@ list created first (not timed):
 - ``mailshot subscribers import FILE --list news`` (the command's wall time: process start included);
 - ``POST /api/v1/subscribers/import?list=news`` of the same file as ``text/csv``, and of the same rows as
   a JSON array, to ``mailshot web`` started as a process (the request's wall time, sent from here).
-Prints each time, rate and ratio to the CLI (the issue's target: within 2x).
+Prints each time, rate and ratio to the CLI (the issue's target: within 2x), and the server's peak memory.
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ def cli_import(folder: Path, csv_file: Path) -> float:
     return elapsed
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (Linux /proc), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def api_import(folder: Path, name: str, body: bytes, content_type: str) -> float:
     env = _fresh(folder, name)
     key = _run(env, "api-keys", "create", "bench", "--scope", "subscribers").strip().splitlines()[-1]
@@ -76,7 +84,10 @@ def api_import(folder: Path, name: str, body: bytes, content_type: str) -> float
             elapsed = time.perf_counter() - start
         r.raise_for_status()
         report = r.json()
-        print(f"  api {name}: {report['new_subscriptions']} subscribed, {len(report['errors'])} invalid")
+        print(
+            f"  api {name}: {report['new_subscriptions']} subscribed, {len(report['errors'])} invalid; "
+            f"server's peak RSS {_peak_rss_mb(server.pid):.0f} MB"
+        )
         return elapsed
     finally:
         server.terminate()

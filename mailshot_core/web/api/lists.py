@@ -20,7 +20,15 @@ from mailshot_core.web.context import context
 router = APIRouter(tags=["lists"])
 # content/confirmation.check_template: a list's own confirmation text carries the link to confirm.
 CONFIRM_TEXT_PATTERN = r"^$|^[^\x00]*\{\{ *url_confirm *\}\}[^\x00]*$"
-ListName = Annotated[str, Path(min_length=1, max_length=lists.LIST_NAME_LENGTH, description="The list's identifier.")]
+ListName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=lists.LIST_NAME_LENGTH,
+        pattern=fields.LIST_PATTERN,
+        description="The list's identifier.",
+    ),
+]
 
 
 class ListOut(BaseModel):

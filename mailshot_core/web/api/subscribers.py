@@ -33,7 +33,9 @@ router = APIRouter(tags=["subscribers"])
 # The filter's values: a subscriber's statuses and a subscription's, together (one enum in the schema).
 Status = StrEnum("Status", {s: s for s in sorted({*SubscriberStatus, *SubscriptionStatus})})  # type: ignore[misc]
 EMAIL_LENGTH = 320
-Email = Annotated[str, Path(min_length=1, max_length=EMAIL_LENGTH, description="The address.")]
+# Any text but NUL, which PostgreSQL cannot compare: an address that is no subscriber's is a 404.
+Email = Annotated[str, Path(min_length=1, max_length=EMAIL_LENGTH, pattern=r"^[^\x00]+$", description="The address.")]
+ListQuery = Query(alias="list", min_length=1, max_length=lists.LIST_NAME_LENGTH, pattern=fields.LIST_PATTERN)
 SOURCE = "api"
 # The header line subscribers.read_csv needs, and rows without the quotes, semicolons or tabs that would
 # make its dialect sniffer take them for another format.
@@ -187,7 +189,7 @@ def get_subscriber(
 def list_subscribers(
     request: Request,
     caller: Annotated[Caller, Depends(require("read"))],
-    list_: Annotated[str | None, Query(alias="list", min_length=1, max_length=lists.LIST_NAME_LENGTH)] = None,
+    list_: Annotated[str | None, ListQuery] = None,
     status: Annotated[
         Status | None,
         Query(
@@ -286,7 +288,7 @@ _IMPORT_BODY = {
 async def import_subscribers(
     request: Request,
     caller: Annotated[Caller, Depends(require("subscribers"))],
-    list_: Annotated[str, Query(alias="list", min_length=1, max_length=lists.LIST_NAME_LENGTH)],
+    list_: Annotated[str, ListQuery],
 ) -> Response:
     """Subscribe many addresses to a list at once, as ``mailshot subscribers import`` does (the same code):
     no confirmation message, an address that left is never re-subscribed, invalid rows reported by line."""
