@@ -1,4 +1,4 @@
-"""Schemathesis hooks for test_schema.py (loaded through SCHEMATHESIS_HOOKS).
+"""Schemathesis hooks for test_api_schema.py (loaded through SCHEMATHESIS_HOOKS).
 
 A client gives each new request its own Idempotency-Key (the schema says so); schemathesis draws header
 values from the schema alone, so the same few keys ("0", "00...") came back with different bodies, which

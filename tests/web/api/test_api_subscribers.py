@@ -129,3 +129,12 @@ def test_subscribers_page_through_with_a_count(api_site: ApiSite) -> None:
             "count": 0,
         }
         problem(c.get("/subscribers", params={"cursor": "not a cursor!"}), 422)
+
+
+def test_import_rows_with_a_nul_are_bad_rows(api_site: ApiSite) -> None:
+    """A NUL in a name (PostgreSQL cannot store it) makes that row a reported error, not a 500."""
+    rows = [{"email": "nul1@example.com", "nom": "A\x00B"}, {"email": "nul2@example.com"}]
+    with api_site.client("subscribers") as c:
+        body = c.post("/subscribers/import", params={"list": "club"}, json=rows).json()
+    assert body["new_subscriptions"] == 1 and [e["line"] for e in body["errors"]] == [1]
+    assert "NUL" in body["errors"][0]["error"]
