@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy.engine import Engine
@@ -20,6 +20,9 @@ from mailshot_core.cli.common import (
     out,
 )
 from mailshot_core.sending import sendings
+
+if TYPE_CHECKING:  # fastapi is imported only by the `web` command
+    from mailshot_core.web.context import RunStarter
 
 
 @app.command("send")
@@ -121,14 +124,15 @@ def web(
     uvicorn.Server(server.config(app, settings, host=host, port=port, log_level="info")).run()
 
 
-def _run_starter(engine: Engine) -> Callable[[int], object] | None:
-    """The pages' Send and Resume start the sending's run at once when Prefect is reachable from here;
-    without a Prefect API the dispatch-mailshots deployment starts it within its interval."""
+def _run_starter(engine: Engine) -> RunStarter | None:
+    """The pages' Send and Resume, the API's creates and actions make the sending's run at once (for its
+    start time when scheduled) when Prefect is reachable from here; without a Prefect API the
+    dispatch-mailshots deployment starts it within its interval."""
     from flows.sending_runs import ensure_run, prefect_api_configured
 
     if not prefect_api_configured():
         return None
-    return lambda mailshot_id: ensure_run(engine, mailshot_id)
+    return partial(ensure_run, engine)
 
 
 @app.command("relay")

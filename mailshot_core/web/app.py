@@ -7,8 +7,6 @@ like every other entry point.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from sqlalchemy.engine import Engine
@@ -22,7 +20,7 @@ from mailshot_core.web.api.app import PREFIX as API_PREFIX
 from mailshot_core.web.api.app import create_api
 from mailshot_core.web.api.problems import problem_response
 from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, SnsVerifier, https_get
-from mailshot_core.web.context import WebContext
+from mailshot_core.web.context import RunStarter, WebContext
 from mailshot_core.web.server import install_log_redaction
 
 
@@ -32,7 +30,7 @@ def create_app(
     engine: Engine | None = None,
     fetch: Fetch | None = None,
     fetch_timeout: float = FETCH_TIMEOUT,
-    start_run: Callable[[int], object] | None = None,
+    start_run: RunStarter | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     engine = engine or get_engine(settings.database_url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from sqlmodel import Session
 
@@ -47,11 +48,11 @@ def operate(ctx: WebContext, mailshot_id: int, action: str, *, channel: str, who
     return mailshot
 
 
-def start_run(ctx: WebContext, mailshot_id: int) -> None:
-    """The sending's run, now, when ``mailshot web`` was given a way to start it."""
+def start_run(ctx: WebContext, mailshot_id: int, start_at: datetime | None = None) -> None:
+    """The sending's run, now or for its start time, when ``mailshot web`` was given a way to start it."""
     if ctx.start_run is None:
         return
     try:
-        ctx.start_run(mailshot_id)
+        ctx.start_run(mailshot_id, start_at=start_at)
     except Exception:  # the sending's status is saved: the dispatcher's next tick starts its run
         log.warning("sending %s: no run started (Prefect unreachable?)", mailshot_id, exc_info=True)

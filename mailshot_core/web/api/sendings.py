@@ -180,8 +180,9 @@ async def create_sending(
     def work() -> SendingOut:
         with session_scope(ctx.engine) as session:
             m = sendings.create(session, ctx.settings, spec)
-        if m.status == MailshotStatus.PROCESSING:
-            operations.start_run(ctx, m.id or 0)
+        # As `mailshot create` does: the run is made now, for now or for the sending's start time.
+        if m.status in (MailshotStatus.PROCESSING, MailshotStatus.INIT):
+            operations.start_run(ctx, m.id or 0, m.start_at if m.status == MailshotStatus.INIT else None)
         return SendingOut.of(m)
 
     return await idempotency.respond(request, caller, 201, work)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ class ApiSite:
     engine: Engine
     relay: DevRelay
     keys: dict[str, str]  # scope -> key
-    started: list[int] = field(default_factory=list)  # the sendings whose run the app asked to start
+    started: list[tuple[int, datetime | None]] = field(default_factory=list)  # runs the app asked for (id, start time)
 
     @property
     def url(self) -> str:
@@ -63,6 +64,10 @@ def serve(url: str, **overrides: object) -> Iterator[ApiSite]:
         with session_scope(engine) as session:
             lists.create_list(session, "news", "Weekly news", double_optin=False)
             keys = {scope: create_key(session, f"key-{scope}", scope)[1] for scope in SCOPES}
-        started: list[int] = []
-        with WebServer(settings, free_socket(), start_run=started.append) as web:
+        started: list[tuple[int, datetime | None]] = []
+
+        def start_run(mailshot_id: int, *, start_at: datetime | None = None) -> None:
+            started.append((mailshot_id, start_at))
+
+        with WebServer(settings, free_socket(), start_run=start_run) as web:
             yield ApiSite(web, settings, engine, relay, keys, started)

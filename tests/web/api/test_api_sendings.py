@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def test_an_api_sending_goes_out_like_the_cli_one(
         assert c.get(f"/sendings/{sending}").json()["counters"]["total"] == 0  # a test changes nothing
         sent = c.post(f"/sendings/{sending}/send")
         assert sent.status_code == 200 and sent.json()["status"] == "processing"
-        assert api_site.started[-1] == sending  # the run is started as the pages' Send starts it
+        assert api_site.started[-1] == (sending, None)  # the run is started now, as the pages' Send starts it
     first = len(relay.messages)
     drive(api_site.engine, api_site.settings, sending)
     through_api = sorted(_shape(m) for m in relay.messages[first:])
@@ -174,3 +175,14 @@ def test_one_message_and_feedback_go_through_the_same_paths(api_site: ApiSite) -
         assert [r["email"] for r in bounced] == ["p2@example.com"]
         problem(c.post("/feedback", json={**event, "sending_id": 999999, "event_id": "bp-2"}), 404)
         problem(c.post("/feedback", json={**event, "kind": "machine_read", "event_id": "bp-3"}), 422)
+
+
+def test_a_scheduled_sending_gets_its_run_for_its_time(api_site: ApiSite) -> None:
+    """As `mailshot create --start-at` does: the sending is scheduled (init) and its run made for that time."""
+    when = datetime.now(UTC) + timedelta(days=2)
+    with api_site.client("send") as c:
+        r = c.post(
+            "/sendings", json={"subject": "s", "html": "<p>x</p>", "lists": ["news"], "start_at": when.isoformat()}
+        )
+    assert r.status_code == 201 and r.json()["status"] == "init"
+    assert api_site.started[-1] == (r.json()["id"], when)
