@@ -99,7 +99,9 @@ def read_csv(text: str, source: str) -> Iterator[_Row | tuple[int, str]]:
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    # Universal newlines, as Path.read_text gives the CLI: a lone CR (old Mac files, or a body sent to the
+    # API as it is) ends a line instead of failing the whole file as malformed.
+    reader = csv.reader(io.StringIO(text, newline=None), dialect)
     try:
         header = next(reader)
     except StopIteration:
