@@ -6,6 +6,7 @@ audience/ functions the CLI and the pages use.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from datetime import datetime
 from enum import StrEnum
@@ -38,8 +39,9 @@ Email = Annotated[str, Path(min_length=1, max_length=EMAIL_LENGTH, pattern=r"^[^
 ListQuery = Query(alias="list", min_length=1, max_length=lists.LIST_NAME_LENGTH, pattern=fields.LIST_PATTERN)
 SOURCE = "api"
 # The header line subscribers.read_csv needs, and rows without the quotes, semicolons or tabs that would
-# make its dialect sniffer take them for another format.
-CSV_PATTERN = r'^email(?:,(?:nom|name|lang))*\r?\n[^\x00";\t]*$'
+# make its dialect sniffer take them for another format (or a quote left open fail the whole body).
+CSV_PATTERN = r'^email(?:,(?:nom|name|lang))*(?:\r\n?|\n)[^\x00";\t]*$'
+_CSV = re.compile(CSV_PATTERN)  # the schema's pattern is the API's rule, so what it accepts is what it says
 
 
 class SubscriptionOut(BaseModel):
@@ -300,6 +302,11 @@ async def import_subscribers(
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{source}: not UTF-8 text (byte {exc.start})") from None
     if csv_body:
+        if not _CSV.fullmatch(text):
+            raise InvalidInput(
+                f"{source}: the API reads a header line 'email[,nom][,lang]' then one line per address, comma "
+                "separated, without quotes, semicolons or tabs (send a JSON array for other values)"
+            )
         items = subscribers.read_csv(text, source)
     else:
         try:
