@@ -15,5 +15,9 @@ class InvalidInput(MailshotError):
     """Input refused before anything was changed."""
 
 
+class AlreadyExists(InvalidInput):
+    """A name given to a new thing is taken (a list, an API key): the API's 409."""
+
+
 class InvalidState(MailshotError):
     """The operation does not apply to the object in its current status."""

@@ -311,3 +311,57 @@ def test_lists_carry_their_sender_and_public_status(seeded, tmp_path: Path) -> N
         )
     finally:
         con.close()
+
+
+def test_api_keys_create_list_revoke(cli) -> None:  # type: ignore[no-untyped-def]
+    """`api-keys create` prints the key once (only its hash is stored); `list` shows it without the secret and
+    when it was last used; `revoke` makes it fail; a bad scope, a taken name or an unknown key is one clear
+    line and changes nothing."""
+    code, out, err = cli("api-keys", "create", "shop", "--scope", "subscribers")
+    assert code == 0, err
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("msk_") and "not shown again" in err
+    con = sqlite3.connect(cli.db_file)
+    try:
+        stored = con.execute("select prefix, secret_hash, scope from api_key").fetchall()
+    finally:
+        con.close()
+    assert len(stored) == 1 and stored[0][2] == "subscribers" and key not in stored[0][1]
+    code, out, _ = cli("api-keys", "list", env={"COLUMNS": "200"})
+    assert code == 0 and "shop" in out and f"msk_{stored[0][0]}_" in out and key not in out and "never" in out
+    before = _dump(cli.db_file)
+    for args, message in (
+        (("api-keys", "create", "other", "--scope", "root"), "unknown scope 'root'"),
+        (("api-keys", "create", "shop"), "already exists"),
+        (("api-keys", "revoke", "nobody"), "no API key named 'nobody'"),
+    ):
+        code, _, err = cli(*args)
+        assert code == 1 and err.startswith("error: ") and message in err, err
+    assert _dump(cli.db_file) == before
+    code, out, _ = cli("api-keys", "revoke", "shop")
+    assert code == 0 and "revoked" in out
+    from mailshot_core.store.db import get_engine
+    from mailshot_core.web.api.keys import authenticate
+
+    assert authenticate(get_engine(f"sqlite:///{cli.db_file}"), key) is None
+
+
+def test_show_prints_pending_subscriptions_and_the_opt_in_trail(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`mailshot subscribers show`: a pending subscription in the lists, and the trail: what, which list,
+    from where (source, client), and when the link was followed."""
+    from mailshot_core.audience import subscriptions
+    from mailshot_core.store.db import get_engine, session_scope
+
+    assert cli("lists", "create", "news", "--title", "News", "--open")[0] == 0
+    assert cli("lists", "create", "offers", "--open")[0] == 0
+    assert cli("subscribers", "add", "carol@example.org", "--list", "news")[0] == 0
+    with session_scope(get_engine(f"sqlite:///{tmp_path / 'cli.db'}")) as session:
+        subscriptions.subscribe(
+            session, "carol@example.org", ["offers"], public=True, source="page", client="192.0.2.9"
+        )
+    code, out, _ = cli("subscribers", "show", "carol@example.org")
+    assert code == 0 and "Opt-in trail" in out
+    rows = [line for line in out.splitlines() if "carol" not in line]
+    assert any("offers" in r and "pending" in r for r in rows), out
+    assert any("subscribed" in r and "news" in r and "cli" in r and "forced" in r for r in rows), out
+    assert any("requested" in r and "offers" in r and "page" in r and "192.0.2.9" in r for r in rows), out

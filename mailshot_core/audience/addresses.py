@@ -35,6 +35,8 @@ def normalise_email(raw: str) -> str:
 
 
 def check_name(nom: str) -> str:
+    if "\x00" in nom:  # PostgreSQL cannot store it: refused here, as a bad row, not as a database error
+        raise InvalidInput(f"name {nom[:40]!r} contains a NUL character")
     try:
         return check_header_value("name", nom.strip(), NAME_LENGTH)
     except HeaderError as exc:

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, func, select
 from mailshot_core.audience.addresses import check_lang, normalise_email
 from mailshot_core.content.confirmation import check_template
 from mailshot_core.content.message import HeaderError, check_header_value
-from mailshot_core.errors import InvalidInput, NotFound
+from mailshot_core.errors import AlreadyExists, InvalidInput, NotFound
 from mailshot_core.store.models import MailingList, Subscription, SubscriptionStatus, max_length
 
 TITLE_LENGTH = max_length(MailingList, "title")
@@ -119,7 +119,7 @@ def create_list(session: Session, identifier: str, title: str = "", **fields: An
     double opt-in, no sender of its own)."""
     identifier = check_identifier(identifier)
     if session.exec(select(MailingList).where(MailingList.identifier == identifier)).first():
-        raise InvalidInput(f"list {identifier!r} already exists")
+        raise AlreadyExists(f"list {identifier!r} already exists")
     values = _cleaned(identifier, {**fields, "title": title})
     mlist = MailingList(identifier=identifier, **values)
     session.add(mlist)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -82,13 +82,26 @@ class _Row:
     lang: str
 
 
-def _read_csv(text: str, source: str) -> Iterator[_Row | tuple[int, str]]:
+def _row(line: int, email: str, nom: str, lang: str) -> _Row | tuple[int, str]:
+    """One row checked like every address (normalised, name and language on one line), or (line, why not)."""
+    try:
+        return _Row(line, normalise_email(email), check_name(nom), check_lang(lang))
+    except InvalidInput as exc:
+        return (line, str(exc))
+
+
+def read_csv(text: str, source: str) -> Iterator[_Row | tuple[int, str]]:
+    """The rows of a CSV text (columns email[, nom|name][, lang], any of , ; tab), each checked; a row
+    with the wrong number of fields or a bad value is (line, reason).  InvalidInput for a file that is
+    not CSV or has no email column (``source`` names it in the message)."""
     sample = text[:4096]
     try:
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    # Universal newlines, as Path.read_text gives the CLI: a lone CR (old Mac files, or a body sent to the
+    # API as it is) ends a line instead of failing the whole file as malformed.
+    reader = csv.reader(io.StringIO(text, newline=None), dialect)
     try:
         header = next(reader)
     except StopIteration:
@@ -117,32 +130,56 @@ def _read_csv(text: str, source: str) -> Iterator[_Row | tuple[int, str]]:
         if len(values) != len(columns):
             yield (line, f"expected {len(columns)} fields, found {len(values)}")
             continue
-        try:
-            email = normalise_email(values[i_email])
-            nom = check_name(values[i_nom]) if i_nom is not None else ""
-            lang = check_lang(values[i_lang]) if i_lang is not None else ""
-        except InvalidInput as exc:
-            yield (line, str(exc))
+        nom = values[i_nom] if i_nom is not None else ""
+        yield _row(line, values[i_email], nom, values[i_lang] if i_lang is not None else "")
+
+
+def read_records(records: Iterable[object]) -> Iterator[_Row | tuple[int, str]]:
+    """The rows of a JSON import (objects with email[, nom][, lang]), numbered from 1 like lines."""
+    for line, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            yield (line, f"expected an object with an email, got {type(record).__name__}")
             continue
-        yield _Row(line, email, nom, lang)
+        values = [record.get(name, "") for name in ("email", "nom", "lang")]
+        unknown = sorted(set(record) - {"email", "nom", "lang"})
+        if unknown:
+            yield (line, f"unknown field(s) {', '.join(map(str, unknown))} (known: email, nom, lang)")
+        elif not all(isinstance(v, str) for v in values):
+            yield (line, "email, nom and lang must be text")
+        else:
+            yield _row(line, *values)
 
 
 def import_csv(session: Session, path: Path, list_identifier: str, *, strict: bool = False) -> ImportReport:
-    """Import a CSV (columns email[, nom][, lang]) into a list.
-
-    Invalid rows are reported by line and skipped (``strict``: refused, nothing imported).
-    The whole file is read and checked before the first write, so a malformed file changes nothing.
-    """
-    mlist = get_list(session, list_identifier)
+    """Import a CSV file (columns email[, nom][, lang]) into a list: :func:`import_rows` of its rows."""
+    get_list(session, list_identifier)  # an unknown list is said before the file is read
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    return import_rows(session, read_csv(text, str(path)), list_identifier, source=str(path), strict=strict)
+
+
+def import_rows(
+    session: Session,
+    items: Iterable[_Row | tuple[int, str]],
+    list_identifier: str,
+    *,
+    source: str,
+    strict: bool = False,
+) -> ImportReport:
+    """Import checked rows (:func:`read_csv`, :func:`read_records`) into a list: the one path of
+    ``mailshot subscribers import`` and the API's import.
+
+    Invalid rows are reported by line and skipped (``strict``: refused, nothing imported).
+    Every row is read and checked before the first write, so a malformed file changes nothing.
+    """
+    mlist = get_list(session, list_identifier)
     report = ImportReport()
     rows: dict[str, _Row] = {}
-    for item in _read_csv(text, str(path)):
+    for item in items:
         report.rows += 1
         if isinstance(item, tuple):
             report.errors.append(item)
@@ -150,7 +187,7 @@ def import_csv(session: Session, path: Path, list_identifier: str, *, strict: bo
             rows[item.email] = item
     if strict and report.errors:
         line, reason = report.errors[0]
-        raise InvalidInput(f"{path}, line {line}: {reason} ({len(report.errors)} invalid rows; nothing imported)")
+        raise InvalidInput(f"{source}, line {line}: {reason} ({len(report.errors)} invalid rows; nothing imported)")
     _upsert(session, mlist, list(rows.values()), report)
     return report
 
@@ -228,6 +265,37 @@ def get_subscriber(session: Session, email: str) -> Subscriber:
     if sub is None:
         raise NotFound(f"no subscriber with address {email!r}")
     return sub
+
+
+@dataclass(frozen=True)
+class SubscriberPage:
+    subscribers: list[Subscriber]  # by id, after the cursor
+    count: int  # every subscriber the filter matches, all pages together
+    more: bool  # another page follows
+
+
+def browse(
+    session: Session, *, list_identifier: str | None = None, status: str | None = None, after: int = 0, limit: int = 100
+) -> SubscriberPage:
+    """One page of subscribers by id after ``after`` (keyset pagination on the primary key, so page n
+    costs what page 1 does), with the count of all that match.  With a list: its subscribers, ``status``
+    filtering the subscription (valid, pending, refused); without: every address, ``status`` filtering
+    the subscriber (valid, pending, unsubscribed)."""
+    query = select(Subscriber)
+    if list_identifier is not None:
+        mlist = get_list(session, list_identifier)
+        query = query.join(Subscription, col(Subscription.subscriber_id) == Subscriber.id).where(
+            Subscription.list_id == mlist.id
+        )
+        if status is not None:
+            query = query.where(Subscription.status == status)
+    elif status is not None:
+        query = query.where(Subscriber.status == status)
+    count = session.exec(select(func.count()).select_from(query.subquery())).one()
+    found = list(
+        session.exec(query.where(col(Subscriber.id) > after).order_by(col(Subscriber.id)).limit(limit + 1)).all()
+    )
+    return SubscriberPage(found[:limit], int(count), len(found) > limit)
 
 
 def current_lists(session: Session, subscriber_id: int) -> set[str]:

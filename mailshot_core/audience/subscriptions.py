@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, distinct, func
 from sqlmodel import Session, col, select
 
 from mailshot_core.audience.addresses import check_lang, check_name, normalise_email
@@ -116,18 +116,18 @@ def subscribe(
         elif link.status == SubscriptionStatus.PENDING and not direct:
             # Asked again: a new link is sent; the time of the first request stays, so its link still works.
             outcome.pending.append(mlist.identifier)
-            record_optin(session, sub.id, mlist.id, "requested", source, client, "again")
+            record_optin(session, sub.id, mlist.id, "requested", source, client, "again", at=now)
             continue
         link.status = SubscriptionStatus.VALID if direct else SubscriptionStatus.PENDING
         link.updated_at = now
         if direct:
             outcome.subscribed.append(mlist.identifier)
             record_optin(
-                session, sub.id, mlist.id, "subscribed", source, client, "forced" if force else "single opt-in"
+                session, sub.id, mlist.id, "subscribed", source, client, "forced" if force else "single opt-in", at=now
             )
         else:
             outcome.pending.append(mlist.identifier)
-            record_optin(session, sub.id, mlist.id, "requested", source, client)
+            record_optin(session, sub.id, mlist.id, "requested", source, client, at=now)
     if outcome.subscribed:
         _become_valid(sub, now)
     session.flush()
@@ -186,6 +186,7 @@ class ListChoice:
     title: str
     description: str
     status: str | None  # valid, pending, refused; None: never subscribed
+    open: bool = True  # False: a closed list the address is on (it may leave it, not join it again)
 
 
 def choices(session: Session, subscriber_id: int) -> list[ListChoice]:
@@ -200,7 +201,7 @@ def choices(session: Session, subscriber_id: int) -> list[ListChoice]:
     for mlist in session.exec(select(MailingList).order_by(col(MailingList.identifier))).all():
         state = states.get(mlist.id)
         if mlist.open or state in (SubscriptionStatus.VALID, SubscriptionStatus.PENDING):
-            shown.append(ListChoice(mlist.identifier, mlist.title, mlist.description, state))
+            shown.append(ListChoice(mlist.identifier, mlist.title, mlist.description, state, mlist.open))
     return shown
 
 
@@ -262,16 +263,16 @@ def trail(session: Session, subscriber_id: int) -> list[TrailEntry]:
 
 
 def requests_since(session: Session, subscriber_id: int, since: datetime) -> int:
-    """Confirmation requests for this address since ``since``: the per-address throttle's count."""
-    return len(
-        session.exec(
-            select(OptinEvent.id).where(
-                OptinEvent.subscriber_id == subscriber_id,
-                OptinEvent.action == "requested",
-                col(OptinEvent.at) >= since,
-            )
-        ).all()
-    )
+    """Confirmation requests for this address since ``since``: the per-address throttle's count.  A
+    request for several lists at once is one request: its trail entries share their time
+    (:func:`subscribe` writes them with one ``at``)."""
+    return session.exec(
+        select(func.count(distinct(col(OptinEvent.at)))).where(
+            OptinEvent.subscriber_id == subscriber_id,
+            OptinEvent.action == "requested",
+            col(OptinEvent.at) >= since,
+        )
+    ).one()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ entry point (``mailshot_core.cli:main``).  Prefect is imported only by the comma
 """
 
 # Imported in the order `mailshot --help` lists their commands.
-from mailshot_core.cli import audience, sendings, running, maintenance  # noqa: F401, I001  (they register commands)
+from mailshot_core.cli import audience, sendings, running, maintenance, api_keys  # noqa: F401, I001  (they register commands)
 from mailshot_core.cli.common import app
 from mailshot_core.cli.entry import main
 

@@ -181,9 +181,11 @@ def subs_unsubscribe(
 
 @subs_app.command("show")
 def subs_show(email: str) -> None:
-    """Everything about EMAIL: lists, every sending and its outcome, feedback events, unsubscription."""
+    """Everything about EMAIL: lists (pending ones too), the opt-in trail, every sending and its outcome,
+    feedback events, unsubscription."""
     with db_session() as session:
         h = subscribers.history(session, email)
+        trail = subscriptions.trail(session, h.subscriber.id or 0)
     s = h.subscriber
     out.print(f"[bold]{s.email}[/bold]  nom={s.nom!r} lang={s.lang!r} status={s.status} since {s.created_at:%Y-%m-%d}")
     if s.unsubscribed_at:
@@ -191,6 +193,11 @@ def subs_show(email: str) -> None:
     table = Table("list", "subscription", "since", title="Lists")
     for identifier, status, when in h.subscriptions:
         table.add_row(identifier, status, f"{when:%Y-%m-%d}")
+    out.print(table)
+    # The consent record: who asked for what, from where, and when the link was followed ("confirmed").
+    table = Table("when", "what", "list", "source", "client", "detail", title="Opt-in trail")
+    for t in trail:
+        table.add_row(f"{t.at:%Y-%m-%d %H:%M}", t.action, t.list, t.source, t.client or "", t.detail or "")
     out.print(table)
     table = Table("sending", "subject", "status", "tries", "last attempt", "last error", title="Sendings")
     for o in h.sendings:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,8 +21,9 @@ from mailshot_core.cli.common import (
 )
 from mailshot_core.sending import sendings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # fastapi only for the `web` command, prefect only for `send`
     from flows.ephemeral import SharedServer
+    from mailshot_core.web.context import RunStarter
 
 
 @app.command("send")
@@ -115,7 +116,8 @@ def web(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve the web app with uvicorn (put it behind HTTPS): unsubscribe links /u/, open pixel /o/,
-    click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/."""
+    click redirects /c/, ESP webhooks /webhooks/PROVIDER, follow-up pages /admin/, the Newsletter API /api/v1
+    (its docs at /api/v1/docs; keys: `mailshot api-keys create`)."""
     import uvicorn
 
     from mailshot_core.web import server
@@ -129,14 +131,15 @@ def web(
     uvicorn.Server(server.config(app, settings, host=host, port=port, log_level="info")).run()
 
 
-def _run_starter(engine: Engine) -> Callable[[int], object] | None:
-    """The pages' Send and Resume start the sending's run at once when Prefect is reachable from here;
-    without a Prefect API the dispatch-mailshots deployment starts it within its interval."""
+def _run_starter(engine: Engine) -> RunStarter | None:
+    """The pages' Send and Resume, the API's creates and actions make the sending's run at once (for its
+    start time when scheduled) when Prefect is reachable from here; without a Prefect API the
+    dispatch-mailshots deployment starts it within its interval."""
     from flows.sending_runs import ensure_run, prefect_api_configured
 
     if not prefect_api_configured():
         return None
-    return lambda mailshot_id: ensure_run(engine, mailshot_id)
+    return partial(ensure_run, engine)
 
 
 @app.command("relay")

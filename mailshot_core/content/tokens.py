@@ -54,8 +54,11 @@ TRACK = "track"  # (mailshot id, recipient id)
 # subscriber's subscriptions pending since before that time, while the link is younger than
 # MAILSHOT_CONFIRM_LINK_DAYS: no table of pending tokens to keep or purge.
 CONFIRM = "confirm"
-# The preferences page of one subscriber, reached from a message's unsubscribe page: (subscriber id,).
+# The preferences page of one subscriber, reached from a message's unsubscribe page: (subscriber id,
+# issued at), valid for web/preferences.py's LINK_DAYS.
 PREFERENCES = "preferences"
+# Clock skew between the hosts that make and read timed tokens, tolerated.
+_SKEW = 300
 
 
 def make_token(key: bytes, purpose: str, *ids: int) -> str:
@@ -71,6 +74,22 @@ def read_token(key: bytes, token: str, purpose: str, count: int = 2) -> tuple[in
     if not hmac.compare_digest(match[2], _mac(key, purpose, match[1], _TOKEN_MAC_BYTES)):
         return None
     return tuple(int(i) for i in match[1].split("."))
+
+
+def make_timed_token(key: bytes, purpose: str, ident: int, issued: int) -> str:
+    """A token signing ``ident`` and the time it was issued (seconds since the epoch)."""
+    return make_token(key, purpose, ident, issued)
+
+
+def read_timed_token(key: bytes, token: str, purpose: str, max_age: float, now: float) -> tuple[int, int] | None:
+    """(ident, issued) of a timed token no older than ``max_age`` seconds; None when forged or too old."""
+    ids = read_token(key, token, purpose, 2)
+    if ids is None:
+        return None
+    ident, issued = ids
+    if not -_SKEW <= now - issued <= max_age:
+        return None
+    return ident, issued
 
 
 # --- VERP ------------------------------------------------------------------------------------------

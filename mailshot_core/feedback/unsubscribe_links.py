@@ -47,6 +47,7 @@ class LinkTarget:
     """Who and what a valid link is about, as the page shows it."""
 
     mailshot_id: int
+    subscriber_id: int | None  # None: as email (the preferences page is this subscriber's)
     email: str | None  # None: a test message to an address that is no subscriber, or one since erased
     lists: tuple[ListChoice, ...]  # the sending's lists, and whether the address is still on each
     other_lists: int  # lists outside the sending the address is still on
@@ -86,6 +87,7 @@ def read_link(engine: Engine, key: bytes, token: str) -> LinkTarget | None:
     choices = tuple(ListChoice(n, titles[n] or n, n in on) for n in names if n in titles)
     return LinkTarget(
         mailshot_id=mailshot_id,
+        subscriber_id=sub.id if sub is not None else None,
         email=sub.email if sub is not None else None,
         lists=choices,
         other_lists=len(on - set(names)),

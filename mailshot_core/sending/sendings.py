@@ -421,3 +421,28 @@ def status_rows(engine: Engine, mailshot_id: int | None = None) -> list[Mailshot
         if mailshot_id is not None:
             return [get(session, mailshot_id)]
         return list(session.exec(select(Mailshot).order_by(col(Mailshot.id).desc())).all())
+
+
+def browse(
+    session: Session, *, status: str | None = None, before: int | None = None, limit: int = 50
+) -> list[Mailshot]:
+    """Sendings newest first (by id, before ``before``: keyset pagination on the primary key), ``limit``+1
+    rows so the caller knows whether another page follows."""
+    query = select(Mailshot)
+    if status is not None:
+        query = query.where(Mailshot.status == status)
+    if before is not None:
+        query = query.where(col(Mailshot.id) < before)
+    return list(session.exec(query.order_by(col(Mailshot.id).desc()).limit(limit + 1)).all())
+
+
+def recipients(
+    session: Session, mailshot_id: int, *, status: str | None = None, after: int = 0, limit: int = 100
+) -> list[Recipient]:
+    """A sending's recipient rows by id after ``after`` (``limit``+1 of them), of one status or all; on
+    ``ix_recipient_claim`` (mailshot_id, status, ...) with a status, the mailshot's rows without."""
+    get(session, mailshot_id)  # an unknown sending is NotFound, not an empty page
+    query = select(Recipient).where(Recipient.mailshot_id == mailshot_id, col(Recipient.id) > after)
+    if status is not None:
+        query = query.where(Recipient.status == status)
+    return list(session.exec(query.order_by(col(Recipient.id)).limit(limit + 1)).all())

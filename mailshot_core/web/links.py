@@ -26,9 +26,10 @@ from mailshot_core.content.tokens import TRACK, read_token
 from mailshot_core.feedback import tracking, unsubscribe_links
 from mailshot_core.sending import tracked_links
 from mailshot_core.store.models import utcnow
+from mailshot_core.web import preferences
 from mailshot_core.web.context import WebContext, context
 from mailshot_core.web.forms import capped_body
-from mailshot_core.web.templating import SECURITY_HEADERS, render
+from mailshot_core.web.templating import PUBLIC_HEADERS, public_page
 
 log = logging.getLogger("mailshot.web.links")
 router = APIRouter()
@@ -36,26 +37,30 @@ router = APIRouter()
 # A transparent 1x1 GIF (43 bytes).
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 _NO_CACHE = {"Cache-Control": "no-store, no-cache, must-revalidate, private", "Pragma": "no-cache", "Expires": "0"}
-# The token is in the URL: never hand it to another site in a Referer.
-_PUBLIC_HEADERS = {**SECURITY_HEADERS, "Referrer-Policy": "no-referrer"}
 
 
 def _key(ctx: WebContext) -> bytes:
     return ctx.settings.secret_key.get_secret_value().encode()
 
 
-def _page(template: str, context: dict[str, object], status_code: int = 200) -> Response:
-    """A subscriber-facing page: the shared rendering, with the token kept out of any Referer."""
-    response = render(template, context, status_code=status_code)
-    response.headers.update(_PUBLIC_HEADERS)
-    return response
-
-
 def _gone() -> Response:
-    return _page("link_invalid.html", {"title": "Link not valid"}, status_code=404)
+    return public_page("link_invalid.html", {"title": "Link not valid"}, status_code=404)
 
 
 # --- unsubscribe ----------------------------------------------------------------------------------
+
+
+def _unsubscribe_values(
+    ctx: WebContext, target: unsubscribe_links.LinkTarget, title: str, done: str | None
+) -> dict[str, object]:
+    """The unsubscribe page's values, with a fresh link to the subscriber's preferences page."""
+    sid = target.subscriber_id
+    return {
+        "title": title,
+        "target": target,
+        "done": done,
+        "preferences": preferences.link_for(ctx.settings, sid) if sid is not None else "",
+    }
 
 
 @router.get("/u/{token}")
@@ -64,7 +69,7 @@ def unsubscribe_page(token: str, request: Request) -> Response:
     target = unsubscribe_links.read_link(ctx.engine, _key(ctx), token)
     if target is None:
         return _gone()
-    return _page("unsubscribe.html", {"title": "Unsubscribe", "target": target, "done": None})
+    return public_page("unsubscribe.html", _unsubscribe_values(ctx, target, "Unsubscribe", None))
 
 
 _MAX_BODY = 10_000  # RFC 8058's body is 26 bytes; our page's form, a few more
@@ -91,19 +96,19 @@ async def unsubscribe(token: str, request: Request) -> Response:
     try:
         choice = await _choice(request)
     except _TooLarge:
-        return PlainTextResponse("request body too large\n", status_code=413, headers=_PUBLIC_HEADERS)
+        return PlainTextResponse("request body too large\n", status_code=413, headers=PUBLIC_HEADERS)
     target = await run_in_threadpool(unsubscribe_links.read_link, ctx.engine, _key(ctx), token)
     if target is None:
         return _gone()
     try:
         await run_in_threadpool(unsubscribe_links.unsubscribe, ctx.engine, target, choice, one_click=choice is None)
     except ValueError as exc:  # a choice that is not one of the sending's lists
-        page = {"title": "Unsubscribe", "target": target, "done": None, "error": str(exc)}
-        return _page("unsubscribe.html", page, status_code=400)
+        page = {**_unsubscribe_values(ctx, target, "Unsubscribe", None), "error": str(exc)}
+        return public_page("unsubscribe.html", page, status_code=400)
     if choice is None:
-        return PlainTextResponse("You are unsubscribed.\n", headers=_PUBLIC_HEADERS)
+        return PlainTextResponse("You are unsubscribed.\n", headers=PUBLIC_HEADERS)
     after = await run_in_threadpool(unsubscribe_links.read_link, ctx.engine, _key(ctx), token)
-    return _page("unsubscribe.html", {"title": "Unsubscribed", "target": after or target, "done": choice})
+    return public_page("unsubscribe.html", _unsubscribe_values(ctx, after or target, "Unsubscribed", choice))
 
 
 # --- tracking -------------------------------------------------------------------------------------

@@ -32,12 +32,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import Request, Response
 
 from mailshot_core.config import Settings
-from mailshot_core.web.forms import capped_body
+from mailshot_core.web.forms import FormRefused, form_fields, same_origin
+from mailshot_core.web.throttle import SlidingWindow
 
 COOKIE = "mailshot_admin"
 COOKIE_PATH = "/admin"
@@ -156,25 +157,15 @@ class Sessions:
         response.delete_cookie(COOKIE, path=COOKIE_PATH, secure=self.secure, httponly=True, samesite="strict")
 
     def same_origin(self, request: Request) -> bool:
-        """Origin (else Referer) names this site, or the browser sent neither (old browsers, privacy
-        settings: the CSRF token still protects them).  "This site" is the public URL
-        (MAILSHOT_BASE_URL) or the Host the request was sent to (a reverse proxy may keep it)."""
-        origin = request.headers.get("origin") or request.headers.get("referer")
-        if origin is None:
-            return True
-        host = urlsplit(origin).netloc
-        return bool(host) and host in (self.site, request.headers.get("host", ""))
+        return same_origin(request, self.site)
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """An urlencoded form body (our forms only; python-multipart is not installed and not needed)."""
-    body = await capped_body(request, MAX_FORM_BYTES)
-    if body is None:
-        raise Refused("form too large")
+    """An urlencoded form body, the first value of each field."""
     try:
-        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=20)
-    except (UnicodeDecodeError, ValueError):
-        raise Refused("unreadable form") from None
+        fields = await form_fields(request, MAX_FORM_BYTES)
+    except FormRefused as exc:
+        raise Refused(str(exc)) from None
     return {name: values[0] for name, values in fields.items()}
 
 
@@ -214,26 +205,13 @@ class LoginThrottle:
     """
 
     def __init__(self) -> None:
-        self._by_address: dict[str, list[float]] = {}
-        self._by_account: dict[str, list[float]] = {}
+        self._by_address = SlidingWindow(FAILURE_WINDOW, MAX_TRACKED)
+        self._by_account = SlidingWindow(FAILURE_WINDOW, MAX_TRACKED)
         self._site: deque[float] = deque()
         self._known: dict[str, float] = {}  # address -> last successful login
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _recent(table: dict[str, list[float]], key: str, now: float) -> list[float]:
-        times = [t for t in table.get(key, []) if t > now - FAILURE_WINDOW]
-        if times:
-            table[key] = times
-        else:
-            table.pop(key, None)
-        return times
-
     def _forget_expired(self, now: float) -> None:
-        for table in (self._by_address, self._by_account):
-            if len(table) >= MAX_TRACKED:  # many addresses or names guessing: drop the expired ones
-                for key in list(table):
-                    self._recent(table, key, now)
         while self._site and self._site[0] <= now - FAILURE_WINDOW:
             self._site.popleft()
         if len(self._known) >= MAX_TRACKED:
@@ -250,12 +228,12 @@ class LoginThrottle:
         account = _account_key(account)
         with self._lock:
             self._forget_expired(now)
-            mine = self._recent(self._by_address, client, now)
+            mine = self._by_address.recent(client, now)
             if len(mine) >= LOCKOUT_AFTER:
                 return Lock(mine[-LOCKOUT_AFTER] + FAILURE_WINDOW - now, "address")
             if self._is_known(client, now):
                 return None
-            tried = self._recent(self._by_account, account, now)
+            tried = self._by_account.recent(account, now)
             if len(tried) >= ACCOUNT_LOCKOUT_AFTER:
                 return Lock(tried[-ACCOUNT_LOCKOUT_AFTER] + FAILURE_WINDOW - now, "account")
             if len(self._site) >= SITE_LOCKOUT_AFTER:
@@ -272,12 +250,8 @@ class LoginThrottle:
         now = time.monotonic() if now is None else now
         with self._lock:
             self._forget_expired(now)
-            times = self._recent(self._by_address, client, now)
-            times.append(now)
-            self._by_address[client] = times
-            tried = self._recent(self._by_account, _account_key(account), now)
-            tried.append(now)
-            self._by_account[_account_key(account)] = tried
+            times = self._by_address.add(client, now)
+            self._by_account.add(_account_key(account), now)
             self._site.append(now)
         return min(FAILURE_DELAY * len(times), MAX_FAILURE_DELAY)
 
@@ -285,8 +259,8 @@ class LoginThrottle:
         """The address is known from now on; its failures, and the account's, are forgotten."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._by_address.pop(client, None)
-            self._by_account.pop(_account_key(account), None)
+            self._by_address.forget(client)
+            self._by_account.forget(_account_key(account))
             self._known[client] = now
 
 

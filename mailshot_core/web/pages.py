@@ -24,15 +24,13 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from mailshot_core.audience import subscribers
+from mailshot_core.audience import subscribers, subscriptions
 from mailshot_core.errors import InvalidInput, InvalidState, MailshotError, NotFound
 from mailshot_core.feedback import tracking
-from mailshot_core.sending import archive, sendings
+from mailshot_core.sending import sendings
 from mailshot_core.sending.one_message import send_test
 from mailshot_core.sending.run_slot import PLACEHOLDER
-from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import utcnow
-from mailshot_core.web import views
+from mailshot_core.web import operations, views
 from mailshot_core.web.context import context
 from mailshot_core.web.login import (
     COOKIE,
@@ -339,22 +337,6 @@ def sending_detail(request: Request, mailshot_id: SendingId, admin: Annotated[Ad
     )
 
 
-_ACTIONS: dict[str, Callable[[Session, int], object]] = {
-    "send": sendings.send_now,  # a draft, or a scheduled sending, now
-    "pause": lambda session, mid: sendings.pause(session, mid, "paused by the operator (follow-up pages)"),
-    "resume": sendings.resume,
-    "cancel": sendings.cancel,
-    # The original's manual "Archive" of an ended or cancelled sending: archive.py's archive, at once
-    # (the daily purge-stats prunes the kept outcomes beyond the 12 most recent per address).
-    "archive": lambda session, mid: archive.archive(session, sendings.get(session, mid), utcnow()),
-}
-
-
-# After these, the sending needs a run: started at once when `mailshot web` can reach Prefect
-# (WebContext.start_run), else by the dispatch-mailshots deployment's next tick.
-_NEEDS_RUN = ("send", "resume")
-
-
 @router.post("/admin/sendings/{mailshot_id}/test")
 def sending_test(request: Request, mailshot_id: SendingId, post: Annotated[Posted, Depends(posted)]) -> Response:
     """One [TEST] message to the address in the form (sending/one_message.py): nothing else changes."""
@@ -378,18 +360,9 @@ def sending_test(request: Request, mailshot_id: SendingId, post: Annotated[Poste
 def sending_action(
     request: Request, mailshot_id: SendingId, action: str, post: Annotated[Posted, Depends(posted)]
 ) -> Response:
-    operation = _ACTIONS.get(action)
-    if operation is None:
-        raise NotFound(f"no action {action!r} (one of: {', '.join(_ACTIONS)}, test)")
-    ctx = context(request)
-    with session_scope(ctx.engine) as session:
-        operation(session, mailshot_id)
-    log.info("sending %s: %s by %s (follow-up pages)", mailshot_id, action, post.session.user)
-    if action in _NEEDS_RUN and ctx.start_run is not None:
-        try:
-            ctx.start_run(mailshot_id)
-        except Exception:  # the sending's status is saved: the dispatcher's next tick starts its run
-            log.warning("sending %s: no run started from the pages (Prefect unreachable?)", mailshot_id, exc_info=True)
+    if action not in operations.ACTIONS:
+        raise NotFound(f"no action {action!r} (one of: {', '.join(operations.ACTIONS)}, test)")
+    operations.operate(context(request), mailshot_id, action, channel="follow-up pages", who=post.session.user)
     return _redirect(f"/admin/sendings/{mailshot_id}")
 
 
@@ -400,9 +373,11 @@ def sending_action(
 def subscriber(request: Request, admin: Annotated[Admin, Depends(logged_in)], email: str = "") -> Response:
     email = _address_text(email, "address")
     history = None
+    trail: list[subscriptions.TrailEntry] = []
     if email:
         with Session(context(request).engine) as session:
             history = subscribers.history(session, email)
+            trail = subscriptions.trail(session, history.subscriber.id or 0)
     return render(
         "subscriber.html",
         {
@@ -410,6 +385,8 @@ def subscriber(request: Request, admin: Annotated[Admin, Depends(logged_in)], em
             "title": history.subscriber.email if history else "Subscribers",
             "email": email,
             "h": history,
+            "trail": trail,
+            "pending": [name for name, state, _ in history.subscriptions if state == "pending"] if history else [],
             "sendings": list(reversed(history.sendings)) if history else [],
             "outcomes": views.RECIPIENT_LABELS,
         },

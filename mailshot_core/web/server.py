@@ -7,7 +7,9 @@ that never shows a secret.
   believed only from the proxies listed in MAILSHOT_FORWARDED_ALLOW_IPS (or uvicorn's own
   FORWARDED_ALLOW_IPS); by default from no one: the client is the connection's peer.
 - **Access log.**  Mailjet, SparkPost and Brevo may authenticate with ``?token=SECRET`` in the URL,
-  which uvicorn's access log would print whole: the value is replaced by ``***``.
+  which uvicorn's access log would print whole: the value is replaced by ``***``.  So is the token
+  of the ``/confirm/<token>`` and ``/preferences/<token>`` paths: whoever reads the log could
+  otherwise confirm someone's subscription or change their lists.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from mailshot_core.config import Settings
 
 ACCESS_LOGGER = "uvicorn.access"
 _SECRET_PARAMETER = re.compile(r"([?&](?:token|secret|key|password)=)[^&#\s\"]*", re.I)
+_SECRET_PATH = re.compile(r"(/(?:confirm|preferences)/)[^/?#\s\"]+")
 
 
 def redact(text: str) -> str:
-    """A URL or log line with the values of its secret query parameters replaced by ``***``."""
-    return _SECRET_PARAMETER.sub(r"\1***", text)
+    """A URL or log line with the values of its secret query parameters, and the tokens of its
+    confirmation and preferences paths, replaced by ``***``."""
+    return _SECRET_PATH.sub(r"\1***", _SECRET_PARAMETER.sub(r"\1***", text))
 
 
 class RedactSecrets(logging.Filter):

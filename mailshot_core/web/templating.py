@@ -57,3 +57,14 @@ def render(template: str, context: dict[str, Any], status_code: int = 200) -> HT
     values: dict[str, Any] = {"title": "", "user": None, "csrf": None, "refresh": None, **context}
     html = env.get_template(template).render(values)
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
+
+
+# The subscriber-facing pages carry a token in their URL: never hand it to another site in a Referer.
+PUBLIC_HEADERS = {**SECURITY_HEADERS, "Referrer-Policy": "no-referrer"}
+
+
+def public_page(template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    """A page a subscriber or a visitor sees: the shared rendering, with no Referer sent from it."""
+    response = render(template, context, status_code=status_code)
+    response.headers.update(PUBLIC_HEADERS)
+    return response

@@ -1,5 +1,5 @@
 """What the follow-up pages show, read from the database: pages of sendings, a sending's counters
-and its recipients grouped by status.  Read-only; the operations (pause, resume, cancel) and the
+and its recipients grouped by status; the lists the public pages offer.  Read-only; the operations (pause, resume, cancel) and the
 address history are sendings.py's and subscribers.py's.
 """
 
@@ -157,3 +157,11 @@ def recipient_groups(session: Session, mailshot_id: int, pages: dict[str, int], 
         ).all()
         shown.append(GroupPage(group, Page(rows, number, count, total)))
     return shown
+
+
+# --- the public pages ---------------------------------------------------------------------------------
+
+
+def open_lists(session: Session) -> list[MailingList]:
+    """The lists a visitor may subscribe to, by identifier (the subscribe form's checkboxes)."""
+    return list(session.exec(select(MailingList).where(col(MailingList.open)).order_by(col(MailingList.identifier))))

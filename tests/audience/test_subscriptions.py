@@ -208,3 +208,26 @@ def test_unconfirmed_requests_are_forgotten_once_their_link_expired(db_url: str)
         assert subscribers.current_lists(session, member.id or 0) == {"events"}
         assert [e.action for e in subscriptions.trail(session, member.id or 0)] == ["subscribed", "requested"]
     assert confirmations.expire_requests(engine, settings).startswith("0 unconfirmed")
+
+
+def test_requests_since_counts_requests_not_lists(db_url: str) -> None:
+    """The per-address throttle counts requests: one for three lists at once is one, asked again is two;
+    a direct (single opt-in) subscription is no confirmation request."""
+    engine = engine_for(make_settings(db_url))
+    for name in ("news", "offers", "events"):
+        _open_list(db_url, name)
+    _open_list(db_url, "direct", double_optin=False)
+    before = subscriptions.utcnow() - timedelta(seconds=1)
+    with session_scope(engine) as session:
+        outcome = subscriptions.subscribe(
+            session, "a@example.com", ["news", "offers", "events"], public=True, source="page"
+        )
+        assert outcome.pending == ["news", "offers", "events"]
+        sub_id = outcome.subscriber.id
+        assert sub_id is not None
+        assert subscriptions.requests_since(session, sub_id, before) == 1
+        subscriptions.subscribe(session, "a@example.com", ["news", "direct"], public=True, source="page")
+        assert subscriptions.requests_since(session, sub_id, before) == 2
+        subscriptions.subscribe(session, "a@example.com", ["direct"], public=True, source="page")
+        assert subscriptions.requests_since(session, sub_id, before) == 2
+        assert subscriptions.requests_since(session, sub_id, subscriptions.utcnow() + timedelta(seconds=1)) == 0

@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +40,7 @@ from mailshot_core.transports.http import NODELAY
 from mailshot_core.web import server
 from mailshot_core.web.app import create_app
 from mailshot_core.web.auth import FETCH_TIMEOUT, Fetch, mandrill_signature, sns_string_to_sign
+from mailshot_core.web.context import RunStarter
 
 SECRET = "hook-secret"
 MANDRILL_KEY = "mandrill-hook-key"
@@ -111,7 +112,7 @@ class WebServer:
         fetch: Fetch | None = None,
         log_level: str = "warning",
         fetch_timeout: float = FETCH_TIMEOUT,
-        start_run: Callable[[int], object] | None = None,
+        start_run: RunStarter | None = None,
     ) -> None:
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -222,3 +222,51 @@ def test_a_draft_is_sent_from_its_page(site: Site, operator: Operator) -> None:
     expect(page.get_by_text("Send now…")).to_have_count(0)
     assert site.status("draft") == "processing"
     assert operator.dialogs == []
+
+
+def test_a_visitor_subscribes_confirms_and_chooses_lists(site: Site, operator: Operator) -> None:
+    """The public pages as a visitor sees them: the form (the linked list checked), "check your inbox",
+    the confirmation page's button, the confirmed page, and the preferences page it links to."""
+    from conftest import engine_for
+    from mailshot_core.audience import lists, subscribers
+    from mailshot_core.sending import confirmations
+    from mailshot_core.store.db import session_scope
+
+    page, expect = operator.page, playwright_api.expect
+    engine = engine_for(site.settings)
+    with session_scope(engine) as session:
+        lists.create_list(session, "weekly", "Weekly news", open=True, description="Every Friday, the week's articles.")
+        lists.create_list(session, "agenda", "Events & agenda", open=True, description="Concerts and talks, monthly.")
+    page.goto("/subscribe?list=weekly")
+    expect(page.get_by_role("checkbox", name="Weekly news")).to_be_checked()
+    expect(page.get_by_role("checkbox", name="Events & agenda")).not_to_be_checked()
+    page.get_by_label("Email address").fill("reader@example.com")
+    page.get_by_label("Name (optional)").fill("Rea Der")
+    operator.shot("13-subscribe")
+    page.get_by_role("button", name="Subscribe").click()
+    expect(page.locator("h1")).to_have_text("Check your inbox")
+    expect(page.locator("main")).to_contain_text("reader@example.com")
+    operator.shot("14-check-your-inbox")
+
+    with session_scope(engine) as session:
+        reader = subscribers.get_subscriber(session, "reader@example.com")
+        assert reader.id is not None and reader.status == "pending"
+    page.goto(confirmations.link_for(site.settings, reader.id))
+    expect(page.locator("h1")).to_have_text("Confirm your subscription")
+    operator.shot("15-confirm")
+    page.get_by_role("button", name="Confirm my subscription").click()
+    expect(page.locator("h1")).to_have_text("You are subscribed")
+    expect(page.locator("main")).to_contain_text("Weekly news")
+    operator.shot("16-confirmed")
+
+    page.get_by_role("link", name="Choose which lists you receive").click()
+    expect(page.locator("h1")).to_have_text("Your lists")
+    page.get_by_role("checkbox", name=re.compile("Events & agenda")).check()
+    page.get_by_role("button", name="Save my choices").click()
+    expect(page.locator("main")).to_contain_text("Your choices are saved")
+    expect(page.get_by_role("checkbox", name=re.compile("Events & agenda"))).to_be_checked()
+    operator.shot("17-preferences")
+    with session_scope(engine) as session:
+        states = {name: state for name, state, _ in subscribers.history(session, "reader@example.com").subscriptions}
+    assert states == {"weekly": "valid", "agenda": "valid"}
+    assert operator.dialogs == []
