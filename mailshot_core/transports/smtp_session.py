@@ -23,7 +23,7 @@ import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 # A reply line longer than this is not SMTP (RFC 5321 §4.5.3.1.5 allows 512 octets per reply line).
 _MAX_PENDING: Final = 64 * 1024
@@ -78,8 +78,8 @@ class _ReplyReader(asyncio.Protocol):
         self._timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport's interface without inheriting from it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         pending = self._pending
@@ -233,7 +233,7 @@ class SmtpSession:
                 assert reader.transport is not None and context is not None
                 async with asyncio.timeout(timeout):
                     upgraded = await loop.start_tls(reader.transport, reader, context, server_hostname=host)
-                assert isinstance(upgraded, asyncio.Transport)
+                assert upgraded is not None
                 reader.transport = upgraded
                 await session._ehlo()
             if login is not None:
