@@ -1,13 +1,14 @@
-"""CPU per message of one sending process, in-process (not a test): where the sending phase's time goes.
+"""CPU per message of the sending processes, without Prefect (not a test): where the sending phase's time goes.
 
-    .venv/bin/python bench/cpu_per_message.py [--count 20000] [--connections 32] [--profile out.txt]
+    .venv/bin/python bench/cpu_per_message.py [--count 20000] [--connections 32] [--processes 1]
+                                              [--profile out.txt]
 
-One process sends COUNT personalised ~10 KB messages (bench/throughput.py's newsletter) of a fresh
-SQLite sending to a local Postfix `smtp-sink`, batch after batch as a fast-mode worker does
-(pipeline.send_batches), and reports its own CPU (user + system, ``os.times``) per message and the
-wall rate.  ``--profile FILE``: py-spy samples the process meanwhile (raw, native frames off) and
-FILE gets the top functions by samples "under" each.  On a 2-core machine the sink shares the cores:
-compare the CPU per message, not the wall rate, between runs.
+PROCESSES processes (forked, default 1: this one) send COUNT personalised ~10 KB messages
+(bench/throughput.py's newsletter) of one fresh SQLite sending to a local Postfix `smtp-sink`, batch
+after batch as fast mode's workers do (pipeline.send_batches).  Reports their CPU (user + system,
+``os.times``, children included) per message and the wall rate.  ``--profile FILE``: py-spy samples
+them meanwhile and writes its raw (collapsed stacks) output to FILE.  On a 2-core machine the sink
+shares the cores: compare the CPU per message, not the wall rate, between runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +101,7 @@ def main() -> int:
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
         spy.wait()
     sink_proc.terminate()
+    shutil.rmtree(work, ignore_errors=True)
     user = after.user - before.user + after.children_user - before.children_user
     system = after.system - before.system + after.children_system - before.children_system
     print(
