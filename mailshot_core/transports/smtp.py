@@ -132,7 +132,7 @@ class SmtpConnection:
             # the backoff and the recipient's fate depend on it.  No reply: the content never left,
             # send it afresh on a new session.
             try:
-                await self._session.send(*envelope, message.data)
+                await self._session.send(*envelope, message.data, dot_safe=message.dot_safe)
             except SmtpReplyError as exc:
                 raise _classify(exc.reply.code, exc.reply.text, exc.stage) from None
             except SmtpDisconnected:
@@ -143,7 +143,9 @@ class SmtpConnection:
         assert session is not None
         following = (then.envelope_from, then.envelope_to) if then is not None else None
         try:
-            reply = await session.send(message.envelope_from, message.envelope_to, message.data, then=following)
+            reply = await session.send(
+                message.envelope_from, message.envelope_to, message.data, then=following, dot_safe=message.dot_safe
+            )
         except SmtpReplyError as exc:
             raise _classify(exc.reply.code, exc.reply.text, exc.stage) from None
         except (SmtpDisconnected, OSError) as exc:

@@ -170,17 +170,18 @@ def _envelope(sender: str, recipient: str) -> bytes:
     return b"".join(_envelope_commands(sender, recipient))
 
 
-def _stuffed(data: bytes) -> bytes:
-    """The message as DATA content: transparency dots (RFC 5321 §4.5.2) and the final ``.``.
+def _stuffed(data: bytes, *, dot_safe: bool = False) -> list[bytes]:
+    """The message as DATA content, in pieces for one write: transparency dots (RFC 5321 §4.5.2) and
+    the final ``.``.
 
-    ``data`` uses CRLF line ends (message.py builds it so).
+    ``data`` uses CRLF line ends (message.py builds it so).  ``dot_safe``: no line starts with '.'
+    (message.py's messages), so there is nothing to search for.
     """
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
+    if not dot_safe:
+        if data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+    return [data, b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"]
 
 
 @dataclass
@@ -251,8 +252,12 @@ class SmtpSession:
     def pipelining(self) -> bool:
         return "pipelining" in self.extensions
 
-    async def send(self, sender: str, recipient: str, data: bytes, *, then: tuple[str, str] | None = None) -> Reply:
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, then: tuple[str, str] | None = None, dot_safe: bool = False
+    ) -> Reply:
         """One message to one recipient; the relay's final reply when it accepted it.
+
+        ``dot_safe``: no line of ``data`` starts with '.' (OutgoingMessage.dot_safe), no dot-stuffing needed.
 
         ``then``: the envelope (sender, recipient) of the message to send next on this session, when
         known.  With PIPELINING its ``MAIL``/``RCPT``/``DATA`` go out in the same write as this
@@ -285,11 +290,11 @@ class SmtpSession:
                 raise SmtpReplyError(stage, reply)
         if len(replies) < 3:
             raise SmtpDisconnected(f"connection lost: {self._reader.closed}")
-        payload = _stuffed(data)
+        payload = _stuffed(data, dot_safe=dot_safe)
         if then is not None and self.pipelining:
-            payload += _envelope(*then)
+            payload.append(_envelope(*then))
             self._announced = then
-        self._write(payload)
+        self._write(b"".join(payload))  # one copy of the 10 KB, one write
         (final,) = await self._read(1)
         if not final.ok:
             raise SmtpReplyError("DATA", final)

@@ -304,6 +304,7 @@ def test_same_values_as_the_stdlib(subject: str, from_name: str, to_name: str, t
     data = build(subject=subject, from_name=from_name, to_name=to_name, text=text, html=html).data
     ours = parse(data)
     assert b"\n" not in data.replace(b"\r\n", b"") and max(len(x) for x in data.split(b"\r\n")) <= 998
+    _assert_dot_safe(data)
     assert str(ours["Subject"]) == subject
     assert same_name(ours["From"].addresses[0].display_name, from_name)
     assert same_name(ours["To"].addresses[0].display_name, to_name)
@@ -349,6 +350,37 @@ def _assert_wire_limits(data: bytes) -> None:
     body = data.split(b"\r\n\r\n", 1)[1]
     assert max(len(line) for line in body.split(b"\r\n")) <= 76, "a quoted-printable line exceeds 76 characters"
     assert b"\n" not in body.replace(b"\r\n", b"")
+    _assert_dot_safe(data)
+
+
+def _assert_dot_safe(data: bytes) -> None:
+    """What OutgoingMessage.dot_safe promises the SMTP session: no line starts with '.'."""
+    assert not data.startswith(b".") and b"\r\n." not in data, "a line starts with '.'"
+
+
+# Texts made to put dots at line starts: after line breaks, where soft breaks fall, next to escapes.
+_dotty = st.lists(st.sampled_from([".", "..", "a", "é", "=", " ", "\n", "x" * 70, "y" * 74]), max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_dotty, html=_dotty.filter(bool), nom=_dotty.map(lambda v: v.replace("\n", " ")))
+def test_no_line_starts_with_a_dot_and_dots_decode_back(text: str, html: str, nom: str) -> None:
+    """Messages are dot-safe (a leading '.' is sent as =2E), on both paths, and decode to the same text."""
+    from mailshot_core.content.message import MessageBuilder
+    from mailshot_core.content.render import CompiledMailshot, Personalisation
+
+    whole = build(text=text, html=html)
+    assert whole.dot_safe
+    _assert_wire_limits(whole.data)
+    assert body_of(parse(whole.data), "plain") == lf(text) and body_of(parse(whole.data), "html") == lf(html)
+
+    esc = text.replace("{", "(")
+    compiled = CompiledMailshot("Hello", f"{html.replace('{', '(')}{{{{ nom }}}}{esc}", f"{esc}{{{{ nom }}}}\n{esc}")
+    who = Personalisation("bob@example.org", nom, (), "", "valid", UNSUB)
+    fast = MessageBuilder(envelope(), compiled).build(42, who.email, who)
+    assert fast.dot_safe
+    _assert_wire_limits(fast.data)
+    assert _parts(fast.data) == _parts(build_message(envelope(), 42, who.email, nom, compiled.render(who), UNSUB).data)
 
 
 def test_simple_templates_have_a_skeleton_and_others_do_not() -> None:

@@ -58,6 +58,42 @@ def test_many_messages_on_one_session_arrive_byte_for_byte(relay: DevRelay) -> N
     assert [m.data for m in relay.messages] == [_message(i, tricky) for i in range(5)]
 
 
+def test_a_dot_safe_message_is_sent_as_built_and_decodes_to_its_dots(relay: DevRelay) -> None:
+    """message.py's messages never start a line with '.', so the SMTP transport sends them unstuffed:
+    the relay receives the very bytes, and the text, dots included, decodes back."""
+    import email
+    import email.policy
+
+    from mailshot_core.content.message import build_notice
+    from mailshot_core.transports.smtp import SmtpConfig, SmtpTransport
+
+    text = ".starts with a dot\n.\n..two dots\n" + "x" * 74 + " \n" + "." * 100 + "\nend ."
+    message = build_notice(
+        from_name="News",
+        from_email="news@example.org",
+        to_email="r@example.org",
+        to_name="R",
+        subject="dots",
+        text=text,
+        domain="example.org",
+        kind="test",
+    )
+    assert message.dot_safe
+
+    async def go() -> None:
+        conn = await SmtpTransport(SmtpConfig(relay.host, relay.port, timeout=TIMEOUT)).connect()
+        try:
+            await conn.send(message)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+    (received,) = relay.messages
+    assert received.data == message.data
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed.get_content().replace("\r\n", "\n") == text + "\n"  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("address", "stage", "code"),
     [("refused@example.org", "RCPT TO", 550), ("later@example.org", "RCPT TO", 451), ("data@example.org", "DATA", 554)],
