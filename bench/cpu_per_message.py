@@ -1,14 +1,15 @@
 """CPU per message of the sending processes, without Prefect (not a test): where the sending phase's time goes.
 
     .venv/bin/python bench/cpu_per_message.py [--count 20000] [--connections 32] [--processes 1]
-                                              [--profile out.txt]
+                                              [--profile out.txt] [--source-count 60000]
 
 PROCESSES processes (forked, default 1: this one) send COUNT personalised ~10 KB messages
 (bench/throughput.py's newsletter) of one fresh SQLite sending to a local Postfix `smtp-sink`, batch
 after batch as fast mode's workers do (pipeline.send_batches).  Reports their CPU (user + system,
 ``os.times``, children included) per message and the wall rate.  ``--profile FILE``: py-spy samples
 them meanwhile and writes its raw (collapsed stacks) output to FILE.  On a 2-core machine the sink
-shares the cores: compare the CPU per message, not the wall rate, between runs.
+shares the cores: compare the CPU per message, not the wall rate, between runs.  ``--source-count N``:
+first `smtp-source` (10 sessions, N ~10 KB messages) against the same sink, for the ratio in one run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from materialise import fill_subscribers
-from throughput import HTML, ensure_smtp_sink, free_port, start_sink
+from throughput import HTML, bench_smtp_source, ensure_smtp_sink, free_port, start_sink
 
 from mailshot_core.config import Settings, load_settings
 from mailshot_core.sending import claims, pipeline, sendings
@@ -46,11 +47,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=1, help="worker processes sending the same sending")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy's flame data into this file")
+    parser.add_argument("--source-count", type=int, default=0, help="first, smtp-source with this many messages")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mailshot-cpu-"))
-    sink, _ = ensure_smtp_sink()
+    sink, source = ensure_smtp_sink()
     port = free_port()
     sink_proc = start_sink(sink, port)
+    limit = bench_smtp_source(source, port, args.source_count) if args.source_count else None
     url = f"sqlite:///{work / 'bench.db'}"
     settings = load_settings(
         database_url=url,
@@ -108,6 +111,7 @@ def main() -> int:
         f"{sent:,} sent by {args.processes} process(es) x {args.connections} connections: "
         f"{(user + system) / sent * 1000:.3f} ms CPU per message (user {user / sent * 1000:.3f}, system "
         f"{system / sent * 1000:.3f}); wall {sent / wall:,.0f} msg/s"
+        + (f"; smtp-source just before: {limit:,.0f} msg/s ({sent / wall / limit:.2f}x)" if limit else "")
     )
     return 0
 

@@ -101,8 +101,10 @@ def _send(env: dict[str, str], mid: str) -> dict[str, float]:
     }
 
 
-def run_case(case: str, url: str, count: int, port: int, api_url: str | None, work: Path) -> dict[str, float]:
-    env = mailshot_env(work / "unused.db", port, 16, api_url or "")
+def run_case(
+    case: str, url: str, count: int, port: int, api_url: str | None, work: Path, connections: int = 32
+) -> dict[str, float]:
+    env = mailshot_env(work / "unused.db", port, connections, api_url or "")
     env["MAILSHOT_DATABASE_URL"] = url
     if api_url is None:
         del env["PREFECT_API_URL"]
@@ -142,6 +144,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", action="append", choices=CASES, help="repeatable; default: all four")
     parser.add_argument("--source-count", type=int, default=100_000, help="messages for smtp-source")
+    parser.add_argument("--connections", type=int, default=32, help="MAILSHOT_SMTP_CONNECTIONS (per process)")
     args = parser.parse_args()
     cases = args.case or list(CASES)
     sink, source = ensure_smtp_sink()
@@ -163,7 +166,7 @@ def main() -> int:
             kind, size, path = case.split("-")
             count = {"100k": 100_000, "1m": 1_000_000}[size]
             url = pg.create_database(f"first{n}") if kind == "pg" and pg else f"sqlite:///{work}/case{n}.db"
-            r = run_case(case, url, count, port, api_url if path == "served" else None, work)
+            r = run_case(case, url, count, port, api_url if path == "served" else None, work, args.connections)
             print(
                 f"{case}: first message {r['first']:.2f} s | end to end {r['wall_rate']:,.0f} msg/s "
                 f"({r['wall']:.1f} s) | sending phase {r['phase_rate']:,.0f} msg/s = "

@@ -234,6 +234,8 @@ def _dot_safe(encoded: bytes) -> bytes:
     grows past 76 characters is split with a soft break, never inside an ``=XX`` escape.  (binascii
     itself lets a line reach 77 when it ends with a space it encodes as ``=20``.)
     """
+    if b"\n" not in encoded and len(encoded) <= _QP_LINE and not encoded.startswith(b"."):
+        return encoded  # the common case of a personal value, on the hot path
     lines = encoded.split(b"\n")
     if not any(line[:1] == b"." or len(line) > _QP_LINE for line in lines):
         return encoded
@@ -262,6 +264,17 @@ def _qp_piece(text: str) -> bytes:
     grows past 76 characters (RFC 2045 §6.7).  Soft breaks vanish when decoding, so the reader sees
     exactly the text :func:`_qp` of the whole part would give.
     """
+    if (
+        len(text) <= _QP_LINE - 1
+        and text.isascii()
+        and text.isprintable()  # no control character: no line break, no tab
+        and "=" not in text
+        and not text.endswith(" ")
+        and not text.startswith(".")
+    ):
+        # A short plain value (a name, an address, a link) is its own quoted-printable: most personal
+        # values are, and binascii plus the checks below cost more than the rest of their message.
+        return text.encode("ascii") + b"=\r\n" if text else b""
     encoded = _qp(text)
     if not encoded or encoded.endswith(b"\r\n"):
         return encoded
@@ -399,6 +412,12 @@ class _EncodedPart:
         return b"".join(out)
 
 
+def _has_cr(who: Personalisation) -> bool:
+    return any("\r" in v for v in (who.email, who.nom, who.lang, who.status, who.url_unsubscribe, *who.listes)) or (
+        "\r" in who.url_open or "\r" in who.url_click
+    )
+
+
 class MessageBuilder:
     """Builds one sending's messages; the static text of simple templates is encoded once.
 
@@ -420,7 +439,7 @@ class MessageBuilder:
     def build(self, recipient_id: int, to_email: str, who: Personalisation, *, test: bool = False) -> OutgoingMessage:
         """Raises TemplateError (render) or HeaderError (a value unusable in a header)."""
         context = who.as_context()
-        if self._parts is None or any("\r" in str(v) for v in context.values()):
+        if self._parts is None or _has_cr(who):
             # A value with a CR could pair with a LF of the static text: only a whole-part encoding
             # normalises that exactly as build_message does.
             content = self.compiled.render(who)
