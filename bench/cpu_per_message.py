@@ -1,7 +1,7 @@
 """CPU per message of the sending processes, without Prefect (not a test): where the sending phase's time goes.
 
     .venv/bin/python bench/cpu_per_message.py [--count 20000] [--connections 32] [--processes 1]
-                                              [--profile out.txt] [--source-count 60000]
+                                              [--profile out.txt] [--source-count 60000] [--jinja]
 
 PROCESSES processes (forked, default 1: this one) send COUNT personalised ~10 KB messages
 (bench/throughput.py's newsletter) of one fresh SQLite sending to a local Postfix `smtp-sink`, batch
@@ -10,6 +10,7 @@ after batch as fast mode's workers do (pipeline.send_batches).  Reports their CP
 them meanwhile and writes its raw (collapsed stacks) output to FILE.  On a 2-core machine the sink
 shares the cores: compare the CPU per message, not the wall rate, between runs.  ``--source-count N``:
 first `smtp-source` (10 sessions, N ~10 KB messages) against the same sink, for the ratio in one run.
+``--jinja``: a template with a condition and a filter, which Jinja2 renders for every message.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from mailshot_core.sending import claims, pipeline, sendings
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import MailshotStatus
 
+# No skeleton (render.Skeleton): the whole template goes through Jinja2 for every message.
+JINJA_TITLE = "<h1>{% if nom %}Hello {{ nom|title }}{% endif %}</h1>"
+
 
 def _worker(url: str, settings: Settings, mid: int) -> int:
     return pipeline.send_batches(get_engine(url), settings, mid).sent
@@ -48,6 +52,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="worker processes sending the same sending")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy's flame data into this file")
     parser.add_argument("--source-count", type=int, default=0, help="first, smtp-source with this many messages")
+    parser.add_argument(
+        "--jinja", action="store_true", help="a template Jinja2 renders per message (a condition and a filter)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mailshot-cpu-"))
     sink, source = ensure_smtp_sink()
@@ -64,9 +71,10 @@ def main() -> int:
     )
     engine = get_engine(url)
     fill_subscribers(engine, args.count, "cpu")
+    html = HTML.replace("<h1>Hello {{ nom }}</h1>", JINJA_TITLE) if args.jinja else HTML
     with session_scope(engine) as session:
         m = sendings.create(
-            session, settings, sendings.NewMailshot(subject="Hello {{ nom }}", html=HTML, lists=("cpu",), send_now=True)
+            session, settings, sendings.NewMailshot(subject="Hello {{ nom }}", html=html, lists=("cpu",), send_now=True)
         )
         mid = m.id
         assert mid is not None
@@ -111,6 +119,7 @@ def main() -> int:
         f"{sent:,} sent by {args.processes} process(es) x {args.connections} connections: "
         f"{(user + system) / sent * 1000:.3f} ms CPU per message (user {user / sent * 1000:.3f}, system "
         f"{system / sent * 1000:.3f}); wall {sent / wall:,.0f} msg/s"
+        + (" (Jinja2 template)" if args.jinja else "")
         + (f"; smtp-source just before: {limit:,.0f} msg/s ({sent / wall / limit:.2f}x)" if limit else "")
     )
     return 0

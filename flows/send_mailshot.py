@@ -37,7 +37,7 @@ from mailshot_core.sending import claims, runs, sendings
 from mailshot_core.sending.connections import StopCheck
 from mailshot_core.sending.ledger import BatchReport
 from mailshot_core.sending.lifecycle import Started, end_sending, next_step, start_sending
-from mailshot_core.sending.pipeline import send_batch, send_batches, send_head_start
+from mailshot_core.sending.pipeline import send_batch, send_batches, send_head_start, sends_in_one_process
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import MailshotStatus, utcnow
 from mailshot_core.transports.base import TransportUnavailable
@@ -171,6 +171,9 @@ def _pool_worker_dies_with_the_run(flow_pid: int) -> None:
     task.  With the head start, a kill while the workers were still importing left them waiting for
     tasks for ever (tests/sending/test_crash.py); a run already gone is seen within a second."""
     _watch_parent(flow_pid)
+
+
+_WORKER_ARGS = ("mailshot_id", "number", "transport", "run_id", "flow_pid")
 
 
 @task(name="send-batches", task_run_name="worker {number}", **_BATCH_TASK)
@@ -318,7 +321,40 @@ def _send(
     logger = get_run_logger()
     outside = prefect_stop(run_id)
     _ensure_connection_limit(settings, started.transport)
+    # Fast mode on SQLite with pre-encoded templates: one worker, in a thread of this process (one
+    # SQLite writer sends faster than two, and no process starts: pipeline.sends_in_one_process).
+    alone = parallel > 1 and sends_in_one_process(engine, settings, mailshot_id)
+    if alone:
+        logger.info("sending %s: %s recipients so far, sent by this process", mailshot_id, started.total)
+        own_thread: ThreadPoolTaskRunner[BatchReport] = ThreadPoolTaskRunner(max_workers=1)
+        with own_thread:
+            return _send_loop(engine, settings, mailshot_id, parallel, run_id, started, since, outside, own_thread)
     logger.info("sending %s: %s recipients so far, %s batch(es) at a time", mailshot_id, started.total, parallel)
+    return _send_loop(engine, settings, mailshot_id, parallel, run_id, started, since, outside, None)
+
+
+def _send_loop(
+    engine: Any,
+    settings: Settings,
+    mailshot_id: int,
+    parallel: int,
+    run_id: str,
+    started: Started,
+    since: datetime,
+    outside: StopCheck | None,
+    own_thread: ThreadPoolTaskRunner[BatchReport] | None,
+) -> dict[str, Any]:
+    """Batches until done or stopped, then the end.  ``own_thread``: fast mode's one worker runs there
+    instead of in the flow's process pool."""
+    logger = get_run_logger()
+    workers = 1 if own_thread is not None else max(1, parallel)
+
+    def submit_worker(n: int) -> PrefectFuture[BatchReport]:
+        args = (mailshot_id, n, started.transport, run_id, os.getpid())
+        if own_thread is not None:
+            return own_thread.submit(send_batches_task, dict(zip(_WORKER_ARGS, args, strict=True)))
+        return send_batches_task.submit(*args)
+
     if started.in_doubt:
         logger.warning(
             "%s message(s) were in flight when a previous worker died: marked 'unknown', not resent "
@@ -357,23 +393,23 @@ def _send(
         with session_scope(engine) as session:  # pauses the sending: next_step then says "stopped"
             fail_rule.breaker(session, mailshot_id, since, settings.max_fail_ratio)
         step = next_step(engine, settings, mailshot_id)
-        if step.action == "send" and parallel > 1 and not head_started:
+        if step.action == "send" and parallel > 1 and not head_started and own_thread is None:
             head_started = True
 
             def start_pool() -> None:
                 for n in range(1, parallel + 1):
-                    running.append(send_batches_task.submit(mailshot_id, n, started.transport, run_id, os.getpid()))
+                    running.append(submit_worker(n))
 
             totals.add(_head_start(engine, settings, mailshot_id, run_id, start_pool))
             number = len(running)
             continue
-        if step.action == "send" and len(running) < max(1, parallel):
+        if step.action == "send" and len(running) < workers:
             number += 1
             if parallel > 1:
-                running.append(send_batches_task.submit(mailshot_id, number, started.transport, run_id, os.getpid()))
+                running.append(submit_worker(number))
             else:
                 running.append(send_batch_task.submit(mailshot_id, number, started.transport, run_id))
-            if len(running) < parallel:
+            if len(running) < workers:
                 continue  # fill the pool first: fast mode's workers start together
         elif step.action == "stopped":
             stop_reason = step.reason

@@ -436,6 +436,12 @@ class MessageBuilder:
             subject, html, text = compiled.skeletons
             self._parts = (subject, _EncodedPart(html), _EncodedPart(text))
 
+    @property
+    def pre_encoded(self) -> bool:
+        """The templates' static text is encoded once: a message costs its values' encoding and a join
+        (tens of microseconds), not a Jinja2 rendering (hundreds)."""
+        return self._parts is not None
+
     def build(self, recipient_id: int, to_email: str, who: Personalisation, *, test: bool = False) -> OutgoingMessage:
         """Raises TemplateError (render) or HeaderError (a value unusable in a header)."""
         context = who.as_context()

@@ -21,7 +21,7 @@ from mailshot_core.sending.connections import StopCheck, send_claimed
 from mailshot_core.sending.context import context_for
 from mailshot_core.sending.ledger import BatchReport, Clock, Ledger
 from mailshot_core.sending.pacing import Pacer
-from mailshot_core.store.db import session_scope
+from mailshot_core.store.db import is_sqlite, session_scope
 from mailshot_core.store.models import Mailshot, MailshotStatus, utcnow
 from mailshot_core.transports import get_transport
 from mailshot_core.transports.base import ConfigurationError, Transport
@@ -149,6 +149,21 @@ def send_batches(
         if time.monotonic() - idle_since > MATERIALISE_PATIENCE_SECONDS or not _materialising(engine, mailshot_id):
             return total  # the flow starts another worker if more becomes due
         time.sleep(MATERIALISE_POLL_SECONDS)  # caught up with a streamed materialisation: more is coming
+
+
+def sends_in_one_process(engine: Engine, settings: Settings, mailshot_id: int) -> bool:
+    """Whether fast mode should send this sending from one process rather than one per core.
+
+    On SQLite, when messages are cheap to build (pre-encoded templates: text and ``{{ variable }}``
+    only), the single write lock is the limit: two sending processes sent slower than one, at more
+    CPU per message, and their start-up (imports) cost seconds of CPU on the way (bench/RESULTS.md,
+    issue 16).  Templates that Jinja2 renders for every message are CPU-bound: processes pay off
+    there, as on PostgreSQL (no single writer).  A cross-run connection cap keeps the pool too: its
+    slots are shared between processes and runs.
+    """
+    if not is_sqlite(engine) or settings.max_connections is not None:
+        return False
+    return context_for(engine, settings, mailshot_id).builder.pre_encoded
 
 
 HEAD_START_FIRST_PER_CONNECTION = 4

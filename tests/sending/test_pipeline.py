@@ -511,3 +511,19 @@ def test_in_doubt_recipients_of_a_dead_worker_are_resent_only_when_the_operator_
         m = sendings.get(session, mid)
         assert (m.status, m.nb_unknown, m.current) == (MailshotStatus.PROCESSING, 0, 2)
     _counters_match(engine, mid)
+
+
+def test_fast_mode_sends_from_one_process_only_where_one_sqlite_writer_is_faster(db_url: str, tmp_path: Path) -> None:
+    """pipeline.sends_in_one_process: SQLite and pre-encoded templates -> one process (the single
+    write lock limits, bench/RESULTS.md); a Jinja2-rendered template (CPU-bound), PostgreSQL, or a
+    cross-run connection cap -> the process pool."""
+    settings = make_settings(db_url)
+    engine = engine_for(settings)
+    seed(engine, tmp_path, 3)
+    simple = create(engine, settings, html="<p>Hello {{ nom }}</p>")
+    rendered = create(engine, settings, html="<p>{% if nom %}Hello {{ nom|title }}{% endif %}</p>")
+    sqlite = db_url.startswith("sqlite")
+    assert pipeline.sends_in_one_process(engine, settings, simple) is sqlite
+    assert pipeline.sends_in_one_process(engine, settings, rendered) is False
+    capped = settings.model_copy(update={"max_connections": 4})
+    assert pipeline.sends_in_one_process(engine, capped, simple) is False
