@@ -173,9 +173,6 @@ def _pool_worker_dies_with_the_run(flow_pid: int) -> None:
     _watch_parent(flow_pid)
 
 
-_WORKER_ARGS = ("mailshot_id", "number", "transport", "run_id", "flow_pid")
-
-
 @task(name="send-batches", task_run_name="worker {number}", **_BATCH_TASK)
 def send_batches_task(
     mailshot_id: int, number: int, transport: str = "smtp", run_id: str | None = None, flow_pid: int = 0
@@ -350,10 +347,17 @@ def _send_loop(
     workers = 1 if own_thread is not None else max(1, parallel)
 
     def submit_worker(n: int) -> PrefectFuture[BatchReport]:
-        args = (mailshot_id, n, started.transport, run_id, os.getpid())
+        params: dict[str, Any] = {
+            "mailshot_id": mailshot_id,
+            "number": n,
+            "transport": started.transport,
+            "run_id": run_id,
+            "flow_pid": os.getpid(),
+        }
         if own_thread is not None:
-            return own_thread.submit(send_batches_task, dict(zip(_WORKER_ARGS, args, strict=True)))
-        return send_batches_task.submit(*args)
+            return own_thread.submit(send_batches_task, params)
+        future: PrefectFuture[BatchReport] = send_batches_task.submit(**params)
+        return future
 
     if started.in_doubt:
         logger.warning(

@@ -225,6 +225,15 @@ def _qp(text: str) -> bytes:
 _QP_LINE: Final = 76  # RFC 2045 §6.7: encoded lines of at most 76 characters, the soft break's '=' included
 
 
+def _escape_safe(encoded: bytes, cut: int) -> int:
+    """``cut``, moved back so that a soft break there never splits an ``=XX`` escape."""
+    if encoded[cut - 1 : cut] == b"=":
+        return cut - 1
+    if encoded[cut - 2 : cut - 1] == b"=":
+        return cut - 2
+    return cut
+
+
 def _dot_safe(encoded: bytes) -> bytes:
     """Quoted-printable (LF line ends) in which no line starts with '.' (such a dot becomes ``=2E``)
     and none is longer than 76 characters.
@@ -246,11 +255,7 @@ def _dot_safe(encoded: bytes) -> bytes:
                 line = b"=2E" + line[1:]
             if len(line) <= _QP_LINE:
                 break
-            cut = _QP_LINE - 1  # room for the soft break's '='
-            if line[cut - 1 : cut] == b"=":
-                cut -= 1
-            elif line[cut - 2 : cut - 1] == b"=":
-                cut -= 2
+            cut = _escape_safe(line, _QP_LINE - 1)  # room for the soft break's '='
             out.append(line[:cut] + b"=")
             line = line[cut:]  # may start with '.' again, or still be too long
         out.append(line)
@@ -281,11 +286,7 @@ def _qp_piece(text: str) -> bytes:
     start = encoded.rfind(b"\n") + 1
     if len(encoded) - start <= 75:
         return encoded + b"=\r\n"
-    cut = start + 75  # the last line has 76 characters: move its tail to a line of its own
-    if encoded[cut - 1 : cut] == b"=":
-        cut -= 1
-    elif encoded[cut - 2 : cut - 1] == b"=":
-        cut -= 2  # never split an =XX escape
+    cut = _escape_safe(encoded, start + 75)  # the last line has 76 characters: its tail to a line of its own
     return encoded[:cut] + b"=\r\n" + _dot_safe(encoded[cut:]) + b"=\r\n"  # the tail may start with '.'
 
 
@@ -412,12 +413,6 @@ class _EncodedPart:
         return b"".join(out)
 
 
-def _has_cr(who: Personalisation) -> bool:
-    return any("\r" in v for v in (who.email, who.nom, who.lang, who.status, who.url_unsubscribe, *who.listes)) or (
-        "\r" in who.url_open or "\r" in who.url_click
-    )
-
-
 class MessageBuilder:
     """Builds one sending's messages; the static text of simple templates is encoded once.
 
@@ -445,7 +440,7 @@ class MessageBuilder:
     def build(self, recipient_id: int, to_email: str, who: Personalisation, *, test: bool = False) -> OutgoingMessage:
         """Raises TemplateError (render) or HeaderError (a value unusable in a header)."""
         context = who.as_context()
-        if self._parts is None or _has_cr(who):
+        if self._parts is None or who.has_carriage_return():
             # A value with a CR could pair with a LF of the static text: only a whole-part encoding
             # normalises that exactly as build_message does.
             content = self.compiled.render(who)

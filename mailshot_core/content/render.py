@@ -64,6 +64,11 @@ class Personalisation:
             "url_click": self.url_click,
         }
 
+    def has_carriage_return(self) -> bool:
+        """Whether a value holds a CR (the values of :meth:`as_context`, read without building it)."""
+        values = (self.email, self.nom, self.lang, self.status, self.url_unsubscribe, self.url_open, self.url_click)
+        return any("\r" in v for v in values) or any("\r" in v for v in self.listes)
+
 
 _SAMPLE = Personalisation(
     email="sample@example.org",
