@@ -63,7 +63,8 @@ def deployments() -> list[Any]:
         ),
         send_mailshot_fast.to_deployment(
             name="fast",
-            description="Send a newsletter as fast as the relay allows: one batch per core in parallel processes.",
+            description="Send a newsletter as fast as the relay allows: one batch per core in parallel processes "
+            "(on SQLite with simple templates: one process, faster there).",
             tags=["mailshot", "fast"],
             parameters={"parallel": os.cpu_count() or 2},
             concurrency_limit=1,

@@ -542,7 +542,8 @@ def _end_suspended(run_id: str) -> None:
         raise Pause(state=state)
 
 
-# Fast mode: batches in separate processes, one per core (the GIL would keep threads on one core).
+# Fast mode: batches in separate processes, one per core (the GIL would keep threads on one core); on
+# SQLite with pre-encoded templates one worker in this process instead (_send, pipeline.sends_in_one_process).
 send_mailshot_fast = send_mailshot.with_options(
     task_runner=ProcessPoolTaskRunner(  # type: ignore[arg-type]
         max_workers=os.cpu_count() or 2, initializer=_pool_worker_dies_with_the_run, initargs=(os.getpid(),)

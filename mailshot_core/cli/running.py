@@ -34,7 +34,8 @@ def send(
         bool,
         typer.Option(
             help="Fast mode: one batch worker per core at once, in separate processes (on Dask when "
-            "MAILSHOT_DASK_ADDRESS is set); pacing still applies."
+            "MAILSHOT_DASK_ADDRESS is set; on SQLite with templates of text and {{ variable }} only, one "
+            "worker in this process, faster there); pacing still applies."
         ),
     ] = False,
 ) -> None:
