@@ -111,7 +111,10 @@ def _store(engine: Engine, events: list[IncomingEvent], now: datetime | None) ->
         ids: list[int] = []
         if rows:
             stmt = _insert_ignore(conn.dialect.name).returning(_events.c.id)
-            ids = [row[0] for row in conn.execute(stmt, list(rows.values())).all()]
+            # In the unique key's order: two concurrent stores of overlapping events then take their index
+            # locks in the same order, where PostgreSQL saw a deadlock (tests/feedback/test_feedback_load.py).
+            ordered = sorted(rows.values(), key=lambda r: (r["source"], r["provider_event_id"]))
+            ids = [row[0] for row in conn.execute(stmt, ordered).all()]
     untied = Counter(NO_SENDING_ID if e.mailshot_id is None else NOT_OURS for e in events if e.mailshot_id not in known)
     ignored = sum(untied.values())
     return StoreReport(len(events), len(ids), len(events) - ignored - len(ids), ignored, dict(untied), tuple(ids)), ids
