@@ -24,7 +24,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun, State, StateType, TaskRun
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import Pause
+from prefect.exceptions import Pause, TerminationSignal
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
@@ -37,7 +37,13 @@ from mailshot_core.sending import claims, runs, sendings
 from mailshot_core.sending.connections import StopCheck
 from mailshot_core.sending.ledger import BatchReport
 from mailshot_core.sending.lifecycle import Started, end_sending, next_step, start_sending
-from mailshot_core.sending.pipeline import send_batch, send_batches, send_head_start, sends_in_one_process
+from mailshot_core.sending.pipeline import (
+    send_batch,
+    send_batches,
+    send_head_start,
+    sends_in_one_process,
+    stop_batches_here,
+)
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import MailshotStatus, utcnow
 from mailshot_core.transports.base import TransportUnavailable
@@ -228,9 +234,7 @@ def _pause_on_cancel(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
     settings = get_settings()
     engine = get_engine(settings.database_url)
     with session_scope(engine) as session:
-        mailshot = sendings.get(session, int(mailshot_id), lock=True)
-        if mailshot.status == MailshotStatus.PROCESSING:
-            sendings.set_status(session, mailshot, MailshotStatus.PAUSE, CANCELLED_IN_PREFECT)
+        sendings.pause_if_processing(session, int(mailshot_id), CANCELLED_IN_PREFECT)
     close_and_record(engine, str(flow_run.id), reason="cancelled in Prefect")
 
 
@@ -306,9 +310,32 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         raise
     try:
         return _send(engine, settings, mailshot_id, parallel, run_id, started, since)
+    except TerminationSignal:
+        _stop_on_termination(engine, mailshot_id, run_id)
+        raise
     finally:
         if started.materialiser is not None:
             started.materialiser.stop()
+
+
+def _stop_on_termination(engine: Any, mailshot_id: int, run_id: str) -> None:
+    """The runner's SIGTERM (a Cancel, or the worker or machine stopping): stop sending now.
+
+    The batches in flight are told to stop (their threads would keep the dying process sending), and a
+    cancellation pauses the sending at once, which also stops its batches in other processes: the
+    runner runs the on_cancellation hook only once this process has exited.  A SIGTERM for another
+    reason leaves the sending ``processing``, for the next run or the dispatcher to resume.
+    """
+    reason: str | None = None
+    check = prefect_stop(run_id)
+    try:
+        reason = check() if check is not None else None
+    except Exception as exc:  # the API may be out of reach: the batches still stop
+        get_run_logger().warning("could not read the run's state while terminating: %s", exc)
+    if reason:
+        with session_scope(engine) as session:
+            sendings.pause_if_processing(session, mailshot_id, reason)
+    stop_batches_here(reason or "the run's process was terminated")
 
 
 def _send(
@@ -509,9 +536,7 @@ def _outside_reason(outside: StopCheck | None, engine: Any, mailshot_id: int) ->
         _lift_prefect_pause(engine, mailshot_id)  # resumed in Prefect while a batch was stopping
         return None
     with session_scope(engine) as session:
-        mailshot = sendings.get(session, mailshot_id, lock=True)
-        if mailshot.status == MailshotStatus.PROCESSING:
-            sendings.set_status(session, mailshot, MailshotStatus.PAUSE, reason)
+        sendings.pause_if_processing(session, mailshot_id, reason)
     if not reason.startswith(PAUSED_IN_PREFECT):
         return reason
     get_run_logger().info("sending %s paused with its run: waiting for Resume in Prefect", mailshot_id)

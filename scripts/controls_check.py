@@ -176,6 +176,10 @@ class Site:
             raise RuntimeError(f"no flow run id in:\n{out}")
         return UUID(match.group(1))
 
+    def print_logs(self) -> None:
+        for log_file in sorted(self.logs.iterdir()):
+            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
             with contextlib.suppress(ProcessLookupError):
@@ -384,11 +388,12 @@ def main() -> int:
             paced_pause(site, checks)
             crash(site, checks)
     except Exception:
-        for log_file in sorted(site.logs.iterdir()):
-            print(f"--- {log_file.name} (tail)\n{log_file.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+        site.print_logs()
         raise
     finally:
         site.stop()
+    if checks.failed:  # what the servers said explains a failed check better than its figures
+        site.print_logs()
     print(f"controls check ({args.mode}):", "OK" if not checks.failed else f"FAILED: {len(checks.failed)} check(s)")
     return 0 if not checks.failed else 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -72,23 +73,24 @@ def send_batch(
     ledger = Ledger(engine, mailshot_id, token, settings.max_try, settings.retry_delay, clock, report, run_id)
     cadence = sendings.cadence(mailshot, settings)
     pacer = Pacer(engine, mailshot.transport, cadence, clock) if cadence.limited else None
+    stop = _BatchStop(engine, mailshot_id, outside_stop)
     try:
         try:
             started = time.monotonic()
+            with _SENDING_HERE_LOCK:
+                _SENDING_HERE.add(stop)
             try:
-                asyncio.run(
-                    send_claimed(transport, claimed, ledger, ctx, pacer, _stop_check(engine, mailshot_id, outside_stop))
-                )
+                asyncio.run(send_claimed(transport, claimed, ledger, ctx, pacer, stop))
             finally:
                 report.seconds = time.monotonic() - started
+                with _SENDING_HERE_LOCK:
+                    _SENDING_HERE.discard(stop)
         finally:
             if pacer is not None:
                 pacer.close()
     except ConfigurationError as exc:
         with session_scope(engine) as session:
-            m = sendings.get(session, mailshot_id)
-            if m.status == MailshotStatus.PROCESSING:
-                sendings.set_status(session, m, MailshotStatus.PAUSE, f"paused: {exc}")
+            sendings.pause_if_processing(session, mailshot_id, f"paused: {exc}")
         log.error("sending %s paused: %s", mailshot_id, exc)
         report.stopped = f"paused: {exc}"
     finally:
@@ -97,26 +99,51 @@ def send_batch(
     return report
 
 
-def _stop_check(engine: Engine, mailshot_id: int, outside: StopCheck | None) -> StopCheck:
-    """Why the batch must stop now: the sending left ``processing``, or the outside check says so
-    (then the sending is paused with its reason, so nothing restarts it behind the operator's back)."""
-    table = Mailshot.__table__  # type: ignore[attr-defined]
-    status_of = select(table.c.status, table.c.status_reason).where(table.c.id == mailshot_id)
+class _BatchStop:
+    """Why the batch must stop now: the sending left ``processing``, the outside check says so (then
+    the sending is paused with its reason, so nothing restarts it behind the operator's back), or its
+    process is being terminated (:func:`stop_batches_here`)."""
 
-    def check() -> str | None:
-        with engine.connect() as conn:  # a read: never waits for the ledger's write lock
-            row = conn.execute(status_of).one()
+    def __init__(self, engine: Engine, mailshot_id: int, outside: StopCheck | None) -> None:
+        table = Mailshot.__table__  # type: ignore[attr-defined]
+        self._status_of = select(table.c.status, table.c.status_reason).where(table.c.id == mailshot_id)
+        self._engine = engine
+        self._mailshot_id = mailshot_id
+        self._outside = outside
+        self.halted: str | None = None
+
+    def __call__(self) -> str | None:
+        if self.halted:
+            return self.halted
+        with self._engine.connect() as conn:  # a read: never waits for the ledger's write lock
+            row = conn.execute(self._status_of).one()
         if row.status != MailshotStatus.PROCESSING:
             return f"sending is {row.status}" + (f" ({row.status_reason})" if row.status_reason else "")
-        reason = outside() if outside is not None else None
+        reason = self._outside() if self._outside is not None else None
         if reason:
-            with session_scope(engine) as session:
-                m = sendings.get(session, mailshot_id, lock=True)
-                if m.status == MailshotStatus.PROCESSING:
-                    sendings.set_status(session, m, MailshotStatus.PAUSE, reason)
+            with session_scope(self._engine) as session:
+                sendings.pause_if_processing(session, self._mailshot_id, reason)
         return reason
 
-    return check
+
+# The batches sending in this process now, for stop_batches_here.
+_SENDING_HERE: set[_BatchStop] = set()
+_SENDING_HERE_LOCK = threading.Lock()
+
+
+def stop_batches_here(reason: str) -> None:
+    """Stop every batch this process is sending before its next message (within STOP_POLL_SECONDS),
+    what they had not attempted released for another worker; ``reason`` is their report's ``stopped``.
+
+    For a process being terminated (an orchestrator's SIGTERM): Python waits for the batches' threads
+    before it exits, and a paced batch would otherwise go on sending for minutes, until its end or the
+    SIGKILL that leaves its messages in flight in doubt.  The sending's status is not changed: a
+    cancellation pauses it (the caller's decision); a process stopping for another reason leaves it
+    to be resumed.
+    """
+    with _SENDING_HERE_LOCK:
+        for stop in _SENDING_HERE:
+            stop.halted = reason
 
 
 def send_batches(

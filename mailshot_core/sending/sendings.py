@@ -325,6 +325,14 @@ def pause(session: Session, mailshot_id: int, reason: str = "paused by the opera
     return mailshot
 
 
+def pause_if_processing(session: Session, mailshot_id: int, reason: str) -> None:
+    """Pause a sending that is sending, with ``reason``: what a stop from outside does (a Prefect control,
+    a configuration error), never overwriting the operator's own pause, an end or a cancel."""
+    mailshot = get(session, mailshot_id, lock=True)
+    if mailshot.status == MailshotStatus.PROCESSING:
+        set_status(session, mailshot, MailshotStatus.PAUSE, reason)
+
+
 def resume(session: Session, mailshot_id: int) -> Mailshot:
     mailshot = get(session, mailshot_id)
     if mailshot.status != MailshotStatus.PAUSE:

@@ -156,3 +156,34 @@ def test_sigkill_of_a_fast_send_takes_its_worker_processes_with_it(
     unknown = {e for e, (s, _) in rows.items() if s == "unknown"}
     assert [e for e, n in received.items() if n > 1] == []
     assert {e for e, (s, _) in rows.items() if s == "sent"} | unknown == set(everyone)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_paced_batch_before_its_next_message(
+    prefect_harness: None, sqlite_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM of a paced `mailshot send` (what a Prefect worker sends to cancel a run, or when it stops):
+    the batch in flight stops within about a second instead of pacing on to its end (Python waits for
+    its thread before exiting), what it had not sent is released, nobody in doubt; not a cancellation,
+    so the sending stays ``processing`` and the next `mailshot send` serves the rest, nobody twice."""
+    with DevRelay() as relay:
+        settings = make_settings(sqlite_url, relay)
+        engine = engine_for(settings)
+        everyone = seed(engine, tmp_path, 60)
+        mid = create(engine, settings, rate_per_minute=600)  # one batch of 60, paced over 6 s
+        env = _env(sqlite_url, relay)
+        victim = _sending_until(relay, 3, env, "send", str(mid), "--no-progress")
+        victim.send_signal(signal.SIGTERM)
+        victim.wait(60)  # a hang guard: the batch stops at its next stop check
+        stopped_at = relay.received_count
+        assert stopped_at < 40, f"{stopped_at} of 60 sent: the batch paced on after SIGTERM"
+        rows = recipients(engine, mid)
+        assert {s for s, _ in rows.values()} <= {"sent", "todo"}, Counter(s for s, _ in rows.values())
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(f"SELECT status FROM mailshot WHERE id = {mid}").scalar_one() == "processing"
+        second = subprocess.run(
+            _mailshot("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+        received = Counter(m.rcpt_tos[0] for m in relay.messages)
+    assert sorted(received) == sorted(everyone) and max(received.values()) == 1
