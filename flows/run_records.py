@@ -29,8 +29,9 @@ from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings
 from mailshot_core.sending import claims, runs
+from mailshot_core.sending.early_start import EARLY_RUN_PREFIX
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import utcnow
+from mailshot_core.store.models import as_utc, utcnow
 
 log = logging.getLogger("mailshot.flows")
 # A run in one of these states may still send: its record is not final yet.
@@ -115,16 +116,25 @@ def record_dead_runs(
     sending."""
     written = 0
     try:
+        lease = timedelta(seconds=settings.claim_lease)
         with session_scope(engine) as session:
-            candidates = [(r.id, r.mailshot_id) for r in runs.open_runs(session, mailshot_id) if r.id != skip]
-        for run_id, mid in candidates:
-            state = run_state(run_id)
-            if state is None or state in ALIVE:
-                continue  # still running, or unknown to this Prefect server (its own process closes it)
+            candidates = [
+                (r.id, r.mailshot_id, r.started_at) for r in runs.open_runs(session, mailshot_id) if r.id != skip
+            ]
+        for run_id, mid, started_at in candidates:
+            if run_id.startswith(EARLY_RUN_PREFIX):  # its flow takes it over within seconds, or never will
+                if as_utc(started_at) > utcnow() - lease:
+                    continue
+                reason = "the command that sent it ended before its Prefect run took over"
+            else:
+                state = run_state(run_id)
+                if state is None or state in ALIVE:
+                    continue  # still running, or unknown to this Prefect server (its own process closes it)
+                reason = f"the run ended {state.value.lower()} before closing its record"
             with session_scope(engine) as session:
                 # Its workers are dead with it: their in-doubt messages go into its record first.
-                claims.recover_dead_workers(session, mid, utcnow(), timedelta(seconds=settings.claim_lease))
-                runs.close_run(session, run_id, reason=f"the run ended {state.value.lower()} before closing its record")
+                claims.recover_dead_workers(session, mid, utcnow(), lease)
+                runs.close_run(session, run_id, reason=reason)
         with session_scope(engine) as session:
             pending = [r.id for r in runs.unrecorded(session) if mailshot_id is None or r.mailshot_id == mailshot_id]
         for run_id in pending:

@@ -33,10 +33,10 @@ from flows.run_records import close_and_record, flow_run_uuid, read_run, record_
 from mailshot_core.config import Settings, get_settings
 from mailshot_core.errors import MailshotError
 from mailshot_core.feedback import fail_rule
-from mailshot_core.sending import claims, runs, sendings
+from mailshot_core.sending import claims, early_start, runs, sendings
 from mailshot_core.sending.connections import StopCheck
 from mailshot_core.sending.ledger import BatchReport
-from mailshot_core.sending.lifecycle import Started, end_sending, next_step, start_sending
+from mailshot_core.sending.lifecycle import Started, end_sending, next_step, start_sending, stream_ahead
 from mailshot_core.sending.pipeline import (
     send_batch,
     send_batches,
@@ -300,11 +300,10 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     since = utcnow()  # the circuit breaker judges this run's attempts only (fail_rule.breaker)
     with session_scope(engine) as session:
         runs.open_run(session, run_id, sendings.get(session, mailshot_id))
+    early_start.take_over(engine, mailshot_id, run_id)  # what `mailshot send` sent while this run started
     try:
-        # Streamed: the first batch is claimable as soon as the first chunk is in (issue 16); the
-        # materialiser keeps two rounds of batches ahead of the workers.
-        ahead = 2 * settings.batch_size * max(1, parallel)
-        started = start_sending(engine, settings, mailshot_id, run_id=run_id, stream=ahead)
+        # Streamed: the first batch is claimable as soon as the first chunk is in (issue 16).
+        started = start_sending(engine, settings, mailshot_id, run_id=run_id, stream=stream_ahead(settings, parallel))
     except MailshotError as exc:  # e.g. paused or ended: the run fails, with its record saying why
         close_and_record(engine, run_id, reason=str(exc))
         raise

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from mailshot_core.audience import lists, subscribers
 from mailshot_core.config import Settings
+from mailshot_core.devtools.relay import DevRelay
 from mailshot_core.sending import lifecycle, pipeline, sendings
 from mailshot_core.store.db import get_engine, session_scope
 from mailshot_core.store.models import Mailshot
@@ -96,3 +100,33 @@ def drive_in_process(url: str, host: str, port: int, mailshot_id: int, batch_siz
         database_url=url, smtp_host=host, smtp_port=port, retry_delay=0, batch_size=batch_size, secret_key=TEST_KEY
     )
     drive(get_engine(settings.database_url), settings, mailshot_id)
+
+
+def cli_env(db_url: str, relay: DevRelay, connections: int = 4) -> dict[str, str]:
+    """The environment of a `mailshot` command of the tests: this database, this relay, the test Prefect
+    server (prefect_harness)."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSHOT_")}
+    env.update(
+        MAILSHOT_DATABASE_URL=db_url,
+        MAILSHOT_SMTP_HOST=relay.host,
+        MAILSHOT_SMTP_PORT=str(relay.port),
+        MAILSHOT_SMTP_CONNECTIONS=str(connections),
+        MAILSHOT_BATCH_SIZE="200",
+        MAILSHOT_RETRY_DELAY="0",
+        MAILSHOT_SECRET_KEY="crash-secret",
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+    )
+    return env
+
+
+def mailshot_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mailshot_core.cli", *args]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from certs import self_signed
+from helpers import free_port
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 HOST = "127.0.0.1"
@@ -34,16 +35,10 @@ class ImapServerError(RuntimeError):
     """Dovecot is missing or did not start."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 class ImapServer:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mailshot-dovecot-"))
-        self.port = _free_port()
+        self.port = free_port(HOST)
         self.ca_file = self.dir / "cert.pem"
         self.proc: subprocess.Popen[bytes] | None = None
 

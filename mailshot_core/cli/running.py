@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import partial
 from pathlib import Path
@@ -43,37 +44,46 @@ def send(
     engine = open_engine()
     with db_session() as session:  # fail fast, before starting Prefect, on an unknown id
         sendings.get(session, mailshot_id)
-    from flows.ephemeral import SharedServer
+    from mailshot_core.sending.early_start import EarlyStart
 
-    # Without PREFECT_API_URL, one Prefect server for the run and its workers: it boots in its own
-    # process while this one imports the flow (issue 16).
-    with SharedServer() as server:
-        result = _run_flow(engine, mailshot_id, fast, progress, server)
+    # The first batches go while Prefect is imported and its run starts (early_start.py, issue 16).
+    parallel = (os.cpu_count() or 2) if fast else 1
+    early = EarlyStart(engine, current_settings(), mailshot_id, parallel=parallel)
+    early.start()
+    try:
+        from flows.ephemeral import SharedServer
+
+        # Without PREFECT_API_URL, one Prefect server for the run and its workers, booting in its own
+        # process meanwhile.
+        with SharedServer() as server:
+            result = _run_flow(engine, mailshot_id, fast, parallel, progress, server)
+    finally:
+        early.abandon("the command ended before its Prefect run started")
     out.print(
         f"sending {mailshot_id}: {result['status']} — {result['sent']} sent, {result['failed']} failed, "
         f"{result['nb_unknown']} in doubt, of {result['total']}"
     )
 
 
-def _run_flow(engine: Engine, mailshot_id: int, fast: bool, progress: bool, server: SharedServer) -> dict[str, Any]:
-    import os
-
-    from prefect import Flow
-
-    from flows.send_mailshot import send_mailshot, send_mailshot_fast
-
-    flow_fn: Flow[..., dict[str, Any]] = send_mailshot_fast if fast else send_mailshot
-    if fast and current_settings().dask_address:
-        from flows.send_mailshot_dask import send_mailshot_dask
-
-        flow_fn = send_mailshot_dask
-    server.ready()
+def _run_flow(
+    engine: Engine, mailshot_id: int, fast: bool, parallel: int, progress: bool, server: SharedServer
+) -> dict[str, Any]:
     done = threading.Event()
     watcher = threading.Thread(target=_watch, args=(engine, mailshot_id, done), daemon=True) if progress else None
     if watcher is not None:
         watcher.start()
     try:
-        return flow_fn(mailshot_id, parallel=(os.cpu_count() or 2) if fast else 1)
+        from prefect import Flow
+
+        from flows.send_mailshot import send_mailshot, send_mailshot_fast
+
+        flow_fn: Flow[..., dict[str, Any]] = send_mailshot_fast if fast else send_mailshot
+        if fast and current_settings().dask_address:
+            from flows.send_mailshot_dask import send_mailshot_dask
+
+            flow_fn = send_mailshot_dask
+        server.ready()
+        return flow_fn(mailshot_id, parallel=parallel)
     finally:
         done.set()
         if watcher is not None:

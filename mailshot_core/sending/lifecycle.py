@@ -89,6 +89,12 @@ class Materialiser:
         return not self._thread.is_alive()
 
 
+def stream_ahead(settings: Settings, parallel: int) -> int:
+    """How many never-claimed recipients a streamed materialisation keeps ahead of ``parallel`` workers:
+    two rounds of batches."""
+    return 2 * settings.batch_size * max(1, parallel)
+
+
 @dataclass(frozen=True)
 class Started:
     total: int  # recipients so far (all of them unless ``materialiser`` is still adding)

@@ -43,6 +43,21 @@ def open_run(session: Session, run_id: str, mailshot: Mailshot, now: datetime | 
     return run
 
 
+def adopt(session: Session, earlier: str, into: str) -> None:
+    """Merge the record of ``earlier`` (the first batches a command sent while its run started:
+    early_start.py) into the run ``into``: one run, one record, from the first message on."""
+    early = session.get(SendRun, earlier)
+    run = session.get(SendRun, into)
+    if early is None or run is None:
+        return
+    for name in (*RUN_COUNTERS, "in_doubt"):
+        setattr(run, name, getattr(run, name) + getattr(early, name))
+    run.started_at = min(run.started_at, early.started_at)
+    session.add(run)
+    session.delete(early)
+    session.flush()
+
+
 def run_counters_sql(placeholder: str) -> str:
     """The ledger's statement adding to a run's counters (driver SQL; names are constants)."""
     changes = ", ".join(f"{name} = {name} + {placeholder}" for name in RUN_COUNTERS)

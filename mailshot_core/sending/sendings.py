@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, update
@@ -43,6 +43,7 @@ from mailshot_core.store.models import (
     MailshotStatus,
     Recipient,
     RecipientStatus,
+    as_utc,
     max_length,
     utcnow,
 )
@@ -200,7 +201,7 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
         raise InvalidInput(str(exc)) from None
     start_at = spec.start_at
     if start_at is not None:
-        start_at = _to_utc(start_at)
+        start_at = as_utc(start_at)
     scheduled = start_at is not None and start_at > now
     if scheduled:
         status = MailshotStatus.INIT
@@ -230,11 +231,6 @@ def create(session: Session, settings: Settings, spec: NewMailshot, now: datetim
     if mailshot.track:
         tracked_links.links_for(session, mailshot)  # the link table is there before the first message
     return mailshot
-
-
-def _to_utc(value: datetime) -> datetime:
-    """Times without an offset are taken as UTC (documented in the CLI help)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def get(session: Session, mailshot_id: int, *, lock: bool = False) -> Mailshot:
@@ -310,7 +306,7 @@ def schedule(session: Session, mailshot_id: int, start_at: datetime, now: dateti
         raise InvalidState(
             f"sending {mailshot_id} is '{mailshot.status}': only a draft or a scheduled one can be scheduled"
         )
-    when = _to_utc(start_at)
+    when = as_utc(start_at)
     if when <= (now or utcnow()):
         return send_now(session, mailshot_id, now)
     mailshot.start_at = when

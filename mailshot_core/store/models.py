@@ -20,6 +20,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """Aware UTC: a time without an offset is UTC (SQLite gives stored times back naive)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class SubscriberStatus(StrEnum):
     VALID = "valid"
     PENDING = "pending"  # every subscription waits for the double opt-in link: nothing is sent to it

@@ -8,10 +8,8 @@ parallel connections, are listed by `mailshot status`, and are not resent.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,38 +17,17 @@ from pathlib import Path
 import pytest
 
 from conftest import engine_for, make_settings
-from helpers import create, recipients, seed
+from helpers import cli_env, create, mailshot_cmd, recipients, seed
 from mailshot_core.devtools.relay import DevRelay
 
 CONNECTIONS = 4
-
-
-def _env(db_url: str, relay: DevRelay) -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSHOT_")}
-    env.update(
-        MAILSHOT_DATABASE_URL=db_url,
-        MAILSHOT_SMTP_HOST=relay.host,
-        MAILSHOT_SMTP_PORT=str(relay.port),
-        MAILSHOT_SMTP_CONNECTIONS=str(CONNECTIONS),
-        MAILSHOT_BATCH_SIZE="200",
-        MAILSHOT_RETRY_DELAY="0",
-        MAILSHOT_SECRET_KEY="crash-secret",
-        PREFECT_API_URL=str(PREFECT_API_URL.value()),
-    )
-    return env
-
-
-def _mailshot(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mailshot_core.cli", *args]
 
 
 def _sending_until(
     relay: DevRelay, received: int, env: dict[str, str], *args: str, wait: float = 120
 ) -> subprocess.Popen[bytes]:
     """A `mailshot` process sending, once the relay has accepted ``received`` of its messages."""
-    victim = subprocess.Popen(_mailshot(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victim = subprocess.Popen(mailshot_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + wait
     while relay.received_count < received:
         assert victim.poll() is None, victim.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
@@ -67,7 +44,7 @@ def test_sigkill_mid_sending_then_resume_sends_nobody_twice(prefect_harness: Non
         engine = engine_for(settings)
         everyone = seed(engine, tmp_path, 3000)
         mid = create(engine, settings)
-        env = _env(db_url, relay)
+        env = cli_env(db_url, relay, CONNECTIONS)
 
         victim = _sending_until(relay, 600, env, "send", str(mid), "--no-progress")
         victim.send_signal(signal.SIGKILL)
@@ -76,11 +53,11 @@ def test_sigkill_mid_sending_then_resume_sends_nobody_twice(prefect_harness: Non
         assert killed_at < 3000, "the kill came too late to test anything"
 
         second = subprocess.run(
-            _mailshot("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
+            mailshot_cmd("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
         )
         assert second.returncode == 0, second.stderr[-3000:]
         status = subprocess.run(
-            _mailshot("status", str(mid), "--json"), env=env, capture_output=True, text=True, timeout=60
+            mailshot_cmd("status", str(mid), "--json"), env=env, capture_output=True, text=True, timeout=60
         )
         assert status.returncode == 0, status.stderr
         received = Counter(m.rcpt_tos[0] for m in relay.messages)
@@ -136,7 +113,7 @@ def test_sigkill_of_a_fast_send_takes_its_worker_processes_with_it(
         engine = engine_for(settings)
         everyone = seed(engine, tmp_path, 2500)
         mid = create(engine, settings)
-        env = _env(sqlite_url, relay)
+        env = cli_env(sqlite_url, relay, CONNECTIONS)
         victim = _sending_until(relay, 300, env, "send", str(mid), "--fast", "--no-progress", wait=180)
         workers = _descendants(victim.pid)
         victim.send_signal(signal.SIGKILL)
@@ -148,7 +125,7 @@ def test_sigkill_of_a_fast_send_takes_its_worker_processes_with_it(
         stopped_at = relay.received_count
         assert stopped_at < 2500, "the kill came too late to test anything"
         second = subprocess.run(
-            _mailshot("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
+            mailshot_cmd("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
         )
         assert second.returncode == 0, second.stderr[-3000:]
         received = Counter(m.rcpt_tos[0] for m in relay.messages)
@@ -171,7 +148,7 @@ def test_sigterm_stops_a_paced_batch_before_its_next_message(
         engine = engine_for(settings)
         everyone = seed(engine, tmp_path, 60)
         mid = create(engine, settings, rate_per_minute=600)  # one batch of 60, paced over 6 s
-        env = _env(sqlite_url, relay)
+        env = cli_env(sqlite_url, relay, CONNECTIONS)
         victim = _sending_until(relay, 3, env, "send", str(mid), "--no-progress")
         victim.send_signal(signal.SIGTERM)
         victim.wait(60)  # a hang guard: the batch stops at its next stop check
@@ -182,7 +159,7 @@ def test_sigterm_stops_a_paced_batch_before_its_next_message(
         with engine.connect() as conn:
             assert conn.exec_driver_sql(f"SELECT status FROM mailshot WHERE id = {mid}").scalar_one() == "processing"
         second = subprocess.run(
-            _mailshot("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
+            mailshot_cmd("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
         )
         assert second.returncode == 0, second.stderr[-3000:]
         received = Counter(m.rcpt_tos[0] for m in relay.messages)

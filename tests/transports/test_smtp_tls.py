@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from certs import self_signed
+from helpers import free_port
 from mailshot_core.config import SmtpTls
 from mailshot_core.transports.base import ConfigurationError, OutgoingMessage, TransportUnavailable
 from mailshot_core.transports.smtp import SmtpConfig, SmtpTransport
@@ -33,12 +33,6 @@ def _auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -
     return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def certs(tmp_path: Path) -> tuple[Path, Path]:
     return self_signed(tmp_path, "localhost")
@@ -49,7 +43,7 @@ def starttls_server(certs: tuple[Path, Path]) -> Iterator[tuple[int, _Sink]]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(*certs)
     sink = _Sink()
-    port = _free_port()
+    port = free_port()
     controller = Controller(
         sink,
         hostname="127.0.0.1",
@@ -70,7 +64,7 @@ def tls_server(certs: tuple[Path, Path]) -> Iterator[tuple[int, _Sink]]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(*certs)
     sink = _Sink()
-    port = _free_port()
+    port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port, ssl_context=ctx, server_hostname="localhost")
     controller.start()
     yield port, sink

@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailshot_core.errors import AlreadyExists, InvalidInput, NotFound
-from mailshot_core.store.models import ApiKey, max_length, utcnow
+from mailshot_core.store.models import ApiKey, as_utc, max_length, utcnow
 from mailshot_core.web.api.problems import Problem
 from mailshot_core.web.context import context
 
@@ -105,15 +105,10 @@ def authenticate(engine: Engine, key: str) -> Caller | None:
         if not hmac.compare_digest(row.secret_hash, hash_key(key)):
             return None
         now = utcnow()
-        if row.last_used_at is None or _utc(now) - _utc(row.last_used_at) >= USE_RECORD_INTERVAL:
+        if row.last_used_at is None or as_utc(now) - as_utc(row.last_used_at) >= USE_RECORD_INTERVAL:
             session.execute(update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=now))
             session.commit()
         return Caller(row.id, row.name, row.scope)
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite gives naive datetimes back (stored in UTC), PostgreSQL aware ones.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `mailshot api-keys create NAME --scope SCOPE`.")
