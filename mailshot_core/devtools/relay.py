@@ -290,6 +290,7 @@ class DevRelay:
         self._received = 0
         self._open_sessions = 0
         self._peak_sessions = 0
+        self._sessions_opened = 0
         self._next_n = 1
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -357,12 +358,19 @@ class DevRelay:
         with self._cond:
             self._open_sessions += delta
             self._peak_sessions = max(self._peak_sessions, self._open_sessions)
+            self._sessions_opened += max(delta, 0)
 
     @property
     def peak_sessions(self) -> int:
         """The most SMTP sessions that were open at the same time."""
         with self._cond:
             return self._peak_sessions
+
+    @property
+    def sessions_opened(self) -> int:
+        """How many SMTP sessions were opened in all (a sender reusing its connections opens few)."""
+        with self._cond:
+            return self._sessions_opened
 
     # -- received messages ---------------------------------------------------------------------
 

@@ -198,7 +198,9 @@ def claim(
     ).rowcount
     if not taken:
         return [], 0
-    mine = and_(r.c.claim_token == token, r.c.status == S.CLAIMED)
+    # This claim's rows only: a batch that tops its queue up claims again with the same token while
+    # rows of its earlier claims still wait for a connection (connections.Supply).
+    mine = and_(r.c.claim_token == token, r.c.status == S.CLAIMED, r.c.claimed_at == now)
     rows = conn.execute(
         sa_select(r.c.id, r.c.email, r.c.tries, r.c.throttled, sub.c.nom, sub.c.lang, sub.c.status, sub.c.id)
         .select_from(r.outerjoin(sub, sub.c.id == r.c.subscriber_id))

@@ -40,6 +40,7 @@ def send_batch(
     run_id: str | None = None,
     outside_stop: StopCheck | None = None,
     size: int | None = None,
+    keep_claiming: Callable[[], bool] | None = None,
 ) -> BatchReport:
     """Claim one batch of due recipients and send it; the sending's state is in the database.
 
@@ -52,6 +53,8 @@ def send_batch(
     ``outside_stop`` (the orchestrator's view: the run cancelled or suspended); a reason from there
     pauses the sending with that reason, then stops.  ``run_id``: the send run whose record
     (runs.py) this batch adds to.  ``size``: how many to claim (default MAILSHOT_BATCH_SIZE).
+    ``keep_claiming``: while it says so, the batch claims MAILSHOT_BATCH_SIZE more whenever what it
+    holds runs low, keeping its connections busy until nothing is due (connections.Supply).
     """
     # Each batch is its own worker (its own claims, heartbeat and pid), so batches can run in parallel in
     # threads, processes or machines, and a batch whose process died is recovered on its own.
@@ -74,13 +77,27 @@ def send_batch(
     cadence = sendings.cadence(mailshot, settings)
     pacer = Pacer(engine, mailshot.transport, cadence, clock) if cadence.limited else None
     stop = _BatchStop(engine, mailshot_id, outside_stop)
+
+    def claim_more() -> list[claims.ClaimedRecipient] | None:
+        if keep_claiming is None or not keep_claiming():
+            return None
+        while True:
+            with session_scope(engine) as session:
+                more, gone = claims.claim(session, mailshot, token, settings.batch_size, clock())
+            report.claimed += len(more) + gone
+            report.killed += gone
+            ledger.batch_claimed += len(more)
+            if more or not gone:  # a claim of unsubscribed recipients only: claim again
+                return more or None
+
     try:
         try:
             started = time.monotonic()
             with _SENDING_HERE_LOCK:
                 _SENDING_HERE.add(stop)
             try:
-                asyncio.run(send_claimed(transport, claimed, ledger, ctx, pacer, stop))
+                refill = claim_more if keep_claiming is not None else None
+                asyncio.run(send_claimed(transport, claimed, ledger, ctx, pacer, stop, refill))
             finally:
                 report.seconds = time.monotonic() - started
                 with _SENDING_HERE_LOCK:
@@ -159,13 +176,16 @@ def send_batches(
 
     A fast-mode task runs in a process of its own, whose start (imports, task run, templates) costs far
     more than a batch's own set-up; looping here pays it once per worker instead of once per batch.
-    Each batch is still its own worker in the database (claims, heartbeat, recovery), and pause or
-    cancel is seen between batches.  Raises what :func:`send_batch` raises.
+    A batch here claims more as it runs low, until nothing is due (its connections stay open from one
+    claim to the next); another starts when a streamed materialisation brings more.  Each batch is its
+    own worker in the database (claims, heartbeat, recovery).  Raises what :func:`send_batch` raises.
     """
     total = BatchReport()
     idle_since: float | None = None
     while True:
-        report = send_batch(engine, settings, mailshot_id, clock=clock, run_id=run_id, outside_stop=outside_stop)
+        report = send_batch(
+            engine, settings, mailshot_id, clock=clock, run_id=run_id, outside_stop=outside_stop, keep_claiming=_always
+        )
         total.add(report)
         if report.stopped:
             return total
@@ -176,6 +196,10 @@ def send_batches(
         if time.monotonic() - idle_since > MATERIALISE_PATIENCE_SECONDS or not _materialising(engine, mailshot_id):
             return total  # the flow starts another worker if more becomes due
         time.sleep(MATERIALISE_POLL_SECONDS)  # caught up with a streamed materialisation: more is coming
+
+
+def _always() -> bool:
+    return True
 
 
 def sends_in_one_process(engine: Engine, settings: Settings, mailshot_id: int) -> bool:
@@ -213,17 +237,30 @@ def send_head_start(
     in bench/RESULTS.md): the run's process has all of that loaded already, so it sends batch after
     batch itself until ``pool_ready()`` says a worker process has claimed, then leaves the sending to
     them.  The pool is started (``start_pool``) only once the first, small batch is sent: its
-    processes' imports take both cores of a small machine, and the first message waited for them.  Each batch is an ordinary one (its own worker row, claims and ledger), so every guarantee
-    holds unchanged.  Raises what :func:`send_batch` raises.
+    processes' imports take both cores of a small machine, and the first message waited for them.
+    Each batch is an ordinary one (its own worker row, claims and ledger), so every guarantee holds
+    unchanged.  Raises what :func:`send_batch` raises.
     """
     total = BatchReport()
     # The first batch is small: claiming and building 2,000 messages while the pool's processes import
     # took ~0.4 s before the first message left (bench/RESULTS.md); a few per connection go at once.
     size = min(settings.batch_size, HEAD_START_FIRST_PER_CONNECTION * settings.smtp_connections)
     started = False
+
+    def pool_not_ready() -> bool:
+        return not pool_ready()
+
     while not started or not pool_ready():
+        # After the first: one batch claiming more until the pool is ready (connections.Supply).
         report = send_batch(
-            engine, settings, mailshot_id, clock=clock, run_id=run_id, outside_stop=outside_stop, size=size
+            engine,
+            settings,
+            mailshot_id,
+            clock=clock,
+            run_id=run_id,
+            outside_stop=outside_stop,
+            size=size,
+            keep_claiming=pool_not_ready if started else None,
         )
         size = settings.batch_size
         if not started and not report.stopped and report.claimed:

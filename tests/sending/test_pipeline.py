@@ -527,3 +527,24 @@ def test_fast_mode_sends_from_one_process_only_where_one_sqlite_writer_is_faster
     assert pipeline.sends_in_one_process(engine, settings, rendered) is False
     capped = settings.model_copy(update={"max_connections": 4})
     assert pipeline.sends_in_one_process(engine, capped, simple) is False
+
+
+def test_a_fast_mode_worker_keeps_its_connections_from_one_claim_to_the_next(db_url: str, tmp_path: Path) -> None:
+    """send_batches tops its batch up claim after claim (50 at a time) over the same connections: the
+    relay sees one session per connection, not a new set per claim (connection churn is what relays
+    rate-limit, and each set cost a pause in the sending); everyone once, nothing left claimed."""
+    with DevRelay() as relay:
+        settings = make_settings(db_url, relay).model_copy(update={"batch_size": 50, "smtp_connections": 4})
+        engine = engine_for(settings)
+        everyone = seed(engine, tmp_path, 1000)
+        mid = create(engine, settings)
+        lifecycle.start_sending(engine, settings, mid)
+        before = relay.sessions_opened  # the relay's own start-up check
+        report = pipeline.send_batches(engine, settings, mid)
+        received = Counter(m.rcpt_tos[0] for m in relay.messages)
+        opened = relay.sessions_opened - before
+    assert report.sent == 1000 and report.claimed == 1000, report
+    assert sorted(received) == sorted(everyone) and max(received.values()) == 1
+    assert opened <= 4, f"{opened} SMTP sessions for 20 claims over 4 connections"
+    assert {s for s, _ in recipients(engine, mid).values()} == {"sent"}
+    _counters_match(engine, mid)

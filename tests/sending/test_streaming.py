@@ -135,7 +135,8 @@ def test_the_head_start_sends_small_then_full_batches_until_the_pool_has_claimed
     db_url: str, tmp_path: Path, relay: DevRelay
 ) -> None:
     """send_head_start: a first batch of a few messages per connection, then the pool is started, then
-    full batches until a worker of another process is registered on the sending (workers_besides)."""
+    a batch topped up a whole batch at a time until a worker of another process is registered on the
+    sending (workers_besides), which then ends with what it holds."""
     settings = make_settings(db_url, relay, batch_size=10, smtp_connections=2)
     engine = engine_for(settings)
     seed(engine, tmp_path, 40)
@@ -159,6 +160,7 @@ def test_the_head_start_sends_small_then_full_batches_until_the_pool_has_claimed
         pool_ready=pool_ready,
     )
     assert pool_started_at == [8]  # 4 per connection first, then the pool starts
-    assert looked == [8, 18, 28]  # whole batches until the pool is up
-    assert report.sent == 28 and len({m.rcpt_tos[0] for m in relay.messages}) == 28
+    # Asked before the second batch, at its top-ups (the second registers the worker), and at its end.
+    assert len(looked) == 4 and looked[0] == 8 and looked[-1] == 28
+    assert report.sent == 28 and len({m.rcpt_tos[0] for m in relay.messages}) == 28  # 8, 10, one top-up of 10
     _counters_match(engine, mid)
