@@ -11,6 +11,8 @@ or a process work pool, `prefect deploy --all` from prefect.yaml and `prefect wo
 - **draft** (serve mode): a draft left through that window with the dispatcher running gets 0 messages;
 - **suspend / resume**: Prefect's suspend of a send run -> `pause` within 5 s, relay silent after +5 s;
   Prefect's resume -> the run starts again and every recipient gets exactly one message;
+- **fast cancel** (worker mode): the same Cancel of a `send-mailshot/fast` run, whose worker is a thread
+  of the run's process on SQLite: paused within 5 s, nobody twice, the run Cancelled with its record;
 - **paced pause** (serve mode): `mailshot pause` of a sending at --rate-per-minute 600 -> relay silent
   within 5 s;
 - **crash** (serve mode): kill -9 of a send run's process -> the record artifact of that run is
@@ -46,6 +48,7 @@ from uuid import UUID
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 SEND = "send-mailshot/now"
+FAST = "send-mailshot/fast"
 DISPATCH_EVERY = 10  # seconds: the observation window sees a dozen dispatcher ticks
 WITHIN = 5.0  # seconds: what issue 13 asks of pause and cancel
 
@@ -169,8 +172,8 @@ class Site:
         out = self.cli("create", "--subject", f"Check {name}", "--html", "body.html", "--list", name, *options)
         return out.strip().splitlines()[-1]
 
-    def deployment_run(self, mid: str) -> UUID:
-        out = self.prefect("deployment", "run", SEND, "--param", f"mailshot_id={mid}")
+    def deployment_run(self, mid: str, deployment: str = SEND) -> UUID:
+        out = self.prefect("deployment", "run", deployment, "--param", f"mailshot_id={mid}")
         match = re.search(r"UUID: ([0-9a-f-]{36})", out)
         if match is None:
             raise RuntimeError(f"no flow run id in:\n{out}")
@@ -333,6 +336,40 @@ def suspend_and_resume(site: Site, checks: Checks) -> None:
     )
 
 
+def fast_cancel(site: Site, checks: Checks) -> None:
+    """Cancel of a `send-mailshot/fast` run: on SQLite its worker is a thread of the run's process
+    (pipeline.sends_in_one_process), which the worker's SIGTERM must stop too."""
+    n = 5000
+    mid = site.sending("fast", n)
+    already = len(list(site.out.glob("*.eml")))  # the earlier checks' messages; nothing else sends now
+
+    def sent_here() -> int:
+        return len(list(site.out.glob("*.eml"))) - already
+
+    run_id = site.deployment_run(mid, FAST)
+    wait_for("first messages of the fast sending", lambda: sent_here() >= 100, 180, every=0.1)
+    site.prefect("flow-run", "cancel", str(run_id))
+    wait_for("fast sending paused", lambda: site.status_now(mid) == "pause", 30, every=0.1)
+    paused_after = time.time() - cancelling_at(run_id)
+    checks.check(paused_after <= WITHIN, f"fast cancel: sending paused {paused_after:.1f} s after Cancelling")
+    time.sleep(WITHIN + 1)
+    late, count = _silent_after(site, "fast.example", cancelling_at(run_id) + WITHIN)
+    checks.check(late <= 0 and count < n, f"fast cancel: last message {late:+.1f} s after cancel+5 s ({count} of {n})")
+    status = site.status(mid)
+    received = Counter(to for _, to in site.received("fast.example"))
+    checks.check(
+        status["sent"] == len(received) and max(received.values(), default=1) == 1 and status["nb_unknown"] <= 2,
+        f"fast cancel: counters say {status['sent']} sent, the relay has {len(received)} distinct addresses, "
+        f"none twice, {status['nb_unknown']} in doubt",
+    )
+    state = wait_for("fast run cancelled", lambda: (s := run_state(run_id)) and s.is_final() and s, 60)
+    keys = wait_for("fast record artifact", lambda: artifact_keys(run_id), 30, every=1)
+    checks.check(
+        f"mailshot-{mid}-run" in keys and state.type.value == "CANCELLED",
+        f"fast cancel: run {state.type.value}, record artifacts {sorted(keys)}",
+    )
+
+
 def paced_pause(site: Site, checks: Checks) -> None:
     mid = site.sending("paced", 300, "--rate-per-minute", "600")
     site.deployment_run(mid)
@@ -384,6 +421,8 @@ def main() -> int:
         site.setup()
         cancel_and_draft(site, checks, args.window)
         suspend_and_resume(site, checks)
+        if args.mode == "worker":
+            fast_cancel(site, checks)
         if args.mode == "serve":
             paced_pause(site, checks)
             crash(site, checks)
