@@ -300,7 +300,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     since = utcnow()  # the circuit breaker judges this run's attempts only (fail_rule.breaker)
     with session_scope(engine) as session:
         runs.open_run(session, run_id, sendings.get(session, mailshot_id))
-    early_start.take_over(engine, mailshot_id, run_id)  # what `mailshot send` sent while this run started
+    sent_early = early_start.take_over(engine, mailshot_id, run_id)  # by `mailshot send` while this run started
     try:
         # Streamed: the first batch is claimable as soon as the first chunk is in (issue 16).
         started = start_sending(engine, settings, mailshot_id, run_id=run_id, stream=stream_ahead(settings, parallel))
@@ -308,7 +308,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         close_and_record(engine, run_id, reason=str(exc))
         raise
     try:
-        return _send(engine, settings, mailshot_id, parallel, run_id, started, since)
+        return _send(engine, settings, mailshot_id, parallel, run_id, started, since, sent_early)
     except TerminationSignal:
         _stop_on_termination(engine, mailshot_id, run_id)
         raise
@@ -338,9 +338,17 @@ def _stop_on_termination(engine: Any, mailshot_id: int, run_id: str) -> None:
 
 
 def _send(
-    engine: Any, settings: Settings, mailshot_id: int, parallel: int, run_id: str, started: Started, since: datetime
+    engine: Any,
+    settings: Settings,
+    mailshot_id: int,
+    parallel: int,
+    run_id: str,
+    started: Started,
+    since: datetime,
+    sent_early: BatchReport,
 ) -> dict[str, Any]:
-    """The sending loop of :func:`send_mailshot`, from the started sending to its result."""
+    """The sending loop of :func:`send_mailshot`, from the started sending to its result (``sent_early``:
+    what the command sent before the run took over, counted as this run's)."""
     logger = get_run_logger()
     outside = prefect_stop(run_id)
     _ensure_connection_limit(settings, started.transport)
@@ -351,9 +359,11 @@ def _send(
         logger.info("sending %s: %s recipients so far, sent by this process", mailshot_id, started.total)
         own_thread: ThreadPoolTaskRunner[BatchReport] = ThreadPoolTaskRunner(max_workers=1)
         with own_thread:
-            return _send_loop(engine, settings, mailshot_id, parallel, run_id, started, since, outside, own_thread)
+            return _send_loop(
+                engine, settings, mailshot_id, parallel, run_id, started, since, outside, own_thread, sent_early
+            )
     logger.info("sending %s: %s recipients so far, %s batch(es) at a time", mailshot_id, started.total, parallel)
-    return _send_loop(engine, settings, mailshot_id, parallel, run_id, started, since, outside, None)
+    return _send_loop(engine, settings, mailshot_id, parallel, run_id, started, since, outside, None, sent_early)
 
 
 def _send_loop(
@@ -366,6 +376,7 @@ def _send_loop(
     since: datetime,
     outside: StopCheck | None,
     own_thread: ThreadPoolTaskRunner[BatchReport] | None,
+    sent_early: BatchReport,
 ) -> dict[str, Any]:
     """Batches until done or stopped, then the end.  ``own_thread``: fast mode's one worker runs there
     instead of in the flow's process pool."""
@@ -397,7 +408,7 @@ def _send_loop(
         progress=0.0, key=f"mailshot-{mailshot_id}-progress", description=f"Sending {mailshot_id}: done/total"
     )  # type: ignore[assignment]
 
-    totals = BatchReport()
+    totals = sent_early
     finished = False
     number = 0
     running: list[PrefectFuture[BatchReport]] = []

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from mailshot_core.config import Settings
 from mailshot_core.errors import MailshotError
 from mailshot_core.sending import runs, sendings
+from mailshot_core.sending.ledger import BatchReport
 from mailshot_core.sending.lifecycle import Started, start_sending, stream_ahead
 from mailshot_core.sending.pipeline import send_head_start
 from mailshot_core.store.db import session_scope
@@ -49,6 +50,7 @@ class EarlyStart:
         self.run_id = EARLY_RUN_PREFIX + runs.local_run_id()
         self._handed_over = threading.Event()
         self._opened = False
+        self.report = BatchReport()  # what it sent
         self._thread = threading.Thread(target=self._run, name=f"mailshot-{mailshot_id}-early", daemon=True)
 
     def start(self) -> bool:
@@ -77,7 +79,7 @@ class EarlyStart:
             with session_scope(self._engine) as session:
                 runs.open_run(session, self.run_id, sendings.get(session, self._mailshot_id))
             self._opened = True
-            report = send_head_start(
+            self.report = send_head_start(
                 self._engine,
                 self._settings,
                 self._mailshot_id,
@@ -85,7 +87,7 @@ class EarlyStart:
                 pool_ready=self._handed_over.is_set,
                 run_id=self.run_id,
             )
-            log.info("sending %s: %s sent before its run started", self._mailshot_id, report.sent)
+            log.info("sending %s: %s sent before its run started", self._mailshot_id, self.report.sent)
         except (MailshotError, OSError) as exc:  # the flow meets it again, and says so in its run
             log.info("sending %s: not started early: %s", self._mailshot_id, exc)
         except Exception:
@@ -113,15 +115,16 @@ class EarlyStart:
                 runs.close_run(session, run_id, reason=reason)
 
 
-def take_over(engine: Engine, mailshot_id: int, run_id: str) -> None:
+def take_over(engine: Engine, mailshot_id: int, run_id: str) -> BatchReport:
     """The flow run ``run_id`` (its record open) takes over this process's early start of the sending,
-    if there is one: the early batches end, and their record becomes part of the run's."""
+    if there is one: the early batches end, and their record becomes part of the run's.  Returns what
+    they sent (the run's own figures start from it)."""
     with _WAITING_LOCK:
         early = _WAITING.get(mailshot_id)
     if early is None:
-        return
+        return BatchReport()
     early_run = early.hand_over()
-    if early_run is None:
-        return
-    with session_scope(engine) as session:
-        runs.adopt(session, early_run, run_id)
+    if early_run is not None:
+        with session_scope(engine) as session:
+            runs.adopt(session, early_run, run_id)
+    return early.report

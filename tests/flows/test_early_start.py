@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -41,15 +42,18 @@ def test_the_first_messages_leave_before_the_prefect_run_starts_and_the_run_reco
     Prefect and creating the run); the run then takes the sending over: everyone once, and one record,
     the Prefect run's, counting every message from the first."""
     from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     with DevRelay() as relay:
         settings = make_settings(sqlite_url, relay)
         engine = engine_for(settings)
         everyone = seed(engine, tmp_path, 4000)
         mid = create(engine, settings)
+        env = cli_env(sqlite_url, relay)
+        env["PREFECT_LOGGING_LEVEL"] = "INFO"  # the run's summary line is read back below
         done = subprocess.run(
             mailshot_cmd("send", str(mid), "--no-progress"),
-            env=cli_env(sqlite_url, relay),
+            env=env,
             capture_output=True,
             text=True,
             timeout=300,
@@ -61,8 +65,15 @@ def test_the_first_messages_leave_before_the_prefect_run_starts_and_the_run_reco
     assert run.sent == 4000 and run.ended_at is not None and run.final_status == "end", run
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(UUID(run.id))  # the record is the Prefect run's
+        wanted = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]))
+        deadline = time.monotonic() + 30  # the server stores logs asynchronously
+        while (
+            not (logs := [log.message for log in client.read_logs(log_filter=wanted)]) and time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
     assert flow_run.start_time is not None
     assert _first_sent_at(engine, mid) < flow_run.start_time
+    assert any("(this run: 4000 sent" in message for message in logs), logs  # the run's own figures too
 
 
 @pytest.mark.slow
