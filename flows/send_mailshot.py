@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -308,7 +308,7 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
         close_and_record(engine, run_id, reason=str(exc))
         raise
     try:
-        return _send(engine, settings, mailshot_id, parallel, run_id, started, since, sent_early)
+        return _send(_Run(engine, settings, mailshot_id, parallel, run_id, started, since, sent_early))
     except TerminationSignal:
         _stop_on_termination(engine, mailshot_id, run_id)
         raise
@@ -337,51 +337,47 @@ def _stop_on_termination(engine: Any, mailshot_id: int, run_id: str) -> None:
     stop_batches_here(reason or "the run's process was terminated")
 
 
-def _send(
-    engine: Any,
-    settings: Settings,
-    mailshot_id: int,
-    parallel: int,
-    run_id: str,
-    started: Started,
-    since: datetime,
-    sent_early: BatchReport,
-) -> dict[str, Any]:
-    """The sending loop of :func:`send_mailshot`, from the started sending to its result (``sent_early``:
-    what the command sent before the run took over, counted as this run's)."""
+@dataclass(frozen=True)
+class _Run:
+    """One run of a sending, as its sending loop sees it."""
+
+    engine: Any
+    settings: Settings
+    mailshot_id: int
+    parallel: int
+    run_id: str
+    started: Started
+    since: datetime  # the circuit breaker judges this run's attempts only (fail_rule.breaker)
+    sent_early: BatchReport  # what `mailshot send` sent before this run took over, counted as its own
+
+
+def _send(run: _Run) -> dict[str, Any]:
+    """The sending loop of :func:`send_mailshot`, from the started sending to its result."""
     logger = get_run_logger()
-    outside = prefect_stop(run_id)
-    _ensure_connection_limit(settings, started.transport)
+    outside = prefect_stop(run.run_id)
+    _ensure_connection_limit(run.settings, run.started.transport)
     # Fast mode on SQLite with pre-encoded templates: one worker, in a thread of this process (one
     # SQLite writer sends faster than two, and no process starts: pipeline.sends_in_one_process).
-    alone = parallel > 1 and sends_in_one_process(engine, settings, mailshot_id)
+    alone = run.parallel > 1 and sends_in_one_process(run.engine, run.settings, run.mailshot_id)
     if alone:
-        logger.info("sending %s: %s recipients so far, sent by this process", mailshot_id, started.total)
+        logger.info("sending %s: %s recipients so far, sent by this process", run.mailshot_id, run.started.total)
         own_thread: ThreadPoolTaskRunner[BatchReport] = ThreadPoolTaskRunner(max_workers=1)
         with own_thread:
-            return _send_loop(
-                engine, settings, mailshot_id, parallel, run_id, started, since, outside, own_thread, sent_early
-            )
-    logger.info("sending %s: %s recipients so far, %s batch(es) at a time", mailshot_id, started.total, parallel)
-    return _send_loop(engine, settings, mailshot_id, parallel, run_id, started, since, outside, None, sent_early)
+            return _send_loop(run, outside, own_thread)
+    logger.info(
+        "sending %s: %s recipients so far, %s batch(es) at a time", run.mailshot_id, run.started.total, run.parallel
+    )
+    return _send_loop(run, outside, None)
 
 
 def _send_loop(
-    engine: Any,
-    settings: Settings,
-    mailshot_id: int,
-    parallel: int,
-    run_id: str,
-    started: Started,
-    since: datetime,
-    outside: StopCheck | None,
-    own_thread: ThreadPoolTaskRunner[BatchReport] | None,
-    sent_early: BatchReport,
+    run: _Run, outside: StopCheck | None, own_thread: ThreadPoolTaskRunner[BatchReport] | None
 ) -> dict[str, Any]:
     """Batches until done or stopped, then the end.  ``own_thread``: fast mode's one worker runs there
     instead of in the flow's process pool."""
+    engine, settings, mailshot_id, run_id, started = run.engine, run.settings, run.mailshot_id, run.run_id, run.started
     logger = get_run_logger()
-    workers = 1 if own_thread is not None else max(1, parallel)
+    workers = 1 if own_thread is not None else max(1, run.parallel)
 
     def submit_worker(n: int) -> PrefectFuture[BatchReport]:
         params: dict[str, Any] = {
@@ -408,7 +404,7 @@ def _send_loop(
         progress=0.0, key=f"mailshot-{mailshot_id}-progress", description=f"Sending {mailshot_id}: done/total"
     )  # type: ignore[assignment]
 
-    totals = sent_early
+    totals = run.sent_early
     finished = False
     number = 0
     running: list[PrefectFuture[BatchReport]] = []
@@ -432,13 +428,13 @@ def _send_loop(
             stop_reason = reason
             break
         with session_scope(engine) as session:  # pauses the sending: next_step then says "stopped"
-            fail_rule.breaker(session, mailshot_id, since, settings.max_fail_ratio)
+            fail_rule.breaker(session, mailshot_id, run.since, settings.max_fail_ratio)
         step = next_step(engine, settings, mailshot_id)
-        if step.action == "send" and parallel > 1 and not head_started and own_thread is None:
+        if step.action == "send" and run.parallel > 1 and not head_started and own_thread is None:
             head_started = True
 
             def start_pool() -> None:
-                for n in range(1, parallel + 1):
+                for n in range(1, run.parallel + 1):
                     running.append(submit_worker(n))
 
             totals.add(_head_start(engine, settings, mailshot_id, run_id, start_pool))
@@ -446,7 +442,7 @@ def _send_loop(
             continue
         if step.action == "send" and len(running) < workers:
             number += 1
-            if parallel > 1:
+            if run.parallel > 1:
                 running.append(submit_worker(number))
             else:
                 running.append(send_batch_task.submit(mailshot_id, number, started.transport, run_id))
