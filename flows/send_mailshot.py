@@ -94,10 +94,10 @@ _BATCH_TASK: dict[str, Any] = {
 def prefect_stop(run_id: str | None) -> StopCheck | None:
     """Prefect's controls, read from the run's state: why the sending must stop now, or None.
 
-    Prefect never asks flow code to stop: a Cancel kills the process only once the batch in flight
-    has returned (a whole paced batch later), and a Suspend from the UI changes nothing in the
-    process.  So the batches ask (every STOP_POLL_SECONDS, one GET) and the sending is paused with
-    the reason, which the dispatcher respects.
+    A Cancel reaches the process as the runner's SIGTERM (_stopping_on_termination), but only where a
+    runner or worker runs it, and a Suspend from the UI changes nothing in the process.  So the
+    batches ask (every STOP_POLL_SECONDS, one GET) and the sending is paused with the reason, which
+    the dispatcher respects.
     """
     if flow_run_uuid(run_id) is None:
         return None  # a run without Prefect (local id): nothing to ask
@@ -300,21 +300,34 @@ def send_mailshot(mailshot_id: int, parallel: int = 1) -> dict[str, Any]:
     since = utcnow()  # the circuit breaker judges this run's attempts only (fail_rule.breaker)
     with session_scope(engine) as session:
         runs.open_run(session, run_id, sendings.get(session, mailshot_id))
-    sent_early = early_start.take_over(engine, mailshot_id, run_id)  # by `mailshot send` while this run started
+    with _stopping_on_termination(engine, mailshot_id, run_id):
+        # What `mailshot send` sent while this run started is this run's (its attempts included).
+        sent_early, early_since = early_start.take_over(engine, mailshot_id, run_id)
+        since = min(since, early_since or since)
+        try:
+            # Streamed: the first batch is claimable as soon as the first chunk is in (issue 16).
+            stream = stream_ahead(settings, parallel)
+            started = start_sending(engine, settings, mailshot_id, run_id=run_id, stream=stream)
+        except MailshotError as exc:  # e.g. paused or ended: the run fails, with its record saying why
+            close_and_record(engine, run_id, reason=str(exc))
+            raise
+        try:
+            return _send(_Run(engine, settings, mailshot_id, parallel, run_id, started, since, sent_early))
+        finally:
+            if started.materialiser is not None:
+                started.materialiser.stop()
+
+
+@contextmanager
+def _stopping_on_termination(engine: Any, mailshot_id: int, run_id: str) -> Iterator[None]:
+    """Around what may send: Prefect's TerminationSignal (the runner's SIGTERM) stops it first."""
     try:
-        # Streamed: the first batch is claimable as soon as the first chunk is in (issue 16).
-        started = start_sending(engine, settings, mailshot_id, run_id=run_id, stream=stream_ahead(settings, parallel))
-    except MailshotError as exc:  # e.g. paused or ended: the run fails, with its record saying why
-        close_and_record(engine, run_id, reason=str(exc))
+        yield
+    except TerminationSignal as exc:
+        if not getattr(exc, "sending_stopped", False):  # once, when guards nest
+            _stop_on_termination(engine, mailshot_id, run_id)
+            exc.sending_stopped = True  # type: ignore[attr-defined]
         raise
-    try:
-        return _send(_Run(engine, settings, mailshot_id, parallel, run_id, started, since, sent_early))
-    except TerminationSignal:
-        _stop_on_termination(engine, mailshot_id, run_id)
-        raise
-    finally:
-        if started.materialiser is not None:
-            started.materialiser.stop()
 
 
 def _stop_on_termination(engine: Any, mailshot_id: int, run_id: str) -> None:
@@ -362,7 +375,8 @@ def _send(run: _Run) -> dict[str, Any]:
     if alone:
         logger.info("sending %s: %s recipients so far, sent by this process", run.mailshot_id, run.started.total)
         own_thread: ThreadPoolTaskRunner[BatchReport] = ThreadPoolTaskRunner(max_workers=1)
-        with own_thread:
+        # The runner's exit waits for its thread: a SIGTERM must stop that thread's batches first.
+        with own_thread, _stopping_on_termination(run.engine, run.mailshot_id, run.run_id):
             return _send_loop(run, outside, own_thread)
     logger.info(
         "sending %s: %s recipients so far, %s batch(es) at a time", run.mailshot_id, run.started.total, run.parallel

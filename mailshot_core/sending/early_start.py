@@ -17,23 +17,27 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
 from mailshot_core.config import Settings
 from mailshot_core.errors import MailshotError
-from mailshot_core.sending import runs, sendings
+from mailshot_core.sending import run_slot, runs, sendings
 from mailshot_core.sending.ledger import BatchReport
 from mailshot_core.sending.lifecycle import Started, start_sending, stream_ahead
-from mailshot_core.sending.pipeline import send_head_start
+from mailshot_core.sending.pipeline import send_head_start, stop_batches_here
 from mailshot_core.store.db import session_scope
-from mailshot_core.store.models import MailshotStatus
+from mailshot_core.store.models import MailshotStatus, utcnow
 
 log = logging.getLogger("mailshot.sending")
 
 # An early start's run id begins so (the rest is a local run id): record_dead_runs closes the record of
 # one whose command died before its flow took over.
 EARLY_RUN_PREFIX = "early-"
+
+# How long the run waits for the early batch in flight to end by itself before halting it.
+HANDOVER_SECONDS = 5.0
 
 # The early starts of this process, by sending, until their flow takes them over.
 _WAITING: dict[int, EarlyStart] = {}
@@ -51,6 +55,7 @@ class EarlyStart:
         self._handed_over = threading.Event()
         self._opened = False
         self.report = BatchReport()  # what it sent
+        self.began = utcnow()  # its first attempts count for the run's circuit breaker (fail_rule.breaker)
         self._thread = threading.Thread(target=self._run, name=f"mailshot-{mailshot_id}-early", daemon=True)
 
     def start(self) -> bool:
@@ -73,8 +78,16 @@ class EarlyStart:
     def _run(self) -> None:
         started: Started | None = None
         try:
+            # The sending's run slot (mailshot.flow_run_id) says "a run is being created" (run_slot's
+            # placeholder, until the flow writes its id): an `early-` id there would look like a dead run
+            # to the dispatcher and the pages, which would start another.
+            self.began = utcnow()
             started = start_sending(
-                self._engine, self._settings, self._mailshot_id, run_id=self.run_id, stream=self._ahead
+                self._engine,
+                self._settings,
+                self._mailshot_id,
+                run_id=run_slot.placeholder(self.began),
+                stream=self._ahead,
             )
             with session_scope(self._engine) as session:
                 runs.open_run(session, self.run_id, sendings.get(session, self._mailshot_id))
@@ -97,9 +110,14 @@ class EarlyStart:
                 started.materialiser.stop()  # the run's own start goes on from the last chunk
 
     def hand_over(self) -> str | None:
-        """End the thread after its batch in flight; the run id of what it sent, if it opened one."""
+        """End the thread after its batch in flight (halted if that takes more than HANDOVER_SECONDS: a
+        throttling relay can hold it for minutes); the run id of what it sent, if it opened one."""
         self._handed_over.set()
-        self._thread.join()
+        self._thread.join(HANDOVER_SECONDS)
+        if self._thread.is_alive():
+            stop_batches_here("handed over to its run", thread=self._thread.ident)
+            self._thread.join()
+        self.report.stopped = None  # the run decides whether to stop, from the sending's state now
         with _WAITING_LOCK:
             _WAITING.pop(self._mailshot_id, None)
         return self.run_id if self._opened else None
@@ -115,16 +133,16 @@ class EarlyStart:
                 runs.close_run(session, run_id, reason=reason)
 
 
-def take_over(engine: Engine, mailshot_id: int, run_id: str) -> BatchReport:
+def take_over(engine: Engine, mailshot_id: int, run_id: str) -> tuple[BatchReport, datetime | None]:
     """The flow run ``run_id`` (its record open) takes over this process's early start of the sending,
     if there is one: the early batches end, and their record becomes part of the run's.  Returns what
-    they sent (the run's own figures start from it)."""
+    they sent (the run's own figures start from it) and when they began (None without an early start)."""
     with _WAITING_LOCK:
         early = _WAITING.get(mailshot_id)
     if early is None:
-        return BatchReport()
+        return BatchReport(), None
     early_run = early.hand_over()
     if early_run is not None:
         with session_scope(engine) as session:
             runs.adopt(session, early_run, run_id)
-    return early.report
+    return early.report, early.began

@@ -58,6 +58,8 @@ def send_batch(
     """
     # Each batch is its own worker (its own claims, heartbeat and pid), so batches can run in parallel in
     # threads, processes or machines, and a batch whose process died is recovered on its own.
+    if _terminating is not None:  # this process is being terminated: no new batch
+        return BatchReport(stopped=_terminating)
     token = claims.new_worker_token()
     with session_scope(engine) as session:
         mailshot = sendings.get(session, mailshot_id)
@@ -95,6 +97,7 @@ def send_batch(
             started = time.monotonic()
             with _SENDING_HERE_LOCK:
                 _SENDING_HERE.add(stop)
+                stop.halted = _terminating  # terminated between its claim and here
             try:
                 refill = claim_more if keep_claiming is not None else None
                 asyncio.run(send_claimed(transport, claimed, ledger, ctx, pacer, stop, refill))
@@ -128,6 +131,7 @@ class _BatchStop:
         self._mailshot_id = mailshot_id
         self._outside = outside
         self.halted: str | None = None
+        self.thread = threading.get_ident()  # the thread sending the batch
 
     def __call__(self) -> str | None:
         if self.halted:
@@ -143,24 +147,31 @@ class _BatchStop:
         return reason
 
 
-# The batches sending in this process now, for stop_batches_here.
+# The batches sending in this process now, for stop_batches_here; once the process is being
+# terminated, why (no new batch starts then).
 _SENDING_HERE: set[_BatchStop] = set()
 _SENDING_HERE_LOCK = threading.Lock()
+_terminating: str | None = None
 
 
-def stop_batches_here(reason: str) -> None:
-    """Stop every batch this process is sending before its next message (within STOP_POLL_SECONDS),
-    what they had not attempted released for another worker; ``reason`` is their report's ``stopped``.
+def stop_batches_here(reason: str, *, thread: int | None = None) -> None:
+    """Stop the batches this process is sending (those of ``thread`` only, if given) before their next
+    message, within STOP_POLL_SECONDS, what they had not attempted released for another worker;
+    ``reason`` is their report's ``stopped``.  Without ``thread``: the process is being terminated
+    (an orchestrator's SIGTERM), and no batch starts in it any more.
 
-    For a process being terminated (an orchestrator's SIGTERM): Python waits for the batches' threads
-    before it exits, and a paced batch would otherwise go on sending for minutes, until its end or the
-    SIGKILL that leaves its messages in flight in doubt.  The sending's status is not changed: a
-    cancellation pauses it (the caller's decision); a process stopping for another reason leaves it
-    to be resumed.
+    Python waits for the batches' threads before it exits, and a paced batch would otherwise go on
+    sending for minutes, until its end or the SIGKILL that leaves its messages in flight in doubt.
+    The sending's status is not changed: a cancellation pauses it (the caller's decision); a process
+    stopping for another reason leaves it to be resumed.
     """
+    global _terminating
     with _SENDING_HERE_LOCK:
+        if thread is None:
+            _terminating = reason
         for stop in _SENDING_HERE:
-            stop.halted = reason
+            if thread is None or stop.thread == thread:
+                stop.halted = reason
 
 
 def send_batches(

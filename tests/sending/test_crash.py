@@ -12,11 +12,12 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from conftest import engine_for, make_settings
+from conftest import engine_for, make_settings, runs_tagged
 from helpers import cli_env, create, mailshot_cmd, recipients, seed
 from mailshot_core.devtools.relay import DevRelay
 
@@ -158,6 +159,44 @@ def test_sigterm_stops_a_paced_batch_before_its_next_message(
         assert {s for s, _ in rows.values()} <= {"sent", "todo"}, Counter(s for s, _ in rows.values())
         with engine.connect() as conn:
             assert conn.exec_driver_sql(f"SELECT status FROM mailshot WHERE id = {mid}").scalar_one() == "processing"
+        second = subprocess.run(
+            mailshot_cmd("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+        received = Counter(m.rcpt_tos[0] for m in relay.messages)
+    assert sorted(received) == sorted(everyone) and max(received.values()) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_stops_fast_mode_s_worker_thread_in_the_run_s_process(
+    prefect_harness: None, sqlite_url: str, tmp_path: Path
+) -> None:
+    """`mailshot send --fast` on SQLite sends from a worker thread of the run's process, whose task
+    runner waits for it on exit: a SIGTERM while the run sends (a worker stopping) must stop that
+    thread's batch too, within about a second, nobody in doubt, the rest left for the next run."""
+    with DevRelay(delay=0.005) as relay:  # ~800 msg/s over 4 connections: 6,000 take several seconds
+        settings = make_settings(sqlite_url, relay)
+        engine = engine_for(settings)
+        everyone = seed(engine, tmp_path, 6000)
+        mid = create(engine, settings)
+        env = cli_env(sqlite_url, relay, CONNECTIONS)
+        since = datetime.now(UTC)
+        victim = _sending_until(relay, 1, env, "send", str(mid), "--fast", "--no-progress")
+        deadline = time.monotonic() + 120
+        # Prefect's SIGTERM handler exists once the flow runs: before that the command is not a run yet.
+        while not any(run.state is not None and run.state.is_running() for run in runs_tagged(mid, since)):
+            assert time.monotonic() < deadline and victim.poll() is None, "the run never started"
+            time.sleep(0.05)
+        running_at = relay.received_count
+        while relay.received_count < running_at + 200:  # the run's own worker thread is sending
+            assert time.monotonic() < deadline and victim.poll() is None, "the run never sent"
+            time.sleep(0.01)
+        victim.send_signal(signal.SIGTERM)
+        victim.wait(60)  # a hang guard
+        stopped_at = relay.received_count
+        assert stopped_at < 6000, "the worker thread sent everyone after SIGTERM"
+        rows = recipients(engine, mid)
+        assert {s for s, _ in rows.values()} <= {"sent", "todo"}, Counter(s for s, _ in rows.values())
         second = subprocess.run(
             mailshot_cmd("send", str(mid), "--no-progress"), env=env, capture_output=True, text=True, timeout=300
         )
