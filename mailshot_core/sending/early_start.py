@@ -5,9 +5,10 @@ engine creates the run on its server — a server the command may first have to 
 (flows/ephemeral.py: ~4 s to its first answer on 2 cores).  The relay could be busy meanwhile: an
 :class:`EarlyStart` sends from a thread of the command, batch after batch (pipeline.send_head_start:
 each an ordinary batch with its own worker row, claims and ledger, so every guarantee holds), under a
-run record of its own.  The flow, once it runs in the same process, takes it over (:func:`take_over`):
-the thread ends after the batch in flight, and its record is merged into the flow run's
-(runs.adopt), which is the one operators read.
+run record of its own, the sending's run slot holding run_slot's placeholder ("a run is being
+created").  The flow, once it runs in the same process, takes it over (:func:`take_over`): the thread
+ends after the batch in flight (halted after HANDOVER_SECONDS), its record is merged into the flow
+run's (runs.adopt), which is the one operators read, and its attempts count as the run's.
 
 Only for sendings that go as fast as the relay allows: a paced sending gains nothing from a few
 seconds, and a cross-run connection cap (MAILSHOT_MAX_CONNECTIONS) is Prefect's to enforce.
