@@ -13,6 +13,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import Path
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailshot_core.web.api.fields import MAX_ID
@@ -25,6 +26,24 @@ IMPORT_PATH = "/subscribers/import"
 JSON = "application/json"
 CSV = "text/csv"
 SendingId = Annotated[int, Path(ge=1, le=MAX_ID, description="The sending's id.")]
+
+
+class AddressConvertor(Convertor[str]):
+    """``{email:address}``: an address in a path.  RFC 5322 allows '/' in a local part
+    ("a/b@example.com"), which reaches the router decoded (%2F): Starlette's default stops at '/', and
+    such a subscriber, created by POST /subscribers, was not found at its own URL (404).  Anything but
+    a final "/unsubscribe", which is the unsubscribe action's path."""
+
+    regex = r"(?:[^/]|/(?!unsubscribe$))+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("address", AddressConvertor())
 
 
 def media_type(content_type: str) -> str:

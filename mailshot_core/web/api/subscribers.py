@@ -178,7 +178,7 @@ _GET_LINK = {
 }
 
 
-@router.get("/subscribers/{email}", operation_id="getSubscriber", response_model=SubscriberOut)
+@router.get("/subscribers/{email:address}", operation_id="getSubscriber", response_model=SubscriberOut)
 def get_subscriber(
     request: Request, email: Email, caller: Annotated[Caller, Depends(require("read"))]
 ) -> SubscriberOut:
@@ -325,7 +325,7 @@ async def import_subscribers(
     return await idempotency.respond(request, caller, 200, work)
 
 
-@router.post("/subscribers/{email}/unsubscribe", operation_id="unsubscribe", response_model=UnsubscribeOut)
+@router.post("/subscribers/{email:address}/unsubscribe", operation_id="unsubscribe", response_model=UnsubscribeOut)
 def unsubscribe(
     request: Request,
     email: Email,
@@ -343,7 +343,7 @@ def unsubscribe(
         return UnsubscribeOut(email=sub.email, status=sub.status, changed=changed)
 
 
-@router.delete("/subscribers/{email}", operation_id="eraseSubscriber", status_code=204)
+@router.delete("/subscribers/{email:address}", operation_id="eraseSubscriber", status_code=204)
 async def erase(request: Request, email: Email, caller: Annotated[Caller, Depends(require("subscribers"))]) -> Response:
     """Erase the address (GDPR): it is removed with its subscriptions and trail; what the sendings recorded
     stays under an anonymous address, so their counters do not change."""

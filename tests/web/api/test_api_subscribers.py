@@ -153,3 +153,19 @@ def test_import_rows_with_a_nul_are_bad_rows(api_site: ApiSite) -> None:
         body = c.post("/subscribers/import", params={"list": "club"}, json=rows).json()
     assert body["new_subscriptions"] == 1 and [e["line"] for e in body["errors"]] == [1]
     assert "NUL" in body["errors"][0]["error"]
+
+
+def test_an_address_with_a_slash_is_found_at_its_own_url(api_site: ApiSite) -> None:
+    """RFC 5322 allows '/' in a local part: the address created by POST is read, unsubscribed and erased at
+    /subscribers/{email} with the '/' percent-encoded (it arrives decoded; it was a 404); a GET of the
+    unsubscribe action's path is still a 405, not a lookup of an address ending in "/unsubscribe"."""
+    with api_site.client("subscribers") as c:
+        made = c.post("/subscribers", json={"email": "dept/sales@example.com", "lists": ["news"], "force": True})
+        assert made.status_code == 200, made.text
+        got = c.get("/subscribers/dept%2Fsales@example.com")
+        assert got.status_code == 200 and got.json()["email"] == "dept/sales@example.com", got.text
+        left = c.post("/subscribers/dept%2Fsales@example.com/unsubscribe", json={}).json()
+        assert left["email"] == "dept/sales@example.com" and left["changed"] == 1
+        problem(c.get("/subscribers/dept%2Fsales@example.com/unsubscribe"), 405)
+        assert c.delete("/subscribers/dept%2Fsales@example.com").status_code == 204
+        problem(c.get("/subscribers/dept%2Fsales@example.com"), 404)
