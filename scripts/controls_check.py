@@ -262,6 +262,15 @@ def _silent_after(site: Site, domain: str, since: float) -> tuple[float, int]:
     return last - since, len(got)
 
 
+def _check_cancelled_with_record(checks: Checks, label: str, run_id: UUID, mid: str) -> None:
+    state = wait_for(f"{label}: run final", lambda: (s := run_state(run_id)) and s.is_final() and s, 60)
+    keys = wait_for(f"{label}: record artifact", lambda: artifact_keys(run_id), 30, every=1)
+    checks.check(
+        f"mailshot-{mid}-run" in keys and state.type.value == "CANCELLED",
+        f"{label}: run {state.type.value}, record artifacts {sorted(keys)}",
+    )
+
+
 def cancel_and_draft(site: Site, checks: Checks, window: float) -> None:
     mid = site.sending("cancel", 400, "--rate-per-minute", "240")
     draft = site.sending("draft", 20) if site.mode == "serve" else None
@@ -290,12 +299,7 @@ def cancel_and_draft(site: Site, checks: Checks, window: float) -> None:
         status["sent"] == len(received) and max(received.values(), default=1) == 1,
         f"cancel: counters say {status['sent']} sent, the relay has {len(received)} distinct addresses, none twice",
     )
-    state = wait_for("run cancelled", lambda: (s := run_state(run_id)) and s.is_final() and s, 60)
-    keys = wait_for("record artifact", lambda: artifact_keys(run_id), 30, every=1)
-    checks.check(
-        f"mailshot-{mid}-run" in keys and state.type.value == "CANCELLED",
-        f"cancel: run {state.type.value}, record artifacts {sorted(keys)}",
-    )
+    _check_cancelled_with_record(checks, "cancel", run_id, mid)
     if draft is not None:
         status = site.status(draft)
         checks.check(
@@ -350,10 +354,11 @@ def fast_cancel(site: Site, checks: Checks) -> None:
     wait_for("first messages of the fast sending", lambda: sent_here() >= 100, 180, every=0.1)
     site.prefect("flow-run", "cancel", str(run_id))
     wait_for("fast sending paused", lambda: site.status_now(mid) == "pause", 30, every=0.1)
-    paused_after = time.time() - cancelling_at(run_id)
-    checks.check(paused_after <= WITHIN, f"fast cancel: sending paused {paused_after:.1f} s after Cancelling")
+    paused = time.time()
+    asked = cancelling_at(run_id)
+    checks.check(paused - asked <= WITHIN, f"fast cancel: sending paused {paused - asked:.1f} s after Cancelling")
     time.sleep(WITHIN + 1)
-    late, count = _silent_after(site, "fast.example", cancelling_at(run_id) + WITHIN)
+    late, count = _silent_after(site, "fast.example", asked + WITHIN)
     checks.check(late <= 0 and count < n, f"fast cancel: last message {late:+.1f} s after cancel+5 s ({count} of {n})")
     status = site.status(mid)
     received = Counter(to for _, to in site.received("fast.example"))
@@ -362,12 +367,7 @@ def fast_cancel(site: Site, checks: Checks) -> None:
         f"fast cancel: counters say {status['sent']} sent, the relay has {len(received)} distinct addresses, "
         f"none twice, {status['nb_unknown']} in doubt",
     )
-    state = wait_for("fast run cancelled", lambda: (s := run_state(run_id)) and s.is_final() and s, 60)
-    keys = wait_for("fast record artifact", lambda: artifact_keys(run_id), 30, every=1)
-    checks.check(
-        f"mailshot-{mid}-run" in keys and state.type.value == "CANCELLED",
-        f"fast cancel: run {state.type.value}, record artifacts {sorted(keys)}",
-    )
+    _check_cancelled_with_record(checks, "fast cancel", run_id, mid)
 
 
 def paced_pause(site: Site, checks: Checks) -> None:

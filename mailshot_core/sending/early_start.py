@@ -56,7 +56,7 @@ class EarlyStart:
         self._handed_over = threading.Event()
         self._opened = False
         self.report = BatchReport()  # what it sent
-        self.began = utcnow()  # its first attempts count for the run's circuit breaker (fail_rule.breaker)
+        self.began = utcnow()  # its attempts from here count for the run's circuit breaker (fail_rule.breaker)
         self._thread = threading.Thread(target=self._run, name=f"mailshot-{mailshot_id}-early", daemon=True)
 
     def start(self) -> bool:
@@ -82,7 +82,6 @@ class EarlyStart:
             # The sending's run slot (mailshot.flow_run_id) says "a run is being created" (run_slot's
             # placeholder, until the flow writes its id): an `early-` id there would look like a dead run
             # to the dispatcher and the pages, which would start another.
-            self.began = utcnow()
             started = start_sending(
                 self._engine,
                 self._settings,
